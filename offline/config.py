@@ -1,0 +1,129 @@
+"""Settings of the offline pipeline, and ``--param KEY=VALUE`` overrides of them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from recsvc.exceptions import ConfigError
+from training.item2vec import Item2VecConfig
+from training.personalized import PersonalizedConfig
+
+
+def _default_weights() -> dict[str, float]:
+    return {"itemcf": 1.0, "item2vec": 1.0, "image": 1.0, "pss": 1.0}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything ``recsvc pipeline`` can be tuned with (recorded in the bundle manifest).
+
+    Attributes
+    ----------
+    pool_size : candidates kept per item
+    window : slots of the personalized user window (current item + earlier visits)
+    alpha : item-CF weight of click Jaccard against attribute Jaccard
+    source_weights : interleaving weight of each similarity source in the pool merge
+    annoy_trees, annoy_search_k : annoy index settings (search_k -1: annoy's default)
+    recall_sample : items sampled to measure annoy recall@pool_size against exact search
+    cart_omega : loss multiplier of add-to-cart targets in ``personalized_cart``
+    init_from_item2vec : start the personalized input embeddings from item2vec's
+    eval_history : earlier clicks per held-out user kept in the bundle for evaluation
+    """
+
+    pool_size: int = 200
+    window: int = 8
+    alpha: float = 0.9
+    source_weights: dict[str, float] = field(default_factory=_default_weights)
+    annoy_trees: int = 50
+    annoy_search_k: int = -1
+    recall_sample: int = 1000
+    cart_omega: float = 2.0
+    init_from_item2vec: bool = True
+    eval_history: int = 64
+    item2vec: Item2VecConfig = field(default_factory=Item2VecConfig)
+    personalized: PersonalizedConfig = field(default_factory=PersonalizedConfig)
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1 or self.window < 1 or self.annoy_trees < 1:
+            raise ConfigError("pool_size, window and annoy_trees must be >= 1")
+        if self.cart_omega <= 0 or any(w <= 0 for w in self.source_weights.values()):
+            raise ConfigError("cart_omega and source weights must be > 0")
+        if self.personalized.window != self.window:
+            raise ConfigError(
+                f"personalized.window={self.personalized.window} differs from window={self.window}"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _convert(key: str, current: Any, text: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ValueError(text)
+            return text.lower() in {"true", "1", "yes"}
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"--param {key}: {text!r} is not a {type(current).__name__}") from None
+    return text
+
+
+def apply_overrides(config: PipelineConfig, overrides: Iterable[str]) -> PipelineConfig:
+    """``["personalized.epochs=8", "source_weights.itemcf=2"]`` applied to ``config``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown key, malformed pair, or a value of the wrong type or out of range.
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise ConfigError(f"--param takes KEY=VALUE, got {item!r}")
+        config = _set(config, key.split("."), text, key)
+    return config
+
+
+def _set(obj: Any, path: list[str], text: str, key: str) -> Any:
+    head, rest = path[0], path[1:]
+    if isinstance(obj, dict):
+        if rest or head not in obj:
+            raise ConfigError(f"--param {key}: unknown key (known: {sorted(obj)})")
+        return {**obj, head: _convert(key, obj[head], text)}
+    names = {f.name for f in dataclasses.fields(obj)}
+    if head not in names:
+        raise ConfigError(f"--param {key}: unknown setting {head!r} (known: {sorted(names)})")
+    current = getattr(obj, head)
+    nested = dataclasses.is_dataclass(current) or isinstance(current, dict)
+    if rest and not nested:
+        raise ConfigError(f"--param {key}: {head!r} has no sub-settings")
+    if not rest and nested:
+        raise ConfigError(f"--param {key}: name one of the settings of {head!r}")
+    value = _set(current, rest, text, key) if rest else _convert(key, current, text)
+    return dataclasses.replace(obj, **{head: value})
+
+
+def describe(config: PipelineConfig) -> str:
+    """Every setting as ``key=value`` lines (what ``--param list`` prints)."""
+    lines: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                walk(f"{prefix}{f.name}.", getattr(value, f.name))
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                walk(f"{prefix}{name}.", item)
+        else:
+            lines.append(f"{prefix[:-1]}={value}")
+
+    walk("", config)
+    return "\n".join(lines)

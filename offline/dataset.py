@@ -1,0 +1,211 @@
+"""From loaded event logs to a dense-id dataset split into fit and holdout days."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+
+from offline.events import EventLog
+from offline.interactions import Catalogue, Interactions
+from recsvc.exceptions import ConfigError, DataError
+
+TRAIN, VALIDATION, TEST = 0, 1, 2
+PHASE_NAMES = ("train", "validation", "test")
+Holdout = Literal["validation", "test"]
+
+_OFFSET = re.compile(r"^(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?$")
+
+
+def parse_timezone(name: str) -> dt.tzinfo:
+    """``UTC``, a fixed offset (``+08:00``, ``UTC+8``) or an IANA name (``Asia/Shanghai``)."""
+    text = name.strip()
+    if text.upper() in {"UTC", "GMT", "Z"}:
+        return dt.UTC
+    match = _OFFSET.match(text.upper())
+    if match:
+        sign, hours, minutes = match.groups()
+        delta = dt.timedelta(hours=int(hours), minutes=int(minutes or 0))
+        if delta > dt.timedelta(hours=14):
+            raise ConfigError(f"time zone offset {name!r} is beyond ±14:00")
+        return dt.timezone(-delta if sign == "-" else delta)
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(
+            f"unknown time zone {name!r}: use UTC, an offset like +08:00, or an IANA name"
+        ) from exc
+
+
+def local_days(ts: np.ndarray, tz: dt.tzinfo) -> np.ndarray:
+    """Calendar day (days since 1970-01-01 in ``tz``) of each timestamp.
+
+    Offsets are looked up once per distinct UTC hour, so this stays vectorized for
+    zones with daylight saving time.
+    """
+    hours = np.floor(ts / 3600.0).astype(np.int64)
+    unique_hours, inverse = np.unique(hours, return_inverse=True)
+    offsets = np.array(
+        [
+            dt.datetime.fromtimestamp(int(h) * 3600, tz).utcoffset().total_seconds()  # type: ignore[union-attr]
+            for h in unique_hours
+        ],
+        dtype=np.float64,
+    )
+    return np.floor((ts + offsets[inverse]) / 86400.0).astype(np.int64)
+
+
+def day_name(day: int) -> str:
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=int(day))).isoformat()
+
+
+def parse_day(text: str) -> int:
+    try:
+        return (dt.date.fromisoformat(text) - dt.date(1970, 1, 1)).days
+    except ValueError as exc:
+        raise ConfigError(f"--test-day must be YYYY-MM-DD, got {text!r}") from exc
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Encoded events of the fit period and the holdout period, and the catalogue.
+
+    Attributes
+    ----------
+    catalogue : Catalogue
+        Items of the fit and holdout periods (holdout-only items have no behaviour yet
+        but can be recommended by the pool's business rules).
+    user_ids : str array, shape (n_users,)
+    events : Interactions
+        All kept events, sorted by (user, ts).
+    is_holdout : bool array, shape (n_events,)
+    split : dict
+        Time zone, days, per-phase counts: goes into the bundle manifest.
+    """
+
+    catalogue: Catalogue
+    user_ids: np.ndarray
+    events: Interactions
+    is_holdout: np.ndarray
+    split: dict[str, object]
+
+    @property
+    def fit(self) -> Interactions:
+        return self.events.select(~self.is_holdout)
+
+    @property
+    def holdout(self) -> Interactions:
+        return self.events.select(self.is_holdout)
+
+
+def assign_phases(
+    log: EventLog, tz: dt.tzinfo, test_day: int | None, separate_test: bool
+) -> tuple[np.ndarray, dict[str, object]]:
+    """Phase of each row of the training log (test rows come from another file when
+    ``separate_test``): the test day (default: the last day), the day before it for
+    validation, earlier days for training; rows after the test day are dropped (phase -1).
+    """
+    days = local_days(log.ts, tz)
+    last = int(days.max())
+    if separate_test:
+        if test_day is not None:
+            raise ConfigError("--test-day cannot be combined with --test-events")
+        validation_day, test_name = last, "test file"
+    else:
+        test_day = last if test_day is None else test_day
+        validation_day, test_name = test_day - 1, day_name(test_day)
+    phase = np.full(len(days), TRAIN, dtype=np.int8)
+    phase[days == validation_day] = VALIDATION
+    if not separate_test:
+        phase[days == test_day] = TEST
+        phase[days > test_day] = -1
+    info = {
+        "timezone": str(tz),
+        "validation_day": day_name(validation_day),
+        "test": test_name,
+        "first_day": day_name(int(days.min())),
+    }
+    return phase, info
+
+
+def build_dataset(
+    log: EventLog,
+    test_log: EventLog | None = None,
+    *,
+    timezone: str = "UTC",
+    test_day: str | None = None,
+    holdout: Holdout = "test",
+) -> Dataset:
+    """Split by calendar day (or take ``test_log`` as the test period) and encode ids.
+
+    With ``holdout="test"`` the fit period is train + validation days; with
+    ``holdout="validation"`` it is the train days only and test rows are left out entirely,
+    so nothing of the test period (not even its new items) leaks into tuning.
+    """
+    if holdout not in ("validation", "test"):
+        raise ConfigError(f"holdout must be 'validation' or 'test', got {holdout!r}")
+    tz = parse_timezone(timezone)
+    phase, info = assign_phases(
+        log, tz, parse_day(test_day) if test_day else None, test_log is not None
+    )
+    logs = [log]
+    if test_log is not None:
+        logs.append(test_log)
+        phase = np.concatenate([phase, np.full(len(test_log), TEST, dtype=np.int8)])
+    counts = {name: int((phase == i).sum()) for i, name in enumerate(PHASE_NAMES)}
+    counts["after_test_day"] = int((phase == -1).sum())
+    target = TEST if holdout == "test" else VALIDATION
+    if counts[PHASE_NAMES[target]] == 0:
+        raise DataError(f"no events in the {PHASE_NAMES[target]} period ({info})")
+    if counts["train"] + (counts["validation"] if target == TEST else 0) == 0:
+        raise DataError(f"no events before the {PHASE_NAMES[target]} period ({info})")
+    keep = (phase >= 0) & (phase <= target)
+    dataset = _encode(logs, keep, phase == target)
+    split = {**info, "holdout": holdout, "events": counts}
+    return Dataset(dataset[0], dataset[1], dataset[2], dataset[3], split)
+
+
+def _concat(logs: list[EventLog], attr: str) -> np.ndarray:
+    return np.concatenate([getattr(log, attr) for log in logs])
+
+
+def _encode(
+    logs: list[EventLog], keep: np.ndarray, holdout: np.ndarray
+) -> tuple[Catalogue, np.ndarray, Interactions, np.ndarray]:
+    users_raw = _concat(logs, "user_ids")[keep]
+    items_raw = _concat(logs, "item_ids")[keep]
+    types = _concat(logs, "types")[keep]
+    ts = _concat(logs, "ts")[keep]
+    holdout = holdout[keep]
+    has_categories = all(log.categories is not None for log in logs)
+    user_ids, users = np.unique(users_raw, return_inverse=True)
+    item_ids, items = np.unique(items_raw, return_inverse=True)
+    n_items = len(item_ids)
+    first_seen = np.full(n_items, np.inf)
+    np.minimum.at(first_seen, items, ts)
+    if has_categories:
+        cats_raw = _concat(logs, "categories")[keep]  # type: ignore[arg-type]
+        category_names, cats = np.unique(cats_raw, return_inverse=True)
+        item_category = np.full(n_items, -1, dtype=np.int32)
+        # The category of an item's first row (in time order) names it.
+        by_item = np.lexsort((ts, items))
+        first_rows = by_item[np.unique(items[by_item], return_index=True)[1]]
+        item_category[items[first_rows]] = cats[first_rows]
+    else:
+        category_names = np.array([], dtype=str)
+        item_category = np.full(n_items, -1, dtype=np.int32)
+    order = np.lexsort((ts, users))
+    events = Interactions(
+        users=users[order].astype(np.int32),
+        items=items[order].astype(np.int32),
+        types=types[order],
+        ts=ts[order],
+        n_users=len(user_ids),
+        n_items=n_items,
+    )
+    catalogue = Catalogue(item_ids, item_category, category_names, first_seen)
+    return catalogue, user_ids, events, holdout[order]

@@ -1,0 +1,37 @@
+"""``recsvc eval``: load a bundle, evaluate every method, print and write the results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from offline.evaluate import evaluate
+from offline.report import format_differences, format_table, plot_hit_ratios, write_json
+from recsvc.bundle import load_bundle
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    bundle = load_bundle(args.bundle)
+    evaluation = evaluate(bundle, ks=args.k)
+    result = evaluation.result()
+    differences = evaluation.differences(seed=args.seed)
+    split = bundle.manifest.get("split", {})
+    held_out = split.get("test") if split.get("holdout") == "test" else split.get("validation_day")
+    print(f"bundle {bundle.path} (version {bundle.version}), held out: {held_out}")
+    print(format_table(result, args.k))
+    print(format_differences(differences))
+    write_json(result, args.json)
+    differences_path = args.json.with_name(args.json.stem + ".differences.json")
+    differences_path.write_text(json.dumps([d.as_dict() for d in differences], indent=2) + "\n")
+    written = [str(args.json), str(differences_path)]
+    if args.plot:
+        plot_hit_ratios(result, args.k, args.plot, title=f"recsvc eval: {bundle.version}")
+        written.append(str(args.plot))
+    print(
+        f"{result['cases']['click']} click cases, {result['cases']['cart']} add-to-cart cases, "
+        f"{len(result['methods'])} methods in {time.perf_counter() - started:.1f}s; "
+        f"wrote {', '.join(written)}"
+    )
+    return result

@@ -1,0 +1,225 @@
+"""Loading event logs (Taobao UserBehavior, any delimited file) onto the Event contract.
+
+Every row either becomes an event or is counted under the reason it was skipped; the
+report says how many rows of each kind there were and where the first of each was.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from offline.interactions import EVENT_TYPES
+from recsvc.exceptions import DataError
+
+#: Taobao UserBehavior names for the contract's event types.
+TAOBAO_TYPES = {"pv": "click", "cart": "cart", "fav": "fav", "buy": "buy"}
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """Where each Event field is in a delimited file.
+
+    Columns are 0-based positions, or names when the file has a header. Without an event
+    type column every row is ``default_type``; ``type_map`` maps the file's type names onto
+    the contract's (``click``, ``cart``, ``fav``, ``buy``); names absent from it must already
+    be contract names.
+    """
+
+    user: int | str
+    item: int | str
+    timestamp: int | str
+    event_type: int | str | None = None
+    category: int | str | None = None
+    delimiter: str = ","
+    header: bool = False
+    type_map: dict[str, str] = field(default_factory=dict)
+    default_type: str = "click"
+
+    def __post_init__(self) -> None:
+        bad = {v for v in [*self.type_map.values(), self.default_type] if v not in EVENT_TYPES}
+        if bad:
+            raise DataError(
+                f"event type mapping targets {sorted(bad)}, expected some of {list(EVENT_TYPES)}"
+            )
+        named = [c for c in self.columns().values() if isinstance(c, str)]
+        if named and not self.header:
+            raise DataError(f"columns {named} are named, but the file is read without a header")
+
+    def columns(self) -> dict[str, int | str | None]:
+        """Event field name → column (position or header name), None when absent."""
+        return {
+            "user": self.user,
+            "item": self.item,
+            "timestamp": self.timestamp,
+            "event_type": self.event_type,
+            "category": self.category,
+        }
+
+
+TAOBAO_SPEC = ColumnSpec(
+    user=0, item=1, category=2, event_type=3, timestamp=4, type_map=TAOBAO_TYPES
+)
+
+
+@dataclass
+class LoadReport:
+    """What a loader read: good rows, and skipped rows counted by reason."""
+
+    path: str
+    rows: int = 0
+    good: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    first_line: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str, line_no: int) -> None:
+        self.skipped[reason] += 1
+        self.first_line.setdefault(reason, line_no)
+
+    def summary(self) -> str:
+        lines = [f"{self.path}: {self.rows} rows, {self.good} events loaded"]
+        for reason, count in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  skipped {count}: {reason} (first at line {self.first_line[reason]})")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "rows": self.rows,
+            "good": self.good,
+            "skipped": dict(sorted(self.skipped.items())),
+        }
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """Events with external string ids, in file order.
+
+    Attributes
+    ----------
+    user_ids, item_ids : str arrays, shape (n,)
+    types : int8 array, shape (n,), index into ``EVENT_TYPES``
+    ts : float64 array, shape (n,), Unix seconds
+    categories : str array, shape (n,), or None when the file has no category column
+    report : LoadReport
+    """
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    types: np.ndarray
+    ts: np.ndarray
+    categories: np.ndarray | None
+    report: LoadReport
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def load_taobao(path: str | Path) -> EventLog:
+    """Load Taobao UserBehavior (``user,item,category,behavior,timestamp``, no header)."""
+    return load_delimited(path, TAOBAO_SPEC)
+
+
+def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
+    """Load a delimited event file; bad rows are counted in the report, not raised.
+
+    Raises
+    ------
+    DataError
+        The file cannot be read, a named column is missing from the header, or no row
+        is usable.
+    """
+    path = Path(path)
+    report = LoadReport(str(path))
+    type_codes = {name: i for i, name in enumerate(EVENT_TYPES)}
+    type_lookup = {**{t: t for t in EVENT_TYPES}, **spec.type_map}
+    users: list[str] = []
+    items: list[str] = []
+    types: list[int] = []
+    stamps: list[float] = []
+    cats: list[str] = []
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read event file {path}: {exc.strerror or exc}") from exc
+    with handle:
+        reader = csv.reader(handle, delimiter=spec.delimiter)
+        try:
+            positions = _resolve_columns(spec, reader)
+            width = max(p for p in positions.values() if p is not None) + 1
+            for row in reader:
+                line_no = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                report.rows += 1
+                if len(row) < width:
+                    report.skip(f"too few fields ({len(row)} < {width})", line_no)
+                    continue
+                user = row[positions["user"]].strip()
+                item = row[positions["item"]].strip()
+                if not user or not item:
+                    report.skip("empty user or item id", line_no)
+                    continue
+                try:
+                    stamp = float(row[positions["timestamp"]])
+                except ValueError:
+                    report.skip("unparsable timestamp", line_no)
+                    continue
+                if not math.isfinite(stamp) or stamp < 0:
+                    report.skip("timestamp out of range", line_no)
+                    continue
+                if positions["event_type"] is None:
+                    kind = spec.default_type
+                else:
+                    raw = row[positions["event_type"]].strip()
+                    kind = type_lookup.get(raw)
+                    if kind is None:
+                        report.skip(f"unknown event type {raw[:20]!r}", line_no)
+                        continue
+                users.append(user)
+                items.append(item)
+                types.append(type_codes[kind])
+                stamps.append(stamp)
+                if positions["category"] is not None:
+                    cats.append(row[positions["category"]].strip())
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: unreadable at line {reader.line_num}: {exc}") from exc
+    report.good = len(users)
+    if not users:
+        raise DataError(f"no usable events in {path}\n{report.summary()}")
+    return EventLog(
+        user_ids=np.array(users, dtype=str),
+        item_ids=np.array(items, dtype=str),
+        types=np.array(types, dtype=np.int8),
+        ts=np.array(stamps, dtype=np.float64),
+        categories=np.array(cats, dtype=str) if positions["category"] is not None else None,
+        report=report,
+    )
+
+
+def _resolve_columns(spec: ColumnSpec, reader: Iterator[list[str]]) -> dict[str, int | None]:
+    columns = spec.columns()
+    header: list[str] = []
+    if spec.header:
+        header = [name.strip() for name in next(reader, [])]
+        if not header:
+            raise DataError("the file is empty (expected a header line)")
+    positions: dict[str, int | None] = {}
+    for field_name, column in columns.items():
+        if column is None:
+            positions[field_name] = None
+        elif isinstance(column, int):
+            if column < 0:
+                raise DataError(f"column for {field_name} must be >= 0, got {column}")
+            positions[field_name] = column
+        elif column in header:
+            positions[field_name] = header.index(column)
+        else:
+            raise DataError(f"column {column!r} for {field_name} is not in the header {header}")
+    return positions

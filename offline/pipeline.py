@@ -1,0 +1,352 @@
+"""``recsvc pipeline``: event log in, versioned artifact bundle out.
+
+Stages: load and split events → item-CF → item2vec (+ annoy neighbours) → image vectors
+when the catalogue has them → pool merge and business-rule fill → pool scores of every
+source → the two personalized models → bundle. Each stage's time goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from offline.config import PipelineConfig, apply_overrides, describe
+from offline.dataset import Dataset, build_dataset
+from offline.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
+from offline.interactions import CLICK
+from offline.pools import Pools, category_fill, merge_pools, newest_fill
+from offline.sources.base import CandidateSource
+from recsvc.bundle import sha256_file, write_bundle
+from recsvc.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from offline.image_embedding import ItemVectors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds per stage, in order."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        logger.info("stage %s ...", name)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        logger.info("stage %s done in %.1fs", name, self.seconds[name])
+
+
+@dataclass
+class PipelineInputs:
+    """What the pipeline reads: the logs, how to read them, and the optional image data."""
+
+    events: Path
+    spec: ColumnSpec
+    test_events: Path | None = None
+    timezone: str = "UTC"
+    test_day: str | None = None
+    holdout: str = "test"
+    item_vectors: Path | None = None
+    item_images: Path | None = None
+    shared: Path | None = None
+
+
+def column_spec(args: argparse.Namespace) -> ColumnSpec:
+    if args.format == "taobao":
+        return TAOBAO_SPEC
+    missing = [
+        flag
+        for flag, value in (
+            ("--user-col", args.user_col),
+            ("--item-col", args.item_col),
+            ("--time-col", args.time_col),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ConfigError(f"--format csv needs {', '.join(missing)}")
+    return ColumnSpec(
+        user=args.user_col,
+        item=args.item_col,
+        timestamp=args.time_col,
+        event_type=args.type_col,
+        category=args.category_col,
+        delimiter=args.delimiter,
+        header=args.header,
+        type_map=args.type_map,
+        default_type=args.default_type,
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> Path | None:
+    config = PipelineConfig()
+    if args.param == ["list"]:
+        print(describe(config))
+        return None
+    config = apply_overrides(config, args.param)
+    inputs = PipelineInputs(
+        events=args.events,
+        spec=column_spec(args),
+        test_events=args.test_events,
+        timezone=args.timezone or ("+08:00" if args.format == "taobao" else "UTC"),
+        test_day=args.test_day,
+        holdout=args.holdout,
+        item_vectors=args.item_vectors,
+        item_images=args.item_images,
+        shared=args.shared,
+    )
+    return run_pipeline(inputs, config, args.out, seed=args.seed, data_format=args.format)
+
+
+def run_pipeline(
+    inputs: PipelineInputs, config: PipelineConfig, out: Path, *, seed: int, data_format: str
+) -> Path:
+    """Build and write a bundle; returns its version directory."""
+    timings = Timings()
+    metrics: dict[str, Any] = {}
+    with timings.stage("load"):
+        log = load_delimited(inputs.events, inputs.spec)
+        test_log = load_delimited(inputs.test_events, inputs.spec) if inputs.test_events else None
+        for loaded in filter(None, (log, test_log)):
+            print(loaded.report.summary())
+        data = build_dataset(
+            log,
+            test_log,
+            timezone=inputs.timezone,
+            test_day=inputs.test_day,
+            holdout=inputs.holdout,
+        )  # type: ignore[arg-type]
+    fit = data.fit
+    popularity = fit.of_type(CLICK).item_counts()
+    print(
+        f"split ({data.split['timezone']}): {data.split['events']}; holdout = "
+        f"{data.split['holdout']}; {data.catalogue.n_items} items, "
+        f"{len(data.user_ids)} users"
+    )
+
+    sources: dict[str, CandidateSource] = {}
+    with timings.stage("itemcf"):
+        from offline.sources.itemcf import ItemCF
+
+        sources["itemcf"] = ItemCF(fit, data.catalogue.item_category, alpha=config.alpha)
+    with timings.stage("item2vec"):
+        from training.item2vec import train_item2vec
+
+        item2vec = train_item2vec(fit.of_type(CLICK), config.item2vec, seed=seed)
+        metrics["item2vec_losses"] = item2vec.losses
+        sources["item2vec"] = _embedding_source(
+            "item2vec", item2vec.embeddings, item2vec.known, config, seed
+        )
+    with timings.stage("image"):
+        image = _image_vectors(inputs, data)
+    if image is not None:
+        print(image.report.summary())
+        metrics["image_vectors"] = int(image.known.sum())
+        sources["image"] = _embedding_source("image", image.vectors, image.known, config, seed)
+    skipped = {"image": "no --item-vectors or --item-images given"} if image is None else {}
+    skipped["pss"] = "not built yet (PSS embeddings are a later issue)"
+
+    with timings.stage("neighbours"):
+        neighbours = {name: source.neighbours(config.pool_size) for name, source in sources.items()}
+    with timings.stage("annoy_recall"):
+        metrics["annoy"] = _annoy_recall(sources, neighbours, config, seed)
+    with timings.stage("pools"):
+        pools = merge_pools(
+            neighbours,
+            {n: config.source_weights[n] for n in neighbours},
+            {
+                "category": category_fill(data.catalogue, popularity, config.pool_size),
+                "new": newest_fill(data.catalogue, config.pool_size),
+            },
+            size=config.pool_size,
+        )
+        metrics["pools"] = _pool_stats(pools)
+    arrays: dict[str, np.ndarray] = {}
+    with timings.stage("pool_scores"):
+        queries = np.arange(data.catalogue.n_items)
+        for name, source in sources.items():
+            arrays[f"pool_scores/{name}"] = source.pair_scores(queries, pools.items)
+    with timings.stage("personalized"):
+        arrays.update(_train_personalized(data, pools, item2vec.embeddings, config, seed, metrics))
+
+    cat = data.catalogue
+    arrays.update(
+        {
+            "item_ids": cat.item_ids,
+            "item_category": cat.item_category,
+            "category_names": cat.category_names,
+            "item_first_seen": cat.first_seen,
+            "item_popularity": popularity.astype(np.int64),
+            "pools": pools.items,
+            "pool_sources": pools.sources,
+            "embeddings/item2vec": item2vec.embeddings,
+            "embeddings/item2vec_known": item2vec.known,
+            **_eval_arrays(data, config.eval_history),
+        }
+    )
+    if image is not None:
+        arrays["embeddings/image"], arrays["embeddings/image_known"] = image.vectors, image.known
+    with timings.stage("write"):
+        manifest = {
+            "source": {
+                "format": data_format,
+                "files": [_describe_file(x) for x in filter(None, (log, test_log))],
+            },
+            "parameters": {**config.as_dict(), "seed": seed},
+            "split": data.split,
+            "sources_ran": list(sources),
+            "sources_skipped": skipped,
+            "metrics": metrics,
+        }
+        path = write_bundle(out, arrays, {**manifest, "timings": timings.seconds})
+    total = sum(timings.seconds.values())
+    print(
+        f"bundle {path}: {cat.n_items} items, pools of {config.pool_size} "
+        f"(mean filled {metrics['pools']['mean_length']:.1f}), sources {list(sources)}, "
+        f"skipped {list(skipped)}; annoy recall@{config.pool_size} "
+        f"{ {k: v['recall'] for k, v in metrics['annoy'].items()} }; {total:.0f}s"
+    )
+    return path
+
+
+def _embedding_source(
+    name: str, vectors: np.ndarray, known: np.ndarray, config: PipelineConfig, seed: int
+) -> CandidateSource:
+    from offline.sources.embedding import EmbeddingSource
+
+    return EmbeddingSource(
+        name, vectors, known, n_trees=config.annoy_trees, search_k=config.annoy_search_k, seed=seed
+    )
+
+
+def _annoy_recall(sources, neighbours, config: PipelineConfig, seed: int) -> dict[str, Any]:
+    """recall@pool_size of each annoy-backed source against exact cosine search."""
+    from offline.ann import exact_neighbours, recall_at_k
+    from offline.sources.embedding import EmbeddingSource
+
+    out = {}
+    rng = np.random.default_rng(seed)
+    for name, source in sources.items():
+        if not isinstance(source, EmbeddingSource):
+            continue
+        candidates = np.flatnonzero(source.known)
+        sample = np.sort(
+            rng.choice(candidates, min(config.recall_sample, len(candidates)), replace=False)
+        )
+        exact = exact_neighbours(source.embeddings, source.known, config.pool_size, items=sample)
+        recall = recall_at_k(neighbours[name], exact, sample)
+        out[name] = {
+            "recall": round(float(recall), 4),
+            "k": config.pool_size,
+            "sample": len(sample),
+            "n_trees": config.annoy_trees,
+            "search_k": config.annoy_search_k,
+        }
+    return out
+
+
+def _pool_stats(pools: Pools) -> dict[str, Any]:
+    lengths = (pools.items >= 0).sum(axis=1)
+    return {
+        "mean_length": float(lengths.mean()),
+        "full": float((lengths == pools.items.shape[1]).mean()),
+        "entries_by_source": pools.source_counts(),
+    }
+
+
+def _train_personalized(
+    data: Dataset,
+    pools: Pools,
+    item2vec: np.ndarray,
+    config: PipelineConfig,
+    seed: int,
+    metrics: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    from dataclasses import replace
+
+    from training.personalized import build_examples, train_personalized
+
+    examples = build_examples(data.fit, window=config.window)
+    metrics["personalized_examples"] = {
+        "examples": len(examples),
+        "cart_targets": int(examples.is_cart.sum()),
+    }
+    init = (
+        item2vec
+        if config.init_from_item2vec and item2vec.shape[1] == config.personalized.dim
+        else None
+    )
+    arrays = {}
+    for name, omega in (("personalized", 1.0), ("personalized_cart", config.cart_omega)):
+        variant = replace(config.personalized, cart_weight=omega)
+        weights = train_personalized(
+            examples,
+            data.catalogue.n_items,
+            variant,
+            seed=seed,
+            pools=pools.items,
+            init_embeddings=init,
+        )
+        metrics[f"{name}_losses"] = weights.losses
+        prefix = f"models/{name}"
+        arrays[f"{prefix}/input_embeddings"] = weights.input_embeddings
+        arrays[f"{prefix}/output_embeddings"] = weights.output_embeddings
+        arrays[f"{prefix}/position_weights"] = weights.position_weights
+        arrays[f"{prefix}/known"] = weights.known
+    return arrays
+
+
+def _eval_arrays(data: Dataset, history: int) -> dict[str, np.ndarray]:
+    """Held-out events of the held-out users, with their last ``history`` earlier clicks."""
+    events = data.events
+    hold_users = np.zeros(events.n_users, dtype=bool)
+    hold_users[events.users[data.is_holdout]] = True
+    earlier = ~data.is_holdout & (events.types == CLICK) & hold_users[events.users]
+    index = np.flatnonzero(earlier)
+    users = events.users[index]
+    # Position from the end among each user's earlier clicks (events are sorted by user).
+    is_last = np.r_[users[1:] != users[:-1], True]
+    group_end = np.flip(
+        np.maximum.accumulate(np.flip(np.where(is_last, np.arange(len(index)), -1)))
+    )
+    keep_history = np.zeros(len(events), dtype=bool)
+    keep_history[index[group_end - np.arange(len(index)) < history]] = True
+    keep = keep_history | data.is_holdout
+    return {
+        "eval/users": events.users[keep],
+        "eval/items": events.items[keep],
+        "eval/types": events.types[keep],
+        "eval/ts": events.ts[keep],
+        "eval/is_holdout": data.is_holdout[keep],
+    }
+
+
+def _image_vectors(inputs: PipelineInputs, data: Dataset) -> ItemVectors | None:
+    if inputs.item_vectors is None and inputs.item_images is None:
+        return None
+    from offline import image_embedding
+
+    index = {str(item): i for i, item in enumerate(data.catalogue.item_ids)}
+    if inputs.item_vectors is not None:
+        return image_embedding.load_item_vectors(inputs.item_vectors, index, data.catalogue.n_items)
+    embedder = image_embedding.MobileNetEmbedder(shared=inputs.shared)
+    return image_embedding.embed_image_folder(
+        inputs.item_images, index, embedder, n_items=data.catalogue.n_items
+    )
+
+
+def _describe_file(log: EventLog) -> dict[str, Any]:
+    path = Path(log.report.path)
+    return {"path": str(path.resolve()), "sha256": sha256_file(path), **log.report.as_dict()}

@@ -1,0 +1,158 @@
+"""Candidate pools: up to ``size`` similar items per item, merged from every source.
+
+Similarity sources are interleaved by weight (a source of weight 2 gets two places for
+every one of a source of weight 1), duplicates are dropped, and each candidate keeps a
+bit for every source that proposed it. Short pools are then filled by business rules:
+items of the same category (most popular first), then the most recently first-seen items,
+so items with no behaviour yet (new in the catalogue) are still reachable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from offline.interactions import Catalogue
+from offline.sources.base import Neighbours
+
+#: Bit of each source in ``Pools.sources``; the rules come after the similarity sources.
+SOURCE_BITS: dict[str, int] = {
+    "itemcf": 1 << 0,
+    "item2vec": 1 << 1,
+    "image": 1 << 2,
+    "pss": 1 << 3,
+    "category": 1 << 4,
+    "new": 1 << 5,
+}
+RULES = ("category", "new")
+_TIER = 1e9  # key offset that puts each rule after everything before it
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Merged candidate pools.
+
+    Attributes
+    ----------
+    items : int32 array, shape (n_items, size), -1 padded, best first
+    sources : uint8 array, shape (n_items, size), OR of ``SOURCE_BITS`` per candidate
+    """
+
+    items: np.ndarray
+    sources: np.ndarray
+
+    def source_counts(self) -> dict[str, int]:
+        """How many pool entries each source or rule proposed."""
+        return {name: int(((self.sources & bit) > 0).sum()) for name, bit in SOURCE_BITS.items()}
+
+
+def source_names(flags: int) -> list[str]:
+    """The names behind a ``Pools.sources`` value."""
+    return [name for name, bit in SOURCE_BITS.items() if flags & bit]
+
+
+def category_fill(catalogue: Catalogue, popularity: np.ndarray, size: int) -> Neighbours:
+    """Per item, the ``size + 1`` most popular items of its category (ties: newer first).
+
+    Returns
+    -------
+    Neighbours with ``items`` of shape (n_items, size + 1); scores are the popularity.
+    """
+    n = catalogue.n_items
+    cats = catalogue.item_category
+    order = np.lexsort((-catalogue.first_seen, -popularity, cats))  # by category, then rank
+    sorted_cats = cats[order]
+    starts = np.searchsorted(sorted_cats, sorted_cats, side="left")
+    rank = np.arange(n) - starts
+    width = size + 1
+    n_cats = len(catalogue.category_names)
+    top = np.full((n_cats + 1, width), -1, dtype=np.int32)  # last row: unknown category
+    keep = rank < width
+    top[np.where(sorted_cats[keep] >= 0, sorted_cats[keep], n_cats), rank[keep]] = order[keep]
+    items = top[np.where(cats >= 0, cats, n_cats)]
+    items[cats < 0] = -1  # unknown category: no same-category rule
+    scores = np.where(items >= 0, popularity[np.maximum(items, 0)], np.nan).astype(np.float32)
+    return Neighbours(items, scores)
+
+
+def newest_fill(catalogue: Catalogue, size: int) -> Neighbours:
+    """The ``size + 1`` most recently first-seen items, the same list for every item."""
+    newest = np.argsort(-catalogue.first_seen, kind="stable")[: size + 1].astype(np.int32)
+    items = np.broadcast_to(newest, (catalogue.n_items, len(newest)))
+    scores = np.broadcast_to(catalogue.first_seen[newest].astype(np.float32), items.shape)
+    return Neighbours(items, scores)
+
+
+def merge_pools(
+    sources: Mapping[str, Neighbours],
+    weights: Mapping[str, float],
+    rules: Mapping[str, Neighbours],
+    size: int = 200,
+    chunk_rows: int = 8192,
+) -> Pools:
+    """Interleave the similarity sources by weight, then append the rules' candidates.
+
+    Parameters
+    ----------
+    sources : name -> Neighbours of shape (n_items, k_s), in a fixed order
+    weights : name -> positive weight, one per source
+    rules : name -> Neighbours, applied in order after all sources (``RULES`` names)
+    size : pool length
+
+    Returns
+    -------
+    Pools of shape (n_items, size); an item never appears in its own pool.
+    """
+    unknown = set(sources) - set(weights)
+    if unknown:
+        raise ValueError(f"no weight for sources {sorted(unknown)}")
+    tiers = [(name, n, weights[name], 0) for name, n in sources.items()]
+    tiers += [(name, n, 1.0, t + 1) for t, (name, n) in enumerate(rules.items())]
+    n_items = next(iter(n.items.shape[0] for _, n, _, _ in tiers))
+    items = np.full((n_items, size), -1, dtype=np.int32)
+    flags = np.zeros((n_items, size), dtype=np.uint8)
+    for start in range(0, n_items, chunk_rows):
+        stop = min(start + chunk_rows, n_items)
+        items[start:stop], flags[start:stop] = _merge_chunk(tiers, start, stop, size)
+    return Pools(items, flags)
+
+
+def _merge_chunk(
+    tiers: list[tuple[str, Neighbours, float, int]], start: int, stop: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    rows, cands, keys, bits = [], [], [], []
+    for order, (name, neighbours, weight, tier) in enumerate(tiers):
+        block = np.asarray(neighbours.items[start:stop])
+        r, rank = np.nonzero(block >= 0)
+        rows.append(r + start)
+        cands.append(block[r, rank].astype(np.int64))
+        # Weighted round robin: the n-th pick of a source lands at n / weight; the source's
+        # position in the list breaks ties, so merging is deterministic.
+        keys.append(tier * _TIER + (rank + 1) / weight + order * 1e-6)
+        bits.append(np.full(len(r), SOURCE_BITS[name], dtype=np.uint8))
+    row = np.concatenate(rows)
+    cand = np.concatenate(cands)
+    key = np.concatenate(keys)
+    bit = np.concatenate(bits)
+    valid = cand != row
+    row, cand, key, bit = row[valid], cand[valid], key[valid], bit[valid]
+    # One entry per (row, candidate): the best key, and every source that proposed it.
+    pair = row * (int(cand.max(initial=0)) + 1) + cand
+    by_pair = np.lexsort((key, pair))
+    pair, row, cand = pair[by_pair], row[by_pair], cand[by_pair]
+    key, bit = key[by_pair], bit[by_pair]
+    first = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    merged_bits = np.bitwise_or.reduceat(bit, first) if len(first) else bit[:0]
+    row, cand, key = row[first], cand[first], key[first]
+    by_rank = np.lexsort((key, row))
+    row, cand, merged_bits = row[by_rank], cand[by_rank], merged_bits[by_rank]
+    row_start = np.searchsorted(row, row, side="left")
+    slot = np.arange(len(row)) - row_start
+    keep = slot < size
+    out_items = np.full((stop - start, size), -1, dtype=np.int32)
+    out_bits = np.zeros((stop - start, size), dtype=np.uint8)
+    out_items[row[keep] - start, slot[keep]] = cand[keep]
+    out_bits[row[keep] - start, slot[keep]] = merged_bits[keep]
+    return out_items, out_bits

@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+
+from recsvc.bundle import load_bundle, resolve, write_bundle
+from recsvc.exceptions import BundleError
+
+
+def arrays(n: int = 4) -> dict[str, np.ndarray]:
+    return {
+        "item_ids": np.array([f"i{k}" for k in range(n)]),
+        "item_category": np.zeros(n, dtype=np.int32),
+        "item_popularity": np.arange(n, dtype=np.int64),
+        "item_first_seen": np.zeros(n),
+        "pools": np.full((n, 3), -1, dtype=np.int32),
+        "pool_sources": np.zeros((n, 3), dtype=np.uint8),
+        "models/personalized/position_weights": np.ones(8, dtype=np.float32),
+    }
+
+
+def test_round_trip_and_current_link(tmp_path):
+    first = write_bundle(tmp_path, arrays(), {"parameters": {"seed": 1}})
+    second = write_bundle(tmp_path, arrays(), {"parameters": {"seed": 2}})
+    assert resolve(tmp_path) == second.resolve()
+    bundle = load_bundle(tmp_path)
+    assert bundle.version == second.name and bundle.manifest["parameters"]["seed"] == 2
+    assert bundle["item_ids"].tolist() == ["i0", "i1", "i2", "i3"]
+    assert bundle.item_index()["i2"] == 2
+    assert isinstance(bundle["pools"], np.memmap)
+    assert load_bundle(first).manifest["parameters"]["seed"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_corrupted_file_is_refused(tmp_path):
+    path = write_bundle(tmp_path, arrays(), {})
+    target = path / "pools.npy"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"pools.npy does not match its sha256"):
+        load_bundle(path)
+
+
+def test_mismatched_shapes_and_missing_files_are_refused(tmp_path):
+    bad = arrays()
+    bad["pool_sources"] = np.zeros((3, 3), dtype=np.uint8)
+    with pytest.raises(BundleError, match="pool_sources has 3 rows, expected 4"):
+        load_bundle(write_bundle(tmp_path / "a", bad, {}))
+    path = write_bundle(tmp_path / "b", arrays(), {})
+    (path / "models/personalized/position_weights.npy").unlink()
+    with pytest.raises(BundleError, match=r"position_weights\.npy is missing"):
+        load_bundle(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format"] = "something-else"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="bundle format 'something-else'"):
+        load_bundle(path)
+    with pytest.raises(BundleError, match="no bundle at"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_object_arrays_cannot_be_written(tmp_path):
+    bad = arrays()
+    bad["item_ids"] = np.array([object()] * 4)
+    with pytest.raises(BundleError, match="dtype object"):
+        write_bundle(tmp_path, bad, {})
+    assert list(tmp_path.iterdir()) == []

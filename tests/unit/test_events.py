@@ -1,0 +1,110 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offline.events import ColumnSpec, load_delimited, load_taobao
+from offline.interactions import CART, CLICK
+from recsvc.exceptions import DataError
+
+
+def write(tmp_path: Path, text: str, name: str = "events.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_taobao_rows_and_bad_rows_are_counted_by_reason(tmp_path):
+    path = write(
+        tmp_path,
+        "1,10,5,pv,1511544070\n"
+        "1,11,5,cart,1511544080\n"
+        "2,10,5,like,1511544090\n"
+        "2,12,6,pv,soon\n"
+        "2,12,6,pv,-3\n"
+        ",12,6,pv,1511544095\n"
+        "3,13,7,pv",
+    )
+    log = load_taobao(path)
+    assert list(log.user_ids) == ["1", "1"]
+    assert list(log.item_ids) == ["10", "11"]
+    assert list(log.types) == [CLICK, CART]
+    assert list(log.categories) == ["5", "5"]
+    assert log.ts.tolist() == [1511544070.0, 1511544080.0]
+    report = log.report
+    assert (report.rows, report.good) == (7, 2)
+    assert report.skipped == {
+        "unknown event type 'like'": 1,
+        "unparsable timestamp": 1,
+        "timestamp out of range": 1,
+        "empty user or item id": 1,
+        "too few fields (4 < 5)": 1,
+    }
+    assert report.first_line["too few fields (4 < 5)"] == 7
+    assert "skipped 1: too few fields" in report.summary()
+
+
+def test_the_real_taobao_slice_reports_its_truncated_last_line(shared):
+    log = load_taobao(shared / "data/taobao/UserBehavior_head.csv")
+    assert log.report.rows == 84476
+    assert log.report.good == 84475
+    assert log.report.skipped == {"too few fields (4 < 5)": 1}
+    assert log.report.first_line == {"too few fields (4 < 5)": 84476}
+    counts = np.bincount(log.types, minlength=4)
+    assert counts.tolist() == [75872, 4497, 2356, 1750]  # 75,873 pv less the truncated one
+
+
+def test_delimited_with_header_named_columns_and_type_map(tmp_path):
+    path = write(
+        tmp_path,
+        "SessionId\tItemId\tTime\tKind\n"
+        "s1\ti1\t10.5\tview\n"
+        "s1\ti2\t11.0\tbasket\n"
+        "s2\ti1\t12.0\tclick\n",
+    )
+    spec = ColumnSpec(
+        user="SessionId",
+        item="ItemId",
+        timestamp="Time",
+        event_type="Kind",
+        delimiter="\t",
+        header=True,
+        type_map={"view": "click", "basket": "cart"},
+    )
+    log = load_delimited(path, spec)
+    assert log.types.tolist() == [CLICK, CART, CLICK]
+    assert log.categories is None
+    assert log.report.skipped == {}
+
+
+def test_delimited_without_type_column_uses_the_default_type(tmp_path):
+    path = write(tmp_path, "u,i,1\nu,j,2\n")
+    log = load_delimited(path, ColumnSpec(user=0, item=1, timestamp=2))
+    assert log.types.tolist() == [CLICK, CLICK]
+
+
+def test_a_file_with_no_good_rows_is_a_clear_error(tmp_path):
+    path = write(tmp_path, "1,10,5,pv\n1,10,5,zz,1\n")
+    with pytest.raises(DataError, match="no usable events") as info:
+        load_taobao(path)
+    assert "unknown event type 'zz'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec_kwargs", "message"),
+    [
+        ({"user": "SessionId", "item": 1, "timestamp": 2}, "without a header"),
+        ({"user": 0, "item": 1, "timestamp": 2, "type_map": {"pv": "view"}}, "mapping targets"),
+    ],
+)
+def test_inconsistent_column_specs_are_refused(spec_kwargs, message):
+    with pytest.raises(DataError, match=message):
+        ColumnSpec(**spec_kwargs)
+
+
+def test_missing_file_and_missing_header_column_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="cannot read event file"):
+        load_taobao(tmp_path / "nope.csv")
+    path = write(tmp_path, "a,b,c\n1,2,3\n")
+    with pytest.raises(DataError, match="'Time' for timestamp is not in the header"):
+        load_delimited(path, ColumnSpec(user="a", item="b", timestamp="Time", header=True))

@@ -103,32 +103,29 @@ class Dataset:
 
 
 def assign_phases(
-    log: EventLog, tz: dt.tzinfo, test_day: int | None, separate_test: bool
+    log: EventLog, tz: dt.tzinfo, test_day: int | None, test_span: float | None
 ) -> tuple[np.ndarray, dict[str, object]]:
-    """Phase of each row of the training log (test rows come from another file when
-    ``separate_test``): the test day (default: the last day), the day before it for
-    validation, earlier days for training; rows after the test day are dropped (phase -1).
+    """Phase of each row of the training log: the test day (default: the last day), the
+    day before it for validation, earlier days for training; rows after the test day are
+    dropped (phase -1). When the test period comes from another file (``test_span`` is its
+    length in seconds), validation is the same length of time at the end of this log.
     """
     days = local_days(log.ts, tz)
-    last = int(days.max())
-    if separate_test:
+    phase = np.full(len(days), TRAIN, dtype=np.int8)
+    info: dict[str, object] = {"timezone": str(tz), "first_day": day_name(int(days.min()))}
+    if test_span is not None:
         if test_day is not None:
             raise ConfigError("--test-day cannot be combined with --test-events")
-        validation_day, test_name = last, "test file"
-    else:
-        test_day = last if test_day is None else test_day
-        validation_day, test_name = test_day - 1, day_name(test_day)
-    phase = np.full(len(days), TRAIN, dtype=np.int8)
-    phase[days == validation_day] = VALIDATION
-    if not separate_test:
-        phase[days == test_day] = TEST
-        phase[days > test_day] = -1
-    info = {
-        "timezone": str(tz),
-        "validation_day": day_name(validation_day),
-        "test": test_name,
-        "first_day": day_name(int(days.min())),
-    }
+        start = float(log.ts.max()) - max(test_span, 3600.0)
+        phase[log.ts > start] = VALIDATION
+        start_text = dt.datetime.fromtimestamp(start, tz).isoformat(timespec="seconds")
+        info |= {"validation_day": f"after {start_text}", "test": "test file"}
+        return phase, info
+    test_day = int(days.max()) if test_day is None else test_day
+    phase[days == test_day - 1] = VALIDATION
+    phase[days == test_day] = TEST
+    phase[days > test_day] = -1
+    info |= {"validation_day": day_name(test_day - 1), "test": day_name(test_day)}
     return phase, info
 
 
@@ -149,9 +146,8 @@ def build_dataset(
     if holdout not in ("validation", "test"):
         raise ConfigError(f"holdout must be 'validation' or 'test', got {holdout!r}")
     tz = parse_timezone(timezone)
-    phase, info = assign_phases(
-        log, tz, parse_day(test_day) if test_day else None, test_log is not None
-    )
+    test_span = float(np.ptp(test_log.ts)) if test_log is not None else None
+    phase, info = assign_phases(log, tz, parse_day(test_day) if test_day else None, test_span)
     logs = [log]
     if test_log is not None:
         logs.append(test_log)

@@ -1,10 +1,8 @@
 """Top-K hit-ratio evaluation of pool rankings on the bundle's held-out days.
 
-A *visit* is a run of consecutive clicks of one user on one item (a reload is not a new
-visit). Each held-out visit that has a next visit by the same user is a click case: the
-current item's pool is ranked by a method, and it is a hit at K when the next visited item
-is in the top K. The case is also an add-to-cart case when the user added that next item to
-cart at or after visiting it (on the held-out days).
+Cases are defined in :mod:`offline.sequences`: for every held-out viewed item with a next
+visit, the current item's pool is ranked by a method, and it is a hit at K when the next
+visited item is in the top K. Add-to-cart cases are those whose next item was added to cart.
 """
 
 from __future__ import annotations
@@ -14,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from offline.interactions import CART, CLICK
 from offline.metrics import Difference, paired_bootstrap, summarize, target_ranks
+from offline.sequences import Cases, next_item_cases
 from recsvc.bundle import Bundle
 from recsvc.scoring import candidate_scores, user_vectors
 
@@ -33,84 +31,10 @@ COMPARISONS = (
 )
 
 
-@dataclass(frozen=True)
-class Cases:
-    """Evaluation cases.
-
-    Attributes
-    ----------
-    users : int array, shape (n,)
-    current, target : int32 arrays, shape (n,), the item viewed and the next one visited
-    is_cart : bool array, shape (n,), the next item was added to cart
-    windows : int32 array, shape (n, w), current item then earlier visits, -1 padded
-    """
-
-    users: np.ndarray
-    current: np.ndarray
-    target: np.ndarray
-    is_cart: np.ndarray
-    windows: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-
-def collapse_visits(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Mask of clicks that start a visit (first click of a user, or a different item)."""
-    start = np.ones(len(users), dtype=bool)
-    start[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
-    return start
-
-
-def build_cases(
-    users: np.ndarray,
-    items: np.ndarray,
-    types: np.ndarray,
-    ts: np.ndarray,
-    is_holdout: np.ndarray,
-    window: int = 8,
-) -> Cases:
-    """Click and add-to-cart cases from events sorted by (user, ts).
-
-    Parameters
-    ----------
-    users, items, types, ts, is_holdout : arrays of shape (n_events,)
-        Earlier (fit-period) events give the windows their history; cases come from
-        held-out events only.
-    """
-    clicks = types == CLICK
-    c_users, c_items, c_ts, c_hold = users[clicks], items[clicks], ts[clicks], is_holdout[clicks]
-    start = collapse_visits(c_users, c_items)
-    v_users, v_items, v_ts, v_hold = c_users[start], c_items[start], c_ts[start], c_hold[start]
-    has_next = np.zeros(len(v_users), dtype=bool)
-    has_next[:-1] = v_users[1:] == v_users[:-1]
-    case = np.flatnonzero(v_hold & has_next)
-    target, target_ts = v_items[case + 1], v_ts[case + 1]
-    # Add-to-cart: the latest held-out cart of (user, item) is at or after the next visit.
-    carts = (types == CART) & is_holdout
-    n_items = int(max(items.max(initial=0), 0)) + 1
-    cart_keys = users[carts].astype(np.int64) * n_items + items[carts]
-    keys, inverse = np.unique(cart_keys, return_inverse=True)
-    last_cart = np.full(len(keys), -np.inf)
-    np.maximum.at(last_cart, inverse, ts[carts])
-    wanted = v_users[case].astype(np.int64) * n_items + target
-    if len(keys):
-        slot = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-        is_cart = (keys[slot] == wanted) & (last_cart[slot] >= target_ts)
-    else:
-        is_cart = np.zeros(len(case), dtype=bool)
-    back = case[:, None] - np.arange(window)[None, :]
-    inside = (back >= 0) & (v_users[np.maximum(back, 0)] == v_users[case][:, None])
-    windows = np.where(inside, v_items[np.maximum(back, 0)], -1).astype(np.int32)
-    return Cases(
-        v_users[case], v_items[case].astype(np.int32), target.astype(np.int32), is_cart, windows
-    )
-
-
 def cases_from_bundle(bundle: Bundle) -> Cases:
     arrays = [np.asarray(bundle[name]) for name in EVAL_ARRAYS]
     window = int(bundle.manifest.get("parameters", {}).get("window", 8))
-    return build_cases(*arrays, window=window)
+    return next_item_cases(*arrays, window=window)
 
 
 def available_methods(bundle: Bundle) -> list[str]:

@@ -92,7 +92,10 @@ def merge_pools(
     size: int = 200,
     chunk_rows: int = 8192,
 ) -> Pools:
-    """Interleave the similarity sources by weight, then append the rules' candidates.
+    """Interleave the similarity sources by weight, then fill short pools with the rules.
+
+    A candidate's flags name every similarity source that proposed it; a rule's bit marks
+    only the entries that rule added (candidates no source proposed).
 
     Parameters
     ----------
@@ -108,51 +111,60 @@ def merge_pools(
     unknown = set(sources) - set(weights)
     if unknown:
         raise ValueError(f"no weight for sources {sorted(unknown)}")
-    tiers = [(name, n, weights[name], 0) for name, n in sources.items()]
-    tiers += [(name, n, 1.0, t + 1) for t, (name, n) in enumerate(rules.items())]
-    n_items = next(iter(n.items.shape[0] for _, n, _, _ in tiers))
+    similar = [(name, n, weights[name], 0) for name, n in sources.items()]
+    filling = [(name, n, 1.0, t + 1) for t, (name, n) in enumerate(rules.items())]
+    n_items = next(iter(n.items.shape[0] for _, n, _, _ in similar + filling))
     items = np.full((n_items, size), -1, dtype=np.int32)
     flags = np.zeros((n_items, size), dtype=np.uint8)
-    for start in range(0, n_items, chunk_rows):
-        stop = min(start + chunk_rows, n_items)
-        items[start:stop], flags[start:stop] = _merge_chunk(tiers, start, stop, size)
+    # Most pools are full from the sources alone; only the short ones pay for the rules.
+    for tiers, rows in ((similar, np.arange(n_items)), (filling, None)):
+        if rows is None:
+            rows = np.flatnonzero(items[:, -1] < 0)
+            tiers = similar + filling
+        for begin in range(0, len(rows), chunk_rows):
+            chunk = rows[begin : begin + chunk_rows]
+            items[chunk], flags[chunk] = _merge_rows(tiers, chunk, size)
     return Pools(items, flags)
 
 
-def _merge_chunk(
-    tiers: list[tuple[str, Neighbours, float, int]], start: int, stop: int, size: int
+def _merge_rows(
+    tiers: list[tuple[str, Neighbours, float, int]], rows: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    rows, cands, keys, bits = [], [], [], []
+    """Merged pools of the given rows: int32 items and uint8 flags, shape (len(rows), size)."""
+    if not tiers:
+        return np.full((len(rows), size), -1, np.int32), np.zeros((len(rows), size), np.uint8)
+    slots, cands, keys, bits = [], [], [], []
     for order, (name, neighbours, weight, tier) in enumerate(tiers):
-        block = np.asarray(neighbours.items[start:stop])
+        block = np.asarray(neighbours.items[rows])
         r, rank = np.nonzero(block >= 0)
-        rows.append(r + start)
+        slots.append(r)
         cands.append(block[r, rank].astype(np.int64))
         # Weighted round robin: the n-th pick of a source lands at n / weight; the source's
         # position in the list breaks ties, so merging is deterministic.
         keys.append(tier * _TIER + (rank + 1) / weight + order * 1e-6)
         bits.append(np.full(len(r), SOURCE_BITS[name], dtype=np.uint8))
-    row = np.concatenate(rows)
+    slot = np.concatenate(slots)
     cand = np.concatenate(cands)
     key = np.concatenate(keys)
     bit = np.concatenate(bits)
-    valid = cand != row
-    row, cand, key, bit = row[valid], cand[valid], key[valid], bit[valid]
-    # One entry per (row, candidate): the best key, and every source that proposed it.
-    pair = row * (int(cand.max(initial=0)) + 1) + cand
+    valid = cand != rows[slot]
+    slot, cand, key, bit = slot[valid], cand[valid], key[valid], bit[valid]
+    # One entry per (row, candidate): the best key; the flags of every source proposing it,
+    # or the bit of the rule that added it when no source did.
+    pair = slot * (int(cand.max(initial=0)) + 1) + cand
     by_pair = np.lexsort((key, pair))
-    pair, row, cand = pair[by_pair], row[by_pair], cand[by_pair]
-    key, bit = key[by_pair], bit[by_pair]
+    pair, slot, cand, key, bit = (a[by_pair] for a in (pair, slot, cand, key, bit))
     first = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
-    merged_bits = np.bitwise_or.reduceat(bit, first) if len(first) else bit[:0]
-    row, cand, key = row[first], cand[first], key[first]
-    by_rank = np.lexsort((key, row))
-    row, cand, merged_bits = row[by_rank], cand[by_rank], merged_bits[by_rank]
-    row_start = np.searchsorted(row, row, side="left")
-    slot = np.arange(len(row)) - row_start
-    keep = slot < size
-    out_items = np.full((stop - start, size), -1, dtype=np.int32)
-    out_bits = np.zeros((stop - start, size), dtype=np.uint8)
-    out_items[row[keep] - start, slot[keep]] = cand[keep]
-    out_bits[row[keep] - start, slot[keep]] = merged_bits[keep]
+    from_sources = np.where(key < _TIER, bit, 0).astype(np.uint8)
+    merged = np.bitwise_or.reduceat(from_sources, first) if len(first) else bit[:0]
+    merged = np.where(merged > 0, merged, bit[first])
+    slot, cand, key = slot[first], cand[first], key[first]
+    by_rank = np.lexsort((key, slot))
+    slot, cand, merged = slot[by_rank], cand[by_rank], merged[by_rank]
+    position = np.arange(len(slot)) - np.searchsorted(slot, slot, side="left")
+    keep = position < size
+    out_items = np.full((len(rows), size), -1, dtype=np.int32)
+    out_bits = np.zeros((len(rows), size), dtype=np.uint8)
+    out_items[slot[keep], position[keep]] = cand[keep]
+    out_bits[slot[keep], position[keep]] = merged[keep]
     return out_items, out_bits

@@ -104,8 +104,9 @@ def fit(
     model : Model
         Its variables must already exist (created in ``__init__``).
     batches_fn : callable
-        ``batches_fn(rng)`` returns an iterable of batches (dicts of numpy arrays, first axis
-        the batch axis, same keys, dtypes and trailing shapes every time) for one epoch. It is
+        ``batches_fn(rng)`` returns an iterable of batches (dicts of numpy arrays with the same
+        keys, dtypes and trailing shapes every time; the first array's first axis is the batch
+        axis, which weights its loss in the epoch mean) for one epoch. It is
         called once per epoch with the same ``numpy.random.Generator`` (seeded from ``seed``),
         which it must use for every random choice (shuffling, negatives).
     epochs : int
@@ -150,6 +151,7 @@ def fit(
 
     train_step: Callable[[dict[str, tf.Tensor]], tf.Tensor] | None = None
     losses: list[float] = []
+    fit_started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         total, count = 0.0, 0
@@ -164,7 +166,7 @@ def fit(
         for batch in bar:
             if train_step is None:
                 train_step = tf.function(step, input_signature=[_signature(batch)])
-            loss = float(train_step({k: tf.convert_to_tensor(v) for k, v in batch.items()}))
+            loss = float(train_step(as_tensors(batch)))
             if not np.isfinite(loss):
                 raise FloatingPointError(f"{description}: loss became {loss} in epoch {epoch}")
             size = batch_size_of(batch)
@@ -178,6 +180,10 @@ def fit(
             "%s epoch %d/%d: loss %.5f, %d examples, %.1f s",
             description, epoch, epochs, mean, count, time.perf_counter() - started,
         )  # fmt: skip
+    logger.info(
+        "%s: %d epochs in %.1f s, final loss %s", description, epochs,
+        time.perf_counter() - fit_started, f"{losses[-1]:.5f}" if losses else "n/a",
+    )  # fmt: skip
     return losses
 
 

@@ -1,18 +1,12 @@
 """The personalized ranking model: weighted pooling of recent items, sampled softmax.
 
-Examples
---------
-Each user's clicks in time order, with consecutive repeats collapsed (as in item2vec), form
-a sequence ``s_0, s_1, ...``; neighbours therefore always differ. Every position ``i`` that
-has a successor gives one example:
-
-- window ``[s_i, s_{i-1}, ..., s_{i-7}]`` (slot 0 the current item, older items after it,
-  ``-1`` where the sequence has no earlier click);
-- target ``s_{i+1}``, the user's next (different) click;
-- ``is_cart``: the same user has a ``CART`` event for the target item with
-  ``ts >= `` the time of that next click (the first click of its run), anywhere later in
-  the given events. Equal times count, since logs often stamp a click and the add-to-cart it
-  led to with the same second.
+Training examples
+-----------------
+The next-item cases of :mod:`offline.sequences`, the same ones evaluation scores: every
+visit (a run of clicks or add-to-carts of one item) that includes a click and has a next
+visit gives the window ``[s_i, s_{i-1}, ..., s_{i-7}]`` (slot 0 the current item, ``-1``
+where there is no earlier visit), the target ``s_{i+1}``, and ``is_cart`` when the user added
+the target to cart at or after that next visit began.
 
 Model
 -----
@@ -25,17 +19,21 @@ Loss
 ----
 The example's weight (``cart_weight`` when ``is_cart``, else 1) times the sum of
 
-1. a sampled softmax: the target against ``negatives`` items drawn i.i.d. from the unigram
-   distribution of targets raised to 0.75, with the logQ correction (every logit, the
-   target's included, minus ``log q(item)``), which makes it a consistent estimate of the
-   full softmax over the catalogue;
-2. optionally, a softmax of the target against ``pool_negatives`` items drawn uniformly from
-   the current item's candidate pool -- the very list the model has to rank at serving time.
-   The proposal is uniform over the pool, so no correction is needed among the negatives.
+1. a sampled softmax: the target against ``negatives`` items drawn i.i.d. (with
+   replacement) from the unigram distribution of targets raised to 0.75, once per batch and
+   shared by all its examples (as ``tf.nn.sampled_softmax_loss`` does, so hundreds of
+   negatives cost one small matrix product), with the logQ correction: every logit, the
+   target's included, minus ``log q(item)``. This makes it a consistent estimate of the full
+   softmax over the catalogue, so scores keep the popularity a next click has;
+2. optionally, a softmax of the target against ``pool_negatives`` items drawn per example,
+   uniformly with replacement, from the current item's candidate pool -- the very list the
+   model ranks at serving time. The proposal is uniform over the pool, so every negative
+   would get the same correction, and none is applied.
 
-In both, a negative equal to the target (and pool padding) is masked out. An L2 penalty
-``l2 · Σ ||row||²`` over the embedding rows a batch touches, divided by the batch size, is
-added.
+In both, a negative equal to the example's target (and pool padding) is masked out. An L2
+penalty ``l2 · Σ ||row||²`` over the embedding rows the batch gathers (each example's valid
+window rows, target and pool negatives; the shared negatives once), divided by the batch
+size, is added.
 """
 
 from __future__ import annotations
@@ -47,7 +45,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
-from offline.interactions import CART, CLICK, Interactions
+from offline.interactions import Interactions
+from offline.sequences import next_item_cases
 from recsvc.exceptions import ConfigError, DataError
 from training.base import (
     ItemSampler,
@@ -60,7 +59,6 @@ from training.base import (
     seed_everything,
     unigram_distribution,
 )
-from training.item2vec import collapse_repeats
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +76,7 @@ class Examples:
     targets : int32 array, shape (m,)
         The next click.
     is_cart : bool array, shape (m,)
-        Whether the user added the target to cart at or after that next click.
+        Whether the user added the target to cart at or after visiting it.
     """
 
     windows: np.ndarray
@@ -100,7 +98,8 @@ class PersonalizedConfig:
     window : int
         Slots of the user window (must match the examples).
     negatives : int
-        Negatives per example drawn from the unigram^0.75 distribution of targets.
+        Negatives per batch, shared by its examples, drawn from the unigram^0.75
+        distribution of targets.
     pool_negatives : int
         Negatives per example drawn uniformly from the current item's candidate pool
         (needs ``pools``); 0 turns that term off.
@@ -121,11 +120,11 @@ class PersonalizedConfig:
 
     dim: int = 64
     window: int = WINDOW
-    negatives: int = 64
+    negatives: int = 256
     pool_negatives: int = 0
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 512
-    learning_rate: float = 0.005
+    learning_rate: float = 0.002
     l2: float = 1e-6
     cart_weight: float = 1.0
     unigram_power: float = 0.75
@@ -174,13 +173,12 @@ class PersonalizedWeights:
 
 
 def build_examples(events: Interactions, window: int = WINDOW) -> Examples:
-    """Next-click examples from an event log (see the module docstring for the rules).
+    """Next-item examples: exactly the cases evaluation scores (:mod:`offline.sequences`).
 
     Parameters
     ----------
     events : Interactions
-        Events of every type, sorted by (user, ts); clicks define the sequences, carts the
-        ``is_cart`` flags.
+        Events of every type, sorted by (user, ts).
     window : int
         Slots per window, the current item included.
 
@@ -189,44 +187,8 @@ def build_examples(events: Interactions, window: int = WINDOW) -> Examples:
     Examples
         ``windows`` int32 (m, window), ``targets`` int32 (m,), ``is_cart`` bool (m,).
     """
-    clicks = events.of_type(CLICK)
-    keep = collapse_repeats(clicks.users, clicks.items)
-    users, items, ts = clicks.users[keep], clicks.items[keep], clicks.ts[keep]
-    n = len(items)
-    has_next = np.zeros(n, dtype=bool)
-    has_next[:-1] = users[:-1] == users[1:]
-    positions = np.flatnonzero(has_next)
-    # Index of the first click of each user's sequence, for every click.
-    first = np.ones(n, dtype=bool)
-    first[1:] = users[1:] != users[:-1]
-    sequence_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))[positions]
-
-    windows = np.full((len(positions), window), -1, dtype=np.int32)
-    for slot in range(window):
-        source = positions - slot
-        valid = source >= sequence_start
-        windows[valid, slot] = items[source[valid]]
-    targets = items[positions + 1].astype(np.int32)
-    is_cart = _carted_after(events, users[positions + 1], targets, ts[positions + 1])
-    return Examples(windows, targets, is_cart)
-
-
-def _carted_after(
-    events: Interactions, users: np.ndarray, items: np.ndarray, ts: np.ndarray
-) -> np.ndarray:
-    """bool (m,): the user has a CART event for the item at time >= ts."""
-    carts = events.of_type(CART)
-    if len(carts) == 0 or len(users) == 0:
-        return np.zeros(len(users), dtype=bool)
-    cart_keys = carts.users.astype(np.int64) * events.n_items + carts.items
-    order = np.lexsort((carts.ts, cart_keys))
-    cart_keys, cart_ts = cart_keys[order], carts.ts[order]
-    last = np.ones(len(cart_keys), dtype=bool)  # last (latest) cart of each (user, item)
-    last[:-1] = cart_keys[1:] != cart_keys[:-1]
-    cart_keys, latest = cart_keys[last], cart_ts[last]
-    keys = users.astype(np.int64) * events.n_items + items
-    where = np.minimum(np.searchsorted(cart_keys, keys), len(cart_keys) - 1)
-    return (cart_keys[where] == keys) & (latest[where] >= ts)
+    cases = next_item_cases(events.users, events.items, events.types, events.ts, window=window)
+    return Examples(cases.windows, cases.target, cases.is_cart)
 
 
 class PersonalizedModel(Model):
@@ -279,9 +241,9 @@ class PersonalizedModel(Model):
         Parameters
         ----------
         batch : dict
-            ``windows`` int32 (b, window), ``targets`` int32 (b,), ``weights`` float32 (b,),
-            ``negatives`` int32 (b, s) and ``pool_negatives`` int32 (b, p), -1 padded;
-            ``s`` or ``p`` may be 0.
+            ``windows`` int32 (b, window), -1 padded; ``targets`` int32 (b,); ``weights``
+            float32 (b,); ``negatives`` int32 (s,), shared by the batch; ``pool_negatives``
+            int32 (b, p), -1 padded. ``s`` or ``p`` may be 0.
         training : bool
             Unused.
 
@@ -445,6 +407,28 @@ def train_personalized(
         steps_per_epoch=n_batches(len(examples), config.batch_size),
         description="personalized",
     )
+    return export_weights(model, known, losses, config)
+
+
+def export_weights(
+    model: PersonalizedModel,
+    known: np.ndarray,
+    losses: list[float],
+    config: PersonalizedConfig,
+) -> PersonalizedWeights:
+    """Copy the model's variables out as numpy arrays, zeroing the rows of unknown items.
+
+    Parameters
+    ----------
+    model : PersonalizedModel
+    known : bool array, shape (n_items,)
+    losses : list of float
+    config : PersonalizedConfig
+
+    Returns
+    -------
+    PersonalizedWeights
+    """
     input_embeddings = model.input_embeddings.numpy()
     output_embeddings = model.output_embeddings.numpy()
     input_embeddings[~known] = 0.0
@@ -453,7 +437,7 @@ def train_personalized(
         input_embeddings,
         output_embeddings,
         model.position_weights.numpy(),
-        known,
-        losses,
+        np.asarray(known, dtype=bool),
+        list(losses),
         config,
     )

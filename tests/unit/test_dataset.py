@@ -70,13 +70,19 @@ def test_validation_holdout_leaves_the_test_day_out_entirely():
     assert data.is_holdout.tolist() == [False, True]
 
 
-def test_separate_test_file_makes_the_last_train_day_validation():
-    test = make_log([("u3", "b", "c1", CLICK, START + 3 * DAY)])
-    train = make_log(ROWS[:2])
+def test_separate_test_file_makes_the_same_span_at_the_end_of_train_validation():
+    test = make_log(
+        [
+            ("u3", "b", "c1", CLICK, START + 3 * DAY),
+            ("u3", "a", "c1", CLICK, START + 3 * DAY + 5 * 3600),
+        ]
+    )  # a test period of 5 hours
+    train = make_log([*ROWS[:2], ("u2", "a", "c1", CLICK, START + DAY + 3 * 3600)])
     data = build_dataset(train, test, timezone="+08:00")
-    assert data.split["validation_day"] == "2017-12-02"
-    assert data.split["events"]["test"] == 1
-    assert data.holdout.users.tolist() == [data.user_ids.tolist().index("u3")]
+    # The last 5 hours of the training log (two events) validate; the first event trains.
+    assert data.split["events"] == {"train": 1, "validation": 2, "test": 2, "after_test_day": 0}
+    assert data.split["validation_day"] == "after 2017-12-01T22:00:00+08:00"
+    assert data.holdout.users.tolist() == [data.user_ids.tolist().index("u3")] * 2
 
 
 def test_explicit_test_day_drops_later_days_and_reports_them():

@@ -51,10 +51,10 @@ def test_weighted_interleave_dedup_self_exclusion_and_source_tags():
     )
     # Row 0 keys: cf 1 -> 0.5, cf 2 -> 1.0, i2v 0 (self, dropped), cf 3 -> 1.5, i2v 4 -> 2.0.
     assert pools.items[0].tolist() == [1, 2, 3, 4]
-    assert pools.sources[0, 0] == CF | CAT  # item 1 is also in category x
-    assert pools.sources[0, 1] == CF | I2V | CAT  # item 2 from both sources and the category
+    assert pools.sources[0, 0] == CF  # also in category x, but rules tag only what they add
+    assert pools.sources[0, 1] == CF | I2V  # item 2 from both sources
     assert pools.sources[0, 2] == CF  # item 3 is in category y
-    assert pools.sources[0, 3] == I2V | NEW
+    assert pools.sources[0, 3] == I2V
     # Row 1: cf 0 (0.5), i2v 2 (1.0), i2v 3 (2.0), i2v 4 (3.0).
     assert pools.items[1].tolist() == [0, 2, 3, 4]
     # Row 2 has no source candidates: category x first (0, then 1), then the newest (4, 5).
@@ -63,7 +63,7 @@ def test_weighted_interleave_dedup_self_exclusion_and_source_tags():
     # Row 4 is a new item with no behaviour: still gets a pool, and is reachable from others.
     assert pools.items[4].tolist() == [3, 5, -1, -1]
     assert (pools.items == np.arange(6)[:, None]).sum() == 0
-    assert source_names(int(pools.sources[0, 1])) == ["itemcf", "item2vec", "category"]
+    assert source_names(int(pools.sources[0, 1])) == ["itemcf", "item2vec"]
 
 
 def test_chunking_does_not_change_the_result():

@@ -1,0 +1,44 @@
+import numpy as np
+
+from offline.interactions import BUY, CART, CLICK
+from offline.sequences import next_item_cases
+
+# user, item, type, ts, held out
+EVENTS = [
+    (0, 1, CLICK, 1.0, False),  # history
+    (0, 2, CLICK, 2.0, False),
+    (0, 3, CLICK, 10.0, True),  # case: 3 -> 3 is a reload, so the next visit is 4
+    (0, 3, CLICK, 11.0, True),
+    (0, 4, CLICK, 12.0, True),  # case: 4 -> 5, added to cart after the visit
+    (0, 5, CLICK, 13.0, True),  # last visit: no case
+    (0, 5, CART, 14.0, True),
+    (1, 4, CLICK, 20.0, True),  # case: 4 -> 3, carted as the visit began
+    (1, 3, CART, 20.5, True),
+    (1, 3, CLICK, 21.0, True),
+    (1, 3, BUY, 21.5, True),  # a purchase is not a visit
+    (1, 6, CART, 22.0, True),  # case: 3 -> 6, added to cart without a view just before
+    (1, 8, CART, 23.0, True),  # no case: 6 was never viewed, so nothing was shown beside it
+    (2, 7, CLICK, 30.0, True),  # a single visit: no case
+]
+
+
+def test_cases_windows_and_cart_flags_by_hand():
+    users, items, types, ts, hold = (np.array(c) for c in zip(*EVENTS, strict=True))
+    cases = next_item_cases(users, items, types.astype(np.int8), ts, hold, window=4)
+    assert cases.users.tolist() == [0, 0, 1, 1]
+    assert cases.current.tolist() == [3, 4, 4, 3]
+    assert cases.target.tolist() == [4, 5, 3, 6]
+    assert cases.is_cart.tolist() == [False, True, True, True]
+    assert cases.windows.tolist() == [
+        [3, 2, 1, -1],  # current item, then the history visits, newest first
+        [4, 3, 2, 1],
+        [4, -1, -1, -1],  # other users' visits never leak in
+        [3, 4, -1, -1],
+    ]
+
+
+def test_carts_outside_the_eligible_events_do_not_count():
+    users, items, types, ts, hold = (np.array(c) for c in zip(*EVENTS, strict=True))
+    hold[6] = False  # user 0's cart of item 5 is no longer held out
+    cases = next_item_cases(users, items, types.astype(np.int8), ts, hold, window=4)
+    assert cases.is_cart.tolist() == [False, False, True, True]

@@ -42,7 +42,7 @@ class PipelineConfig:
     annoy_search_k: int = 20000
     recall_sample: int = 1000
     cart_omega: float = 2.0
-    init_from_item2vec: bool = True
+    init_from_item2vec: bool = False
     eval_history: int = 64
     item2vec: Item2VecConfig = field(default_factory=Item2VecConfig)
     personalized: PersonalizedConfig = field(default_factory=PersonalizedConfig)

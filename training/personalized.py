@@ -120,7 +120,7 @@ class PersonalizedConfig:
 
     dim: int = 64
     window: int = WINDOW
-    negatives: int = 256
+    negatives: int = 1024
     pool_negatives: int = 0
     epochs: int = 12
     batch_size: int = 512
@@ -215,15 +215,30 @@ class PersonalizedModel(Model):
         super().__init__(name="personalized")
         self.input_embeddings = tf.Variable(input_init.astype(np.float32), name="input")
         self.output_embeddings = tf.Variable(output_init.astype(np.float32), name="output")
+        #: raw position weights; :meth:`scaled_position_weights` is what pooling uses
         self.position_weights = tf.Variable(np.ones(window, dtype=np.float32), name="position")
         self.log_q = tf.constant(np.asarray(log_q, dtype=np.float32))
         self.l2 = l2
+
+    def scaled_position_weights(self) -> tf.Tensor:
+        """float32 (window,): the position weights rescaled so their magnitudes sum to window.
+
+        The embeddings already carry the user vector's overall scale, so the weights' own
+        scale is redundant. Left free, Adam grows all of them in step (each moves by about
+        the learning rate in the direction that sharpens the softmax) and the weights never
+        say which position matters; with the scale divided out, only their ratios are
+        learned.
+        """
+        raw = self.position_weights
+        total = tf.maximum(tf.reduce_sum(tf.abs(raw)), 1e-6)
+        return raw * (tf.cast(tf.size(raw), tf.float32) / total)
 
     def user_vectors(self, windows: tf.Tensor) -> tf.Tensor:
         """float32 (b, dim): the pooled user vector of each int32 (b, window) window."""
         valid = windows >= 0
         rows = tf.gather(self.input_embeddings, tf.where(valid, windows, 0))  # (b, w, d)
-        weights = self.position_weights[: tf.shape(windows)[1]] * tf.cast(valid, tf.float32)
+        position = self.scaled_position_weights()[: tf.shape(windows)[1]]
+        weights = position * tf.cast(valid, tf.float32)
         counts = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32), axis=1, keepdims=True), 1)
         return tf.einsum("bw,bwd->bd", weights, rows) / counts
 
@@ -436,7 +451,7 @@ def export_weights(
     return PersonalizedWeights(
         input_embeddings,
         output_embeddings,
-        model.position_weights.numpy(),
+        model.scaled_position_weights().numpy(),
         np.asarray(known, dtype=bool),
         list(losses),
         config,

@@ -86,7 +86,7 @@ def test_loss_equals_numpy_on_a_hand_made_batch() -> None:
     outputs = rng.normal(size=(5, 3)).astype(np.float32)
     log_q = np.log(np.array([0.1, 0.2, 0.3, 0.25, 0.15]))
     model = PersonalizedModel(inputs, outputs, log_q, window=3, l2=0.01)
-    model.position_weights.assign([1.5, 0.5, 2.0])
+    model.position_weights.assign([1.5, 0.5, 1.0])  # magnitudes sum to the window: as is
     batch = {
         "windows": np.array([[0, 1, _], [2, _, _]], dtype=np.int32),
         "targets": np.array([3, 4], dtype=np.int32),

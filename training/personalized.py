@@ -125,7 +125,7 @@ class PersonalizedConfig:
     epochs: int = 12
     batch_size: int = 512
     learning_rate: float = 0.002
-    l2: float = 1e-6
+    l2: float = 0.03
     cart_weight: float = 1.0
     unigram_power: float = 0.75
     optimizer: str = "lazy_adam"

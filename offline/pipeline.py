@@ -23,7 +23,7 @@ from offline.dataset import Dataset, build_dataset
 from offline.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
 from offline.interactions import CLICK
 from offline.pools import Pools, category_fill, merge_pools, newest_fill
-from offline.sources.base import CandidateSource
+from offline.sources.base import CandidateSource, Neighbours
 from recsvc.bundle import sha256_file, write_bundle
 from recsvc.exceptions import ConfigError
 
@@ -231,7 +231,12 @@ def _embedding_source(
     )
 
 
-def _annoy_recall(sources, neighbours, config: PipelineConfig, seed: int) -> dict[str, Any]:
+def _annoy_recall(
+    sources: dict[str, CandidateSource],
+    neighbours: dict[str, Neighbours],
+    config: PipelineConfig,
+    seed: int,
+) -> dict[str, Any]:
     """recall@pool_size of each annoy-backed source against exact cosine search."""
     from offline.ann import exact_neighbours, recall_at_k
     from offline.sources.embedding import EmbeddingSource

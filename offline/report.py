@@ -47,7 +47,7 @@ def format_differences(differences: Sequence[Difference]) -> str:
 def write_json(result: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def plot_hit_ratios(result: dict, ks: Sequence[int], path: str | Path, title: str = "") -> None:

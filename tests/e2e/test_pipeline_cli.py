@@ -14,9 +14,15 @@ from recsvc.cli import main
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "--param", "item2vec.epochs=2", "--param", "personalized.epochs=2",
-    "--param", "annoy_trees=5", "--param", "recall_sample=100",
-]  # fmt: skip
+    "--param",
+    "item2vec.epochs=2",
+    "--param",
+    "personalized.epochs=2",
+    "--param",
+    "annoy_trees=5",
+    "--param",
+    "recall_sample=100",
+]
 METRICS = {"hr@5", "hr@10", "hr@20", "ndcg@10", "mrr@20"}
 
 
@@ -39,11 +45,32 @@ def taobao_slice(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def run_pipeline_and_eval(events: Path, out: Path, capsys) -> tuple[dict, str]:
-    code = main(["pipeline", "--format", "taobao", "--events", str(events), "--out",
-                 str(out / "bundles"), "--seed", "3", *SMALL])  # fmt: skip
+    code = main(
+        [
+            "pipeline",
+            "--format",
+            "taobao",
+            "--events",
+            str(events),
+            "--out",
+            str(out / "bundles"),
+            "--seed",
+            "3",
+            *SMALL,
+        ]
+    )
     assert code == 0
-    code = main(["eval", "--bundle", str(out / "bundles"), "--json", str(out / "eval.json"),
-                 "--plot", str(out / "eval.png")])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "--bundle",
+            str(out / "bundles"),
+            "--json",
+            str(out / "eval.json"),
+            "--plot",
+            str(out / "eval.png"),
+        ]
+    )
     assert code == 0
     return json.loads((out / "eval.json").read_text()), capsys.readouterr().out
 
@@ -58,8 +85,13 @@ def test_pipeline_and_eval_on_real_data_are_complete_and_repeatable(
 
     assert set(first) == {"cases", "methods"}
     assert first["cases"]["click"] > 100 and first["cases"]["cart"] > 0
-    assert set(first["methods"]) == {"popular", "itemcf", "item2vec", "personalized",
-                                     "personalized_cart"}  # fmt: skip
+    assert set(first["methods"]) == {
+        "popular",
+        "itemcf",
+        "item2vec",
+        "personalized",
+        "personalized_cart",
+    }
     for result in first["methods"].values():
         assert set(result) == {"click", "cart"}
         for subset in result.values():
@@ -91,9 +123,72 @@ def test_bad_flags_and_inputs_fail_with_clear_messages(tmp_path: Path, capsys):
     code = main(["pipeline", "--format", "taobao", "--events", str(empty), "--out", str(tmp_path)])
     assert code == 1
     assert "no usable events" in capsys.readouterr().err
-    code = main(["pipeline", "--format", "taobao", "--events", str(empty), "--out", str(tmp_path),
-                 "--param", "personalized.epochs=many"])  # fmt: skip
+    code = main(
+        [
+            "pipeline",
+            "--format",
+            "taobao",
+            "--events",
+            str(empty),
+            "--out",
+            str(tmp_path),
+            "--param",
+            "personalized.epochs=many",
+        ]
+    )
     assert code == 2
     assert "'many' is not a int" in capsys.readouterr().err
     assert main(["eval", "--bundle", str(tmp_path / "none"), "--json", str(tmp_path / "x")]) == 1
     assert "no bundle at" in capsys.readouterr().err
+
+
+def test_item_images_become_the_image_source(
+    taobao_slice: Path, shared: Path, tmp_path: Path, capsys
+):
+    """Four real photos named after catalogue items, embedded with the real MobileNet."""
+    items = []
+    for line in taobao_slice.read_text().splitlines()[:400]:
+        item = line.split(",")[1]
+        if item not in items:
+            items.append(item)
+    photos = sorted((shared / "models/sample_images").glob("*.*[gp]"))  # bmp and jpg
+    assert len(photos) == 4
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for item, photo in zip(items, photos, strict=False):
+        (folder / f"{item}{photo.suffix}").write_bytes(photo.read_bytes())
+    (folder / f"not-an-item{photos[0].suffix}").write_bytes(photos[0].read_bytes())
+    code = main(
+        [
+            "pipeline",
+            "--format",
+            "taobao",
+            "--events",
+            str(taobao_slice),
+            "--out",
+            str(tmp_path / "bundles"),
+            "--item-images",
+            str(folder),
+            "--shared",
+            str(shared),
+            *SMALL,
+        ]
+    )
+    assert code == 0
+    bundle = load_bundle(tmp_path / "bundles")
+    assert bundle.manifest["sources_ran"] == ["itemcf", "item2vec", "image"]
+    assert bundle.manifest["metrics"]["image_vectors"] == 4
+    assert np.asarray(bundle["embeddings/image"]).shape == (bundle.n_items, 1024)
+    index = bundle.item_index()
+    scores = np.asarray(bundle["pool_scores/image"])[index[items[0]]]
+    pool = np.asarray(bundle["pools"])[index[items[0]]]
+    others = {index[i] for i in items[1:4]}
+    # The other photographed items are in the first item's pool, with real cosines.
+    assert others <= set(pool.tolist())
+    assert np.isfinite(scores[np.isin(pool, list(others))]).all()
+    assert (
+        main(["eval", "--bundle", str(tmp_path / "bundles"), "--json", str(tmp_path / "eval.json")])
+        == 0
+    )
+    assert "image" in json.loads((tmp_path / "eval.json").read_text())["methods"]
+    assert "4 loaded, 1 skipped (unknown item: 1)" in capsys.readouterr().out

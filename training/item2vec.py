@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from offline.interactions import CLICK, Interactions
+from offline.sequences import visit_starts
 from recsvc.exceptions import ConfigError, DataError
 from training.base import (
     ItemSampler,
@@ -111,24 +112,6 @@ class Item2VecResult:
         return asdict(self.config)
 
 
-def collapse_repeats(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Mask keeping the first event of each run of consecutive repeats within a user.
-
-    Parameters
-    ----------
-    users, items : int arrays, shape (n,)
-        Events sorted by (user, time).
-
-    Returns
-    -------
-    bool array, shape (n,)
-        False for an event whose user and item both equal the previous event's.
-    """
-    keep = np.ones(len(items), dtype=bool)
-    keep[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
-    return keep
-
-
 def skipgram_pairs(clicks: Interactions, window: int) -> tuple[np.ndarray, np.ndarray]:
     """All (centre, context) pairs of the collapsed per-user click sequences.
 
@@ -146,7 +129,7 @@ def skipgram_pairs(clicks: Interactions, window: int) -> tuple[np.ndarray, np.nd
     """
     is_click = clicks.types == CLICK
     users, items = clicks.users[is_click], clicks.items[is_click]
-    keep = collapse_repeats(users, items)
+    keep = visit_starts(users, items)
     users, items = users[keep], items[keep]
     centres, contexts = [], []
     for offset in range(1, window + 1):
@@ -252,7 +235,7 @@ def train_item2vec(
     # Unigram counts of the clicks that are part of some pair (each click counted once).
     is_click = clicks.types == CLICK
     users, items = clicks.users[is_click], clicks.items[is_click]
-    sequence_items = items[collapse_repeats(users, items)]
+    sequence_items = items[visit_starts(users, items)]
     known = np.zeros(n_items, dtype=bool)
     known[centres] = True
     counts = np.bincount(sequence_items, minlength=n_items) * known

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from offline.interactions import CART, CLICK, Interactions
+from offline.sequences import visit_starts
 from recsvc.exceptions import ConfigError, DataError
 from training.base import as_tensors
 from training.item2vec import (
     Item2VecConfig,
     Item2VecModel,
-    collapse_repeats,
     skipgram_pairs,
     train_item2vec,
 )
@@ -30,10 +30,10 @@ def interactions(rows: list[tuple[int, int, int, float]], n_items: int) -> Inter
     )  # fmt: skip
 
 
-def test_collapse_repeats_keeps_the_first_of_each_run_per_user() -> None:
+def test_visit_starts_keep_the_first_of_each_run_per_user() -> None:
     users = np.array([0, 0, 0, 0, 1, 1])
     items = np.array([5, 5, 6, 5, 5, 5])
-    assert collapse_repeats(users, items).tolist() == [True, False, True, True, True, False]
+    assert visit_starts(users, items).tolist() == [True, False, True, True, True, False]
 
 
 def test_skipgram_pairs_by_hand() -> None:

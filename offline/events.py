@@ -1,14 +1,14 @@
 """Loading event logs (Taobao UserBehavior, any delimited file) onto the Event contract.
 
 Every row either becomes an event or is counted under the reason it was skipped; the
-report says how many rows of each kind there were and where the first of each was.
+report (:class:`offline.skips.SkipReport`) says how many rows of each kind there were and
+shows the first skipped ones by line number.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from offline.interactions import EVENT_TYPES
+from offline.skips import SkipReport
 from recsvc.exceptions import DataError
 
 #: Taobao UserBehavior names for the contract's event types.
@@ -68,35 +69,6 @@ TAOBAO_SPEC = ColumnSpec(
 )
 
 
-@dataclass
-class LoadReport:
-    """What a loader read: good rows, and skipped rows counted by reason."""
-
-    path: str
-    rows: int = 0
-    good: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    first_line: dict[str, int] = field(default_factory=dict)
-
-    def skip(self, reason: str, line_no: int) -> None:
-        self.skipped[reason] += 1
-        self.first_line.setdefault(reason, line_no)
-
-    def summary(self) -> str:
-        lines = [f"{self.path}: {self.rows} rows, {self.good} events loaded"]
-        for reason, count in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])):
-            lines.append(f"  skipped {count}: {reason} (first at line {self.first_line[reason]})")
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "path": self.path,
-            "rows": self.rows,
-            "good": self.good,
-            "skipped": dict(sorted(self.skipped.items())),
-        }
-
-
 @dataclass(frozen=True)
 class EventLog:
     """Events with external string ids, in file order.
@@ -107,7 +79,7 @@ class EventLog:
     types : int8 array, shape (n,), index into ``EVENT_TYPES``
     ts : float64 array, shape (n,), Unix seconds
     categories : str array, shape (n,), or None when the file has no category column
-    report : LoadReport
+    report : SkipReport
     """
 
     user_ids: np.ndarray
@@ -115,7 +87,7 @@ class EventLog:
     types: np.ndarray
     ts: np.ndarray
     categories: np.ndarray | None
-    report: LoadReport
+    report: SkipReport
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -136,7 +108,7 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
         is usable.
     """
     path = Path(path)
-    report = LoadReport(str(path))
+    report = SkipReport(str(path))
     type_codes = {name: i for i, name in enumerate(EVENT_TYPES)}
     type_lookup = {**{t: t for t in EVENT_TYPES}, **spec.type_map}
     users: list[str] = []
@@ -157,22 +129,22 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
                 line_no = reader.line_num
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue
-                report.rows += 1
+                report.read += 1
                 if len(row) < width:
-                    report.skip(f"too few fields ({len(row)} < {width})", line_no)
+                    report.skip(f"line {line_no}", f"too few fields ({len(row)} < {width})")
                     continue
                 user = row[positions["user"]].strip()
                 item = row[positions["item"]].strip()
                 if not user or not item:
-                    report.skip("empty user or item id", line_no)
+                    report.skip(f"line {line_no}", "empty user or item id")
                     continue
                 try:
                     stamp = float(row[positions["timestamp"]])
                 except ValueError:
-                    report.skip("unparsable timestamp", line_no)
+                    report.skip(f"line {line_no}", "unparsable timestamp")
                     continue
                 if not math.isfinite(stamp) or stamp < 0:
-                    report.skip("timestamp out of range", line_no)
+                    report.skip(f"line {line_no}", "timestamp out of range")
                     continue
                 if positions["event_type"] is None:
                     kind = spec.default_type
@@ -180,7 +152,7 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
                     raw = row[positions["event_type"]].strip()
                     kind = type_lookup.get(raw)
                     if kind is None:
-                        report.skip(f"unknown event type {raw[:20]!r}", line_no)
+                        report.skip(f"line {line_no}", f"unknown event type {raw[:20]!r}")
                         continue
                 users.append(user)
                 items.append(item)
@@ -190,7 +162,7 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
                     cats.append(row[positions["category"]].strip())
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: unreadable at line {reader.line_num}: {exc}") from exc
-    report.good = len(users)
+    report.loaded = len(users)
     if not users:
         raise DataError(f"no usable events in {path}\n{report.summary()}")
     return EventLog(

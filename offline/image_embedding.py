@@ -1,7 +1,7 @@
 """Item image vectors: read precomputed ones, or embed photos with the MobileNet extractor.
 
 Two ways in, one result (:class:`ItemVectors`: a float32 ``(n_items, d)`` matrix, a ``known``
-mask and a :class:`LoadReport` of what was skipped and why):
+mask and a :class:`SkipReport` of what was skipped and why):
 
 * :func:`load_item_vectors` reads a vectors file, in one of two formats:
 
@@ -26,14 +26,14 @@ import csv
 import logging
 import os
 import warnings
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from offline.skips import SkipReport
 from recsvc.exceptions import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -43,46 +43,6 @@ MODEL_RELATIVE_PATH = Path(
     "models/mobilenet_v1_embedding/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 )
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
-#: Skipped rows or files listed by name in a report; the rest are only counted.
-MAX_EXAMPLES = 20
-
-
-@dataclass
-class LoadReport:
-    """What a load kept and what it skipped, by reason.
-
-    Attributes
-    ----------
-    source : str
-        The file or folder read.
-    loaded : int
-        Items that got a vector.
-    skipped : Counter[str]
-        Number of skipped rows or files per reason.
-    examples : list of str
-        The first ``MAX_EXAMPLES`` skipped entries, as ``"<where>: <reason> (<detail>)"``.
-    """
-
-    source: str
-    loaded: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-
-    def skip(self, where: str, reason: str, detail: str = "") -> None:
-        """Count one skipped entry."""
-        self.skipped[reason] += 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
-
-    @property
-    def n_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    def summary(self) -> str:
-        """One line, e.g. ``"items.csv: 120 loaded, 3 skipped (unknown item: 2, ...)"``."""
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items()))
-        text = f"{self.source}: {self.loaded} loaded, {self.n_skipped} skipped"
-        return text + (f" ({reasons})" if reasons else "")
 
 
 @dataclass(frozen=True)
@@ -94,12 +54,12 @@ class ItemVectors:
     vectors : float32 array, shape (n_items, d)
         Zero rows for items without a vector.
     known : bool array, shape (n_items,)
-    report : LoadReport
+    report : SkipReport
     """
 
     vectors: np.ndarray
     known: np.ndarray
-    report: LoadReport
+    report: SkipReport
 
 
 def resolve_shared_dir(shared: str | os.PathLike[str] | None = None) -> Path:
@@ -151,7 +111,7 @@ def load_item_vectors(
         ids, rows = _read_csv(path)
     else:
         raise DataError(f"{path}: unsupported item vectors format {suffix!r} (use .npz or .csv)")
-    report = LoadReport(str(path))
+    report = SkipReport(str(path), read=len(ids))
     dim = next((len(row) for row in rows if row is not None), 0)
     vectors = np.zeros((n_items, dim), dtype=np.float32)
     known = np.zeros(n_items, dtype=bool)
@@ -208,7 +168,7 @@ def _place(
     item_index: dict[str, int],
     item_id: str,
     row: np.ndarray,
-    report: LoadReport,
+    report: SkipReport,
     where: str,
 ) -> None:
     """Put one item's vector in place, or record why not."""
@@ -227,7 +187,7 @@ def _place(
         report.loaded += 1
 
 
-def _finish(vectors: np.ndarray, known: np.ndarray, report: LoadReport) -> ItemVectors:
+def _finish(vectors: np.ndarray, known: np.ndarray, report: SkipReport) -> ItemVectors:
     """Log the report; no usable vector at all is an error."""
     if report.loaded == 0:
         raise DataError(f"no usable item vectors in {report.summary()}")
@@ -388,10 +348,11 @@ def embed_image_folder(
         raise DataError(f"image folder not found: {folder}")
     if n_items is None:
         n_items = max(item_index.values(), default=-1) + 1
-    report = LoadReport(str(folder))
+    report = SkipReport(str(folder))
     vectors = np.zeros((n_items, embedder.dim), dtype=np.float32)
     known = np.zeros(n_items, dtype=bool)
     files = sorted(p for p in folder.iterdir() if p.is_file())
+    report.read = len(files)
     for path in tqdm(files, desc="embed images", unit="image", disable=_progress_off(progress)):
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             report.skip(path.name, "not an image file")

@@ -353,5 +353,5 @@ def _image_vectors(inputs: PipelineInputs, data: Dataset) -> ItemVectors | None:
 
 
 def _describe_file(log: EventLog) -> dict[str, Any]:
-    path = Path(log.report.path)
+    path = Path(log.report.source)
     return {"path": str(path.resolve()), "sha256": sha256_file(path), **log.report.as_dict()}

@@ -79,7 +79,7 @@ def test_pipeline_and_eval_on_real_data_are_complete_and_repeatable(
     taobao_slice: Path, tmp_path: Path, capsys
 ):
     first, printed = run_pipeline_and_eval(taobao_slice, tmp_path / "a", capsys)
-    assert "skipped 1: too few fields (4 < 5)" in printed
+    assert "1 skipped (too few fields (4 < 5): 1); first: line " in printed
     assert "Click hit ratio (%)" in printed and "Add-to-cart hit ratio (%)" in printed
     assert "personalized - itemcf on click hr@10" in printed
 
@@ -191,4 +191,4 @@ def test_item_images_become_the_image_source(
         == 0
     )
     assert "image" in json.loads((tmp_path / "eval.json").read_text())["methods"]
-    assert "4 loaded, 1 skipped (unknown item: 1)" in capsys.readouterr().out
+    assert "5 read, 4 loaded, 1 skipped (unknown item: 1)" in capsys.readouterr().out

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from offline.dataset import build_dataset, local_days, parse_timezone
-from offline.events import EventLog, LoadReport
+from offline.events import EventLog
 from offline.interactions import CART, CLICK
+from offline.skips import SkipReport
 from recsvc.exceptions import ConfigError, DataError
 
 DAY = 86400.0
@@ -21,7 +22,7 @@ def make_log(rows: list[tuple[str, str, str, int, float]]) -> EventLog:
         np.array(types, dtype=np.int8),
         np.array(ts),
         np.array(cats),
-        LoadReport("mem"),
+        SkipReport("mem"),
     )
 
 

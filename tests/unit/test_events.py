@@ -32,7 +32,7 @@ def test_taobao_rows_and_bad_rows_are_counted_by_reason(tmp_path):
     assert list(log.categories) == ["5", "5"]
     assert log.ts.tolist() == [1511544070.0, 1511544080.0]
     report = log.report
-    assert (report.rows, report.good) == (7, 2)
+    assert (report.read, report.loaded) == (7, 2)
     assert report.skipped == {
         "unknown event type 'like'": 1,
         "unparsable timestamp": 1,
@@ -40,16 +40,17 @@ def test_taobao_rows_and_bad_rows_are_counted_by_reason(tmp_path):
         "empty user or item id": 1,
         "too few fields (4 < 5)": 1,
     }
-    assert report.first_line["too few fields (4 < 5)"] == 7
-    assert "skipped 1: too few fields" in report.summary()
+    assert report.examples[0] == "line 3: unknown event type 'like'"
+    assert report.examples[-1] == "line 7: too few fields (4 < 5)"
+    assert "7 read, 2 loaded, 5 skipped" in report.summary()
 
 
 def test_the_real_taobao_slice_reports_its_truncated_last_line(shared):
     log = load_taobao(shared / "data/taobao/UserBehavior_head.csv")
-    assert log.report.rows == 84476
-    assert log.report.good == 84475
+    assert log.report.read == 84476
+    assert log.report.loaded == 84475
     assert log.report.skipped == {"too few fields (4 < 5)": 1}
-    assert log.report.first_line == {"too few fields (4 < 5)": 84476}
+    assert log.report.examples == ["line 84476: too few fields (4 < 5)"]
     counts = np.bincount(log.types, minlength=4)
     assert counts.tolist() == [75872, 4497, 2356, 1750]  # 75,873 pv less the truncated one
 

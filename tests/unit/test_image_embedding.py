@@ -12,13 +12,13 @@ import pytest
 from offline.ann import exact_neighbours
 from offline.image_embedding import (
     MODEL_RELATIVE_PATH,
-    LoadReport,
     MobileNetEmbedder,
     embed_image_folder,
     load_item_vectors,
     resolve_shared_dir,
     save_item_vectors,
 )
+from offline.skips import SkipReport
 from recsvc.exceptions import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ def test_shared_dir_and_model_path_resolution(
 
 
 def test_report_keeps_few_examples() -> None:
-    report = LoadReport("somewhere")
+    report = SkipReport("somewhere")
     for i in range(100):
         report.skip(f"row {i}", "unknown item")
     assert report.n_skipped == 100 and len(report.examples) == 20

@@ -21,7 +21,7 @@ import numpy as np
 from offline.config import PipelineConfig, apply_overrides, describe
 from offline.dataset import Dataset, build_dataset
 from offline.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
-from offline.interactions import CLICK
+from offline.interactions import CART, CLICK
 from offline.pools import Pools, category_fill, merge_pools, newest_fill
 from offline.sources.base import CandidateSource, Neighbours
 from recsvc.bundle import sha256_file, write_bundle
@@ -314,20 +314,16 @@ def _train_personalized(
 
 
 def _eval_arrays(data: Dataset, history: int) -> dict[str, np.ndarray]:
-    """Held-out events of the held-out users, with their last ``history`` earlier clicks."""
+    """Held-out events of the held-out users, with their last ``history`` earlier visit
+    events (clicks and add-to-carts), which give the first held-out windows their past."""
     events = data.events
     hold_users = np.zeros(events.n_users, dtype=bool)
     hold_users[events.users[data.is_holdout]] = True
-    earlier = ~data.is_holdout & (events.types == CLICK) & hold_users[events.users]
+    visit_event = (events.types == CLICK) | (events.types == CART)
+    earlier = ~data.is_holdout & visit_event & hold_users[events.users]
     index = np.flatnonzero(earlier)
-    users = events.users[index]
-    # Position from the end among each user's earlier clicks (events are sorted by user).
-    is_last = np.r_[users[1:] != users[:-1], True]
-    group_end = np.flip(
-        np.maximum.accumulate(np.flip(np.where(is_last, np.arange(len(index)), -1)))
-    )
     keep_history = np.zeros(len(events), dtype=bool)
-    keep_history[index[group_end - np.arange(len(index)) < history]] = True
+    keep_history[index[last_of_each_user(events.users[index], history)]] = True
     keep = keep_history | data.is_holdout
     return {
         "eval/users": events.users[keep],
@@ -336,6 +332,24 @@ def _eval_arrays(data: Dataset, history: int) -> dict[str, np.ndarray]:
         "eval/ts": events.ts[keep],
         "eval/is_holdout": data.is_holdout[keep],
     }
+
+
+def last_of_each_user(users: np.ndarray, n: int) -> np.ndarray:
+    """Mask of the last ``n`` entries of each user in an array sorted by user.
+
+    Parameters
+    ----------
+    users : int array, shape (m,), sorted (each user's entries contiguous)
+
+    Returns
+    -------
+    bool array, shape (m,)
+    """
+    position = np.arange(len(users))
+    is_last = np.r_[users[1:] != users[:-1], True] if len(users) else np.zeros(0, bool)
+    # Index of the user's last entry, for every entry: the nearest group end at or after it.
+    group_end = np.flip(np.minimum.accumulate(np.flip(np.where(is_last, position, len(users)))))
+    return group_end - position < n
 
 
 def _image_vectors(inputs: PipelineInputs, data: Dataset) -> ItemVectors | None:

@@ -23,7 +23,6 @@ class PipelineConfig:
     Attributes
     ----------
     pool_size : candidates kept per item
-    window : slots of the personalized user window (current item + earlier visits)
     alpha : item-CF weight of click Jaccard against attribute Jaccard
     source_weights : interleaving weight of each similarity source in the pool merge
     annoy_trees, annoy_search_k : annoy index settings (search_k -1: annoy's default,
@@ -35,7 +34,6 @@ class PipelineConfig:
     """
 
     pool_size: int = 200
-    window: int = 8
     alpha: float = 0.9
     source_weights: dict[str, float] = field(default_factory=_default_weights)
     annoy_trees: int = 10
@@ -48,14 +46,10 @@ class PipelineConfig:
     personalized: PersonalizedConfig = field(default_factory=PersonalizedConfig)
 
     def __post_init__(self) -> None:
-        if self.pool_size < 1 or self.window < 1 or self.annoy_trees < 1:
-            raise ConfigError("pool_size, window and annoy_trees must be >= 1")
+        if self.pool_size < 1 or self.annoy_trees < 1:
+            raise ConfigError("pool_size and annoy_trees must be >= 1")
         if self.cart_omega <= 0 or any(w <= 0 for w in self.source_weights.values()):
             raise ConfigError("cart_omega and source weights must be > 0")
-        if self.personalized.window != self.window:
-            raise ConfigError(
-                f"personalized.window={self.personalized.window} differs from window={self.window}"
-            )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

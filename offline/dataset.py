@@ -181,8 +181,12 @@ def _encode(
     user_ids, users = np.unique(users_raw, return_inverse=True)
     item_ids, items = np.unique(items_raw, return_inverse=True)
     n_items = len(item_ids)
+    # The listing time of an item is its first fit-period event; an item first seen in the
+    # held-out period counts as listed when that period begins, so the order of the held-out
+    # events themselves never reaches the pools' newest-items rule.
     first_seen = np.full(n_items, np.inf)
-    np.minimum.at(first_seen, items, ts)
+    np.minimum.at(first_seen, items[~holdout], ts[~holdout])
+    first_seen[np.isinf(first_seen)] = ts[holdout].min() if holdout.any() else np.inf
     if has_categories:
         cats_raw = _concat(logs, "categories")[keep]  # type: ignore[arg-type]
         category_names, cats = np.unique(cats_raw, return_inverse=True)

@@ -6,6 +6,8 @@ import argparse
 import json
 import time
 
+import numpy as np
+
 from offline.evaluate import evaluate
 from offline.report import format_differences, format_table, plot_hit_ratios, write_json
 from recsvc.bundle import load_bundle
@@ -22,6 +24,15 @@ def run_eval(args: argparse.Namespace) -> dict:
     print(f"bundle {bundle.path} (version {bundle.version}), held out: {held_out}")
     print(format_table(result, args.k))
     print(format_differences(differences))
+    if "item_fit_events" in bundle:
+        # Targets first seen in the held-out period can only be reached through the pool's
+        # fill rules, where no method can score them: show the cases without them too.
+        seen = np.asarray(bundle["item_fit_events"])[evaluation.cases.target] > 0
+        print(
+            f"Cases whose next item occurs before the held-out period "
+            f"({seen.mean():.1%} of click cases):"
+        )
+        print(format_table(evaluation.result(seen), args.k))
     write_json(result, args.json)
     differences_path = args.json.with_name(args.json.stem + ".differences.json")
     differences_path.write_text(json.dumps([d.as_dict() for d in differences], indent=2) + "\n")

@@ -33,7 +33,7 @@ COMPARISONS = (
 
 def cases_from_bundle(bundle: Bundle) -> Cases:
     arrays = [np.asarray(bundle[name]) for name in EVAL_ARRAYS]
-    window = int(bundle.manifest.get("parameters", {}).get("window", 8))
+    window = len(bundle["models/personalized/position_weights"])
     return next_item_cases(*arrays, window=window)
 
 
@@ -61,8 +61,9 @@ def method_scores(bundle: Bundle, method: str, cases: Cases, pools: np.ndarray) 
             np.asarray(bundle[f"{prefix}/input_embeddings"]),
             np.asarray(bundle[f"{prefix}/position_weights"]),
         )
+        scorable = np.asarray(bundle[f"{prefix}/scorable"])
         scores = candidate_scores(
-            users, pools, np.asarray(bundle[f"{prefix}/output_embeddings"]), known
+            users, pools, np.asarray(bundle[f"{prefix}/output_embeddings"]), scorable
         ).astype(np.float64)
     else:
         raise ValueError(f"unknown method {method!r}")
@@ -78,14 +79,16 @@ class Evaluation:
     ranks: dict[str, np.ndarray]
     ks: tuple[int, ...]
 
-    def result(self) -> dict[str, object]:
-        cart = self.cases.is_cart
+    def result(self, subset: np.ndarray | None = None) -> dict[str, object]:
+        """The ``recsvc eval`` JSON, over all cases or the cases where ``subset`` is true."""
+        keep = np.ones(len(self.cases), dtype=bool) if subset is None else subset
+        cart = self.cases.is_cart & keep
         methods: dict[str, dict[str, dict[str, float]]] = {}
         for method, ranks in self.ranks.items():
-            methods[method] = {"click": summarize(ranks, self.ks)}
+            methods[method] = {"click": summarize(ranks[keep], self.ks)}
             if cart.any():
                 methods[method]["cart"] = summarize(ranks[cart], self.ks)
-        return {"cases": {"click": len(self.cases), "cart": int(cart.sum())}, "methods": methods}
+        return {"cases": {"click": int(keep.sum()), "cart": int(cart.sum())}, "methods": methods}
 
     def differences(self, seed: int = 0, metric_k: int = 10) -> list[Difference]:
         """Bootstrap intervals of hr@``metric_k`` differences for ``COMPARISONS``."""

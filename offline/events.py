@@ -19,6 +19,9 @@ from offline.interactions import EVENT_TYPES
 from offline.skips import SkipReport
 from recsvc.exceptions import DataError
 
+#: Timestamps are Unix seconds before 2100-01-01; larger ones are skipped as out of range.
+LATEST_TIMESTAMP = 4102444800.0
+
 #: Taobao UserBehavior names for the contract's event types.
 TAOBAO_TYPES = {"pv": "click", "cart": "cart", "fav": "fav", "buy": "buy"}
 
@@ -131,7 +134,7 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
                     continue
                 report.read += 1
                 if len(row) < width:
-                    report.skip(f"line {line_no}", f"too few fields ({len(row)} < {width})")
+                    report.skip(f"line {line_no}", "too few fields", f"{len(row)} < {width}")
                     continue
                 user = row[positions["user"]].strip()
                 item = row[positions["item"]].strip()
@@ -143,8 +146,9 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
                 except ValueError:
                     report.skip(f"line {line_no}", "unparsable timestamp")
                     continue
-                if not math.isfinite(stamp) or stamp < 0:
-                    report.skip(f"line {line_no}", "timestamp out of range")
+                if not math.isfinite(stamp) or not 0 <= stamp < LATEST_TIMESTAMP:
+                    hint = "milliseconds?" if stamp >= LATEST_TIMESTAMP * 100 else ""
+                    report.skip(f"line {line_no}", "timestamp out of range", hint)
                     continue
                 if positions["event_type"] is None:
                     kind = spec.default_type
@@ -152,7 +156,7 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
                     raw = row[positions["event_type"]].strip()
                     kind = type_lookup.get(raw)
                     if kind is None:
-                        report.skip(f"line {line_no}", f"unknown event type {raw[:20]!r}")
+                        report.skip(f"line {line_no}", "unknown event type", repr(raw[:20]))
                         continue
                 users.append(user)
                 items.append(item)

@@ -22,7 +22,8 @@ class Catalogue:
         Category index of each item, -1 when unknown.
     category_names : str array, shape (n_categories,)
     first_seen : float64 array, shape (n_items,)
-        Unix seconds of the item's first event (its listing time in this data).
+        Unix seconds of the item's listing: its first fit-period event, or the start of the
+        held-out period for items first seen there.
     """
 
     item_ids: np.ndarray

@@ -122,7 +122,12 @@ def paired_bootstrap(
     diff_sum = np.bincount(cluster, weights=per_case_a - per_case_b, minlength=n_clusters)
     case_count = np.bincount(cluster, minlength=n_clusters).astype(np.float64)
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, n_clusters, size=(rounds, n_clusters))
-    samples = diff_sum[picks].sum(axis=1) / case_count[picks].sum(axis=1)
+    samples = np.empty(rounds)
+    step = max(1, (1 << 22) // n_clusters)  # resamples per block: about 32 MiB of picks
+    for start in range(0, rounds, step):
+        picks = rng.integers(0, n_clusters, size=(min(step, rounds - start), n_clusters))
+        samples[start : start + len(picks)] = diff_sum[picks].sum(axis=1) / case_count[picks].sum(
+            axis=1
+        )
     low, high = np.percentile(samples, [2.5, 97.5])
     return float(diff_sum.sum() / case_count.sum()), float(low), float(high)

@@ -189,6 +189,7 @@ def run_pipeline(
             "category_names": cat.category_names,
             "item_first_seen": cat.first_seen,
             "item_popularity": popularity.astype(np.int64),
+            "item_fit_events": fit.item_counts().astype(np.int64),
             "pools": pools.items,
             "pool_sources": pools.sources,
             "embeddings/item2vec": item2vec.embeddings,
@@ -283,7 +284,7 @@ def _train_personalized(
 
     from training.personalized import build_examples, train_personalized
 
-    examples = build_examples(data.fit, window=config.window)
+    examples = build_examples(data.fit, window=config.personalized.window)
     metrics["personalized_examples"] = {
         "examples": len(examples),
         "cart_targets": int(examples.is_cart.sum()),
@@ -310,6 +311,7 @@ def _train_personalized(
         arrays[f"{prefix}/output_embeddings"] = weights.output_embeddings
         arrays[f"{prefix}/position_weights"] = weights.position_weights
         arrays[f"{prefix}/known"] = weights.known
+        arrays[f"{prefix}/scorable"] = weights.scorable
     return arrays
 
 

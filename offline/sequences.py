@@ -4,10 +4,11 @@ A *visit* is a run of consecutive click or add-to-cart events of one user on one
 reload, or the add-to-cart that follows a view, is not a new visit; favourites and purchases
 are not visits). Each visit that includes a click and has a next visit by the same user is
 a case: the window is the current item followed by the earlier visits' items, newest first;
-the target is the next visit's item; the case is an add-to-cart case when the user added the
-target to cart at or after the start of that next visit. Taobao logs many add-to-carts
-without a view of the same item just before, so counting visits over clicks and carts (not
-clicks alone) keeps those as next items.
+the target is the next visit's item; the case is an add-to-cart case when that next visit
+includes an add-to-cart (a cart of the item much later, after other visits, is a visit of
+its own and labels that later step instead). Taobao logs many add-to-carts without a view of
+the same item just before, so counting visits over clicks and carts (not clicks alone) keeps
+those as next items.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def next_item_cases(
     eligible : bool array, shape (n_events,), optional
         Events that may start a case and whose add-to-carts count (the held-out period in
         evaluation); other events only give windows their history. Default: all.
+    ts : unused beyond documenting the order; events must already be sorted by it.
     window : int
         Slots of each window.
     """
@@ -71,42 +73,19 @@ def next_item_cases(
         eligible = np.ones(len(users), dtype=bool)
     visit_events = (types == CLICK) | (types == CART)
     e_users, e_items = users[visit_events], items[visit_events]
-    e_clicks, e_eligible = types[visit_events] == CLICK, eligible[visit_events]
+    e_types, e_eligible = types[visit_events], eligible[visit_events]
     start = visit_starts(e_users, e_items)
     visit_of_event = np.cumsum(start) - 1
-    v_users, v_items = e_users[start], e_items[start]
-    v_ts, v_eligible = ts[visit_events][start], e_eligible[start]
-    v_clicked = np.bincount(visit_of_event, weights=e_clicks, minlength=len(v_users)) > 0
+    v_users, v_items, v_eligible = e_users[start], e_items[start], e_eligible[start]
+    v_clicked = np.bincount(visit_of_event, weights=e_types == CLICK, minlength=len(v_users)) > 0
+    carted = (e_types == CART) & e_eligible
+    v_carted = np.bincount(visit_of_event, weights=carted, minlength=len(v_users)) > 0
     has_next = np.zeros(len(v_users), dtype=bool)
     has_next[:-1] = v_users[1:] == v_users[:-1]
     case = np.flatnonzero(v_eligible & v_clicked & has_next)
-    target, target_ts = v_items[case + 1], v_ts[case + 1]
-    is_cart = _carted_since(users, items, ts, (types == CART) & eligible,
-                            v_users[case], target, target_ts)  # fmt: skip
+    target, is_cart = v_items[case + 1], v_carted[case + 1]  # fmt: skip
     back = case[:, None] - np.arange(window)[None, :]
     inside = (back >= 0) & (v_users[np.maximum(back, 0)] == v_users[case][:, None])
     windows = np.where(inside, v_items[np.maximum(back, 0)], -1).astype(np.int32)
     return Cases(v_users[case], v_items[case].astype(np.int32), target.astype(np.int32),
                  is_cart, windows)  # fmt: skip
-
-
-def _carted_since(
-    users: np.ndarray,
-    items: np.ndarray,
-    ts: np.ndarray,
-    carts: np.ndarray,
-    query_users: np.ndarray,
-    query_items: np.ndarray,
-    since: np.ndarray,
-) -> np.ndarray:
-    """Whether each (user, item) has a cart event at or after ``since``: bool (n_queries,)."""
-    if not carts.any():
-        return np.zeros(len(query_users), dtype=bool)
-    n_items = int(max(items.max(), query_items.max(initial=0))) + 1
-    keys, inverse = np.unique(users[carts].astype(np.int64) * n_items + items[carts],
-                              return_inverse=True)  # fmt: skip
-    last_cart = np.full(len(keys), -np.inf)
-    np.maximum.at(last_cart, inverse, ts[carts])
-    wanted = query_users.astype(np.int64) * n_items + query_items
-    slot = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-    return (keys[slot] == wanted) & (last_cart[slot] >= since)

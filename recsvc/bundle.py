@@ -202,13 +202,20 @@ def _check_consistent(directory: Path, arrays: dict[str, np.ndarray]) -> None:
     if missing:
         raise BundleError(f"{directory}: required arrays missing: {missing}")
     n_items = len(arrays["item_ids"])
+    pools_shape = arrays["pools"].shape
     for name, array in arrays.items():
         per_item = name in REQUIRED_ITEM_ARRAYS or name.startswith(("pool_scores/", "embeddings/"))
-        per_item |= name.endswith(("/input_embeddings", "/output_embeddings", "/known"))
+        per_item |= name.endswith(
+            ("/input_embeddings", "/output_embeddings", "/known", "/scorable")
+        )
         if per_item and array.shape[0] != n_items:
             raise BundleError(f"{directory}: {name} has {array.shape[0]} rows, expected {n_items}")
-    if arrays["pool_sources"].shape != arrays["pools"].shape:
-        raise BundleError(f"{directory}: pool_sources shape differs from pools")
+    for name, array in arrays.items():
+        if name.startswith(("pool_sources", "pool_scores/")) and array.shape != pools_shape:
+            raise BundleError(f"{directory}: {name} has shape {array.shape}, pools {pools_shape}")
+    eval_lengths = {name: len(a) for name, a in arrays.items() if name.startswith("eval/")}
+    if len(set(eval_lengths.values())) > 1:
+        raise BundleError(f"{directory}: eval arrays differ in length: {eval_lengths}")
     pools = arrays["pools"]
     if pools.size and (pools.max() >= n_items or pools.min() < -1):
         raise BundleError(f"{directory}: pools reference items outside 0..{n_items - 1}")

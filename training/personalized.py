@@ -153,7 +153,10 @@ class PersonalizedWeights:
         All-zero rows for unknown items.
     position_weights : float32 array, shape (window,)
     known : bool array, shape (n_items,)
-        Items that occur in some training example (in a window or as a target).
+        Items with a trained input embedding: they occur in some training window.
+    scorable : bool array, shape (n_items,)
+        Items with a trained output embedding: they are the target of some example. Others
+        (e.g. items only ever first in a session) must not be ranked as candidates.
     losses : list of float
         Mean loss per epoch.
     config : PersonalizedConfig
@@ -163,6 +166,7 @@ class PersonalizedWeights:
     output_embeddings: np.ndarray
     position_weights: np.ndarray
     known: np.ndarray
+    scorable: np.ndarray
     losses: list[float]
     config: PersonalizedConfig
 
@@ -402,7 +406,8 @@ def train_personalized(
     target_counts = np.bincount(examples.targets, minlength=n_items)
     probabilities = unigram_distribution(target_counts, config.unigram_power)
     log_q = np.log(np.maximum(probabilities, 1e-30))
-    known = target_counts > 0
+    scorable = target_counts > 0
+    known = np.zeros(n_items, dtype=bool)
     known[examples.windows[examples.windows >= 0]] = True
 
     model = PersonalizedModel(input_init, output_init, log_q, config.window, config.l2)
@@ -410,7 +415,8 @@ def train_personalized(
     sampler = ItemSampler(probabilities)
     logger.info(
         "personalized: %d examples (%d carted), %d items, cart weight %.1f",
-        len(examples), int(examples.is_cart.sum()), int(known.sum()), config.cart_weight,
+        len(examples), int(examples.is_cart.sum()), int((known | scorable).sum()),
+        config.cart_weight,
     )  # fmt: skip
     losses = fit(
         model,
@@ -422,12 +428,13 @@ def train_personalized(
         steps_per_epoch=n_batches(len(examples), config.batch_size),
         description="personalized",
     )
-    return export_weights(model, known, losses, config)
+    return export_weights(model, known, scorable, losses, config)
 
 
 def export_weights(
     model: PersonalizedModel,
     known: np.ndarray,
+    scorable: np.ndarray,
     losses: list[float],
     config: PersonalizedConfig,
 ) -> PersonalizedWeights:
@@ -436,7 +443,8 @@ def export_weights(
     Parameters
     ----------
     model : PersonalizedModel
-    known : bool array, shape (n_items,)
+    known, scorable : bool arrays, shape (n_items,)
+        Items with trained input rows, and with trained output rows.
     losses : list of float
     config : PersonalizedConfig
 
@@ -447,12 +455,13 @@ def export_weights(
     input_embeddings = model.input_embeddings.numpy()
     output_embeddings = model.output_embeddings.numpy()
     input_embeddings[~known] = 0.0
-    output_embeddings[~known] = 0.0
+    output_embeddings[~scorable] = 0.0
     return PersonalizedWeights(
         input_embeddings,
         output_embeddings,
         model.scaled_position_weights().numpy(),
         np.asarray(known, dtype=bool),
+        np.asarray(scorable, dtype=bool),
         list(losses),
         config,
     )

@@ -47,6 +47,14 @@ def test_mismatched_shapes_and_missing_files_are_refused(tmp_path):
     bad["pool_sources"] = np.zeros((3, 3), dtype=np.uint8)
     with pytest.raises(BundleError, match="pool_sources has 3 rows, expected 4"):
         load_bundle(write_bundle(tmp_path / "a", bad, {}))
+    narrow = arrays()
+    narrow["pool_scores/itemcf"] = np.zeros((4, 2), dtype=np.float32)
+    with pytest.raises(BundleError, match=r"pool_scores/itemcf has shape \(4, 2\), pools \(4, 3\)"):
+        load_bundle(write_bundle(tmp_path / "c", narrow, {}))
+    uneven = arrays()
+    uneven["eval/users"], uneven["eval/items"] = np.zeros(3, np.int32), np.zeros(2, np.int32)
+    with pytest.raises(BundleError, match="eval arrays differ in length"):
+        load_bundle(write_bundle(tmp_path / "d", uneven, {}))
     path = write_bundle(tmp_path / "b", arrays(), {})
     (path / "models/personalized/position_weights.npy").unlink()
     with pytest.raises(BundleError, match=r"position_weights\.npy is missing"):

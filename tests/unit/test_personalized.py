@@ -141,12 +141,12 @@ def test_exported_weights_score_like_the_tf_model() -> None:
         weights.input_embeddings, weights.output_embeddings, np.zeros(12), window=8
     )
     model.position_weights.assign(np.linspace(2.0, 0.2, 8, dtype=np.float32))
-    exported = export_weights(model, weights.known, [], weights.config)
+    exported = export_weights(model, weights.known, weights.scorable, [], weights.config)
     windows = examples.windows[:20]
     candidates = np.random.default_rng(1).integers(-1, 12, size=(20, 6)).astype(np.int32)
     tf_scores = model.scores(windows, candidates).numpy()
     users = user_vectors(windows, exported.input_embeddings, exported.position_weights)
-    np_scores = candidate_scores(users, candidates, exported.output_embeddings, exported.known)
+    np_scores = candidate_scores(users, candidates, exported.output_embeddings, exported.scorable)
     np.testing.assert_allclose(model.user_vectors(windows).numpy(), users, rtol=1e-5, atol=1e-6)
     assert np.array_equal(np.isinf(tf_scores), np.isinf(np_scores))
     finite = np.isfinite(np_scores)
@@ -157,7 +157,8 @@ def test_learns_the_next_item_rule() -> None:
     n_items = 30
     examples = build_examples(chain_log(n_items))
     weights = train_personalized(examples, n_items, SMALL, seed=2)
-    assert weights.known.all() and weights.position_weights.shape == (8,)
+    assert weights.known.all() and weights.scorable.all()  # a chain: every item is both
+    assert weights.position_weights.shape == (8,)
     assert weights.losses[-1] < weights.losses[0]
     rng = np.random.default_rng(3)
     windows = np.full((n_items, 8), -1, dtype=np.int32)
@@ -169,7 +170,7 @@ def test_learns_the_next_item_rule() -> None:
         others = [i for i in range(n_items) if i not in (k, (k + 1) % n_items)]
         candidates[k] = [(k + 1) % n_items, *rng.choice(others, size=19, replace=False)]
     users = user_vectors(windows, weights.input_embeddings, weights.position_weights)
-    scores = candidate_scores(users, candidates, weights.output_embeddings, weights.known)
+    scores = candidate_scores(users, candidates, weights.output_embeddings, weights.scorable)
     assert (scores.argmax(axis=1) == 0).mean() >= 0.9
 
 

@@ -12,7 +12,7 @@ SEED ?= 7
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED := 0
 
-.PHONY: install run test lint bundle eval clean results
+.PHONY: install run test lint clean
 
 install: $(VENV)/.installed
 

@@ -17,7 +17,7 @@ from offline.sequences import Cases, next_item_cases
 from recsvc.bundle import Bundle
 from recsvc.scoring import candidate_scores, user_vectors
 
-EVAL_ARRAYS = ("eval/users", "eval/items", "eval/types", "eval/ts", "eval/is_holdout")
+EVAL_ARRAYS = ("eval/users", "eval/items", "eval/types", "eval/is_holdout")
 #: Methods whose pool scores the pipeline stores in ``pool_scores/<method>``.
 POOL_SCORE_METHODS = ("itemcf", "item2vec", "image", "pss")
 PERSONALIZED_METHODS = ("personalized", "personalized_cart")

@@ -53,19 +53,17 @@ def next_item_cases(
     users: np.ndarray,
     items: np.ndarray,
     types: np.ndarray,
-    ts: np.ndarray,
     eligible: np.ndarray | None = None,
     window: int = 8,
 ) -> Cases:
-    """Cases from events sorted by (user, ts).
+    """Cases from events sorted by (user, time).
 
     Parameters
     ----------
-    users, items, types, ts : arrays of shape (n_events,)
+    users, items, types : arrays of shape (n_events,)
     eligible : bool array, shape (n_events,), optional
         Events that may start a case and whose add-to-carts count (the held-out period in
         evaluation); other events only give windows their history. Default: all.
-    ts : unused beyond documenting the order; events must already be sorted by it.
     window : int
         Slots of each window.
     """

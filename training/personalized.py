@@ -191,7 +191,7 @@ def build_examples(events: Interactions, window: int = WINDOW) -> Examples:
     Examples
         ``windows`` int32 (m, window), ``targets`` int32 (m,), ``is_cart`` bool (m,).
     """
-    cases = next_item_cases(events.users, events.items, events.types, events.ts, window=window)
+    cases = next_item_cases(events.users, events.items, events.types, window=window)
     return Examples(cases.windows, cases.target, cases.is_cart)
 
 

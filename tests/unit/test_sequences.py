@@ -23,8 +23,8 @@ EVENTS = [
 
 
 def test_cases_windows_and_cart_flags_by_hand():
-    users, items, types, ts, hold = (np.array(c) for c in zip(*EVENTS, strict=True))
-    cases = next_item_cases(users, items, types.astype(np.int8), ts, hold, window=4)
+    users, items, types, _ts, hold = (np.array(c) for c in zip(*EVENTS, strict=True))
+    cases = next_item_cases(users, items, types.astype(np.int8), hold, window=4)
     assert cases.users.tolist() == [0, 0, 1, 1]
     assert cases.current.tolist() == [3, 4, 4, 3]
     assert cases.target.tolist() == [4, 5, 3, 6]
@@ -38,7 +38,7 @@ def test_cases_windows_and_cart_flags_by_hand():
 
 
 def test_carts_outside_the_eligible_events_do_not_count():
-    users, items, types, ts, hold = (np.array(c) for c in zip(*EVENTS, strict=True))
+    users, items, types, _ts, hold = (np.array(c) for c in zip(*EVENTS, strict=True))
     hold[6] = False  # user 0's cart of item 5 is no longer held out
-    cases = next_item_cases(users, items, types.astype(np.int8), ts, hold, window=4)
+    cases = next_item_cases(users, items, types.astype(np.int8), hold, window=4)
     assert cases.is_cart.tolist() == [False, False, True, True]

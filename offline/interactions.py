@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,20 @@ class Interactions:
 
     def __len__(self) -> int:
         return len(self.users)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[int, int, int, float]], n_items: int) -> Interactions:
+        """Events from ``(user, item, type, ts)`` rows of dense ids, sorted by (user, ts)."""
+        users, items, types, ts = (np.array(column) for column in zip(*rows, strict=True))
+        order = np.lexsort((ts, users))
+        return cls(
+            users[order].astype(np.int32),
+            items[order].astype(np.int32),
+            types[order].astype(np.int8),
+            ts[order].astype(np.float64),
+            int(users.max()) + 1,
+            n_items,
+        )
 
     def select(self, mask: np.ndarray) -> Interactions:
         """The events where ``mask`` is true, keeping the id spaces."""

@@ -19,17 +19,6 @@ from training.item2vec import (
 pytestmark = pytest.mark.slow
 
 
-def interactions(rows: list[tuple[int, int, int, float]], n_items: int) -> Interactions:
-    """Events from (user, item, type, ts) rows, sorted by (user, ts) as the loaders do."""
-    users, items, types, ts = (np.array(column) for column in zip(*rows, strict=True))
-    order = np.lexsort((ts, users))
-    return Interactions(
-        users[order].astype(np.int32), items[order].astype(np.int32),
-        types[order].astype(np.int8), ts[order].astype(np.float64),
-        int(users.max()) + 1, n_items,
-    )  # fmt: skip
-
-
 def test_visit_starts_keep_the_first_of_each_run_per_user() -> None:
     users = np.array([0, 0, 0, 0, 1, 1])
     items = np.array([5, 5, 6, 5, 5, 5])
@@ -40,7 +29,7 @@ def test_skipgram_pairs_by_hand() -> None:
     # u0 clicks 1 1 2 3 1 (and carts 7); u1 clicks 3 4. Collapsed: u0 = 1 2 3 1, u1 = 3 4.
     # Window 2 in u0: (1,2) (2,3) (3,1) at distance 1, (1,3) (2,1) at distance 2; u1: (3,4).
     # (1, 1) at distance 3 is out of the window; nothing pairs across users.
-    events = interactions(
+    events = Interactions.from_rows(
         [(0, 1, CLICK, 1), (0, 1, CLICK, 2), (0, 2, CLICK, 3), (0, 7, CART, 3.5),
          (0, 3, CLICK, 4), (0, 1, CLICK, 5), (1, 3, CLICK, 1), (1, 4, CLICK, 2)],
         n_items=8,
@@ -82,7 +71,7 @@ def two_group_log(seed: int = 0) -> Interactions:
         group = user % 2
         for step, item in enumerate(rng.integers(0, 10, size=12) + 10 * group):
             rows.append((user, int(item), CLICK, float(step)))
-    return interactions(rows, n_items=22)
+    return Interactions.from_rows(rows, n_items=22)
 
 
 def test_learns_which_items_are_clicked_together() -> None:
@@ -119,6 +108,8 @@ def test_rejects_bad_configs_and_empty_logs() -> None:
         Item2VecConfig(window=0)
     with pytest.raises(ConfigError):
         Item2VecConfig(learning_rate=0)
-    repeats_only = interactions([(0, 1, CLICK, 1.0), (0, 1, CLICK, 2.0), (1, 2, CLICK, 1.0)], 3)
+    repeats_only = Interactions.from_rows(
+        [(0, 1, CLICK, 1.0), (0, 1, CLICK, 2.0), (1, 2, CLICK, 1.0)], 3
+    )
     with pytest.raises(DataError):
         train_item2vec(repeats_only, Item2VecConfig(epochs=1))

@@ -27,17 +27,6 @@ pytestmark = pytest.mark.slow
 _ = -1  # padding, for readable windows
 
 
-def interactions(rows: list[tuple[int, int, int, float]], n_items: int) -> Interactions:
-    """Events from (user, item, type, ts) rows, sorted by (user, ts) as the loaders do."""
-    users, items, types, ts = (np.array(column) for column in zip(*rows, strict=True))
-    order = np.lexsort((ts, users))
-    return Interactions(
-        users[order].astype(np.int32), items[order].astype(np.int32),
-        types[order].astype(np.int8), ts[order].astype(np.float64),
-        int(users.max()) + 1, n_items,
-    )  # fmt: skip
-
-
 # u0 clicks 5 5 6 7 6 8; carts 6 at t=3 (the second of its click), 7 at t=3.5 (just before
 #    its click at t=4: one visit), 8 at t=7. Visits: 5 6 7 6 8.
 # u1 clicks 8 9, buys 9 at 1.5 (a buy is not a visit), carts 9 at t=10 (same visit of 9).
@@ -53,7 +42,7 @@ EVENTS = [
 
 
 def test_build_examples_by_hand() -> None:
-    examples = build_examples(interactions(EVENTS, n_items=10), window=4)
+    examples = build_examples(Interactions.from_rows(EVENTS, n_items=10), window=4)
     assert examples.windows.dtype == examples.targets.dtype == np.int32
     assert examples.windows.tolist() == [
         [5, _, _, _],
@@ -71,7 +60,9 @@ def test_build_examples_by_hand() -> None:
 
 
 def test_windows_keep_the_latest_eight_clicks() -> None:
-    events = interactions([(0, item, CLICK, float(item)) for item in range(10)], n_items=10)
+    events = Interactions.from_rows(
+        [(0, item, CLICK, float(item)) for item in range(10)], n_items=10
+    )
     examples = build_examples(events)
     assert examples.windows.shape == (9, 8)
     assert examples.windows[-1].tolist() == [8, 7, 6, 5, 4, 3, 2, 1]
@@ -127,7 +118,7 @@ def chain_log(n_items: int = 30, users: int = 300, seed: int = 0) -> Interaction
         start = int(rng.integers(n_items))
         for step in range(int(rng.integers(3, 12))):
             rows.append((user, (start + step) % n_items, CLICK, float(step)))
-    return interactions(rows, n_items)
+    return Interactions.from_rows(rows, n_items)
 
 
 SMALL = PersonalizedConfig(dim=16, negatives=16, epochs=10, batch_size=128, learning_rate=0.02)

@@ -116,14 +116,15 @@ def merge_pools(
     n_items = next(iter(n.items.shape[0] for _, n, _, _ in similar + filling))
     items = np.full((n_items, size), -1, dtype=np.int32)
     flags = np.zeros((n_items, size), dtype=np.uint8)
-    # Most pools are full from the sources alone; only the short ones pay for the rules.
-    for tiers, rows in ((similar, np.arange(n_items)), (filling, None)):
-        if rows is None:
-            rows = np.flatnonzero(items[:, -1] < 0)
-            tiers = similar + filling
+
+    def merge(tiers: list[tuple[str, Neighbours, float, int]], rows: np.ndarray) -> None:
         for begin in range(0, len(rows), chunk_rows):
             chunk = rows[begin : begin + chunk_rows]
             items[chunk], flags[chunk] = _merge_rows(tiers, chunk, size)
+
+    # Most pools are full from the sources alone; only the short ones pay for the rules.
+    merge(similar, np.arange(n_items))
+    merge(similar + filling, np.flatnonzero(items[:, -1] < 0))
     return Pools(items, flags)
 
 

@@ -12,33 +12,57 @@ SEED ?= 7
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED := 0
 
-.PHONY: install run test lint clean
+PROTO := protos/recsvc/v1/recommender.proto
+PROTO_PY := recsvc/v1/recommender_pb2.py
+PROTOC := $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=.
 
-install: $(VENV)/.installed
+.PHONY: install protos up down bundle run stop test lint clean
 
-$(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
+install: $(VENV)/.installed $(PROTO_PY)
+
+$(VENV)/.installed: requirements.txt requirements-serve.txt setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-# Build the Taobao bundle once (a bundle already in place is reused), then print its evaluation.
-run: install
+# Generated gRPC code (git-ignored; never edited by hand).
+$(PROTO_PY): $(PROTO) $(VENV)/.installed
+	$(PROTOC) $(PROTO)
+
+protos: $(VENV)/.installed
+	$(PROTOC) $(PROTO)
+
+# Redis and a Kafka broker on loopback, installed if missing (state and logs in .local/services).
+up:
+	@bash scripts/services/up.sh
+
+down: stop
+	@bash scripts/services/down.sh
+
+# The Taobao bundle, built once (a bundle already in place is reused).
+bundle: install
 	@if [ -e $(BUNDLES)/current ]; then \
 		echo "Using the bundle in $(BUNDLES)/current (delete $(BUNDLES) to rebuild)"; \
 	else \
 		$(VENV)/bin/recsvc pipeline --format taobao --events $(DATA)/taobao/UserBehavior_head.csv \
 			--out $(BUNDLES) --seed $(SEED); \
 	fi
-	$(VENV)/bin/recsvc eval --bundle $(BUNDLES) --json $(LOCAL)/eval-taobao.json \
-		--plot $(LOCAL)/eval-taobao.png
+
+# Everything: Redis, Kafka, the bundle, then ingest and the gRPC server in the background.
+run: install up bundle
+	@RECSVC_BUNDLE=$(BUNDLES) bash scripts/app.sh start
+	@$(PY) -m recsvc.client example --bundle $(BUNDLES)
+
+stop:
+	@bash scripts/app.sh stop
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install lint
+test: install lint up
 	RECSVC_SHARED=$(SHARED) $(VENV)/bin/pytest -q -ra
 
 clean:

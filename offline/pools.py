@@ -16,16 +16,8 @@ import numpy as np
 
 from offline.interactions import Catalogue
 from offline.sources.base import Neighbours
+from recsvc.bundle import SOURCE_BITS
 
-#: Bit of each source in ``Pools.sources``; the rules come after the similarity sources.
-SOURCE_BITS: dict[str, int] = {
-    "itemcf": 1 << 0,
-    "item2vec": 1 << 1,
-    "image": 1 << 2,
-    "pss": 1 << 3,
-    "category": 1 << 4,
-    "new": 1 << 5,
-}
 RULES = ("category", "new")
 _TIER = 1e9  # key offset that puts each rule after everything before it
 
@@ -46,11 +38,6 @@ class Pools:
     def source_counts(self) -> dict[str, int]:
         """How many pool entries each source or rule proposed."""
         return {name: int(((self.sources & bit) > 0).sum()) for name, bit in SOURCE_BITS.items()}
-
-
-def source_names(flags: int) -> list[str]:
-    """The names behind a ``Pools.sources`` value."""
-    return [name for name, bit in SOURCE_BITS.items() if flags & bit]
 
 
 def category_fill(catalogue: Catalogue, popularity: np.ndarray, size: int) -> Neighbours:

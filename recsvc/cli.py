@@ -1,4 +1,5 @@
-"""The ``recsvc`` command: ``pipeline`` builds a bundle, ``eval`` measures it.
+"""The ``recsvc`` command: ``pipeline`` builds a bundle, ``eval`` measures it, ``serve``
+answers Recommend calls and ``ingest`` feeds the sessions from Kafka.
 
 This module only parses flags and dispatches; the offline commands import their modules
 (and TensorFlow) lazily, so ``recsvc --help`` is instant.
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from recsvc import settings
 from recsvc.exceptions import ConfigError, RecsvcError
 
 EPILOG_PIPELINE = """\
@@ -168,7 +170,44 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", type=Path, help="write a bar chart PNG here")
     ev.add_argument("--k", type=_ks, default=(5, 10, 20), help="cut-offs (default 5,10,20)")
     ev.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gRPC Recommender server",
+        description="Serve Recommend over gRPC (with health checks and reflection) from the "
+        "bundle, personalized by the Redis sessions; Prometheus metrics on --metrics-port. "
+        "SIGHUP reloads the bundle; SIGTERM drains and stops.",
+    )
+    settings.add_arguments(serve)
+    ingest = commands.add_parser(
+        "ingest",
+        help="consume the Kafka event stream into the Redis sessions",
+        description="Append valid events from --events-topic to the users' Redis sessions "
+        "and send invalid ones to --dlq-topic with the reason; offsets are committed after "
+        "Redis holds the events.",
+    )
+    settings.add_arguments(ingest)
     return parser
+
+
+def _run_online(args: argparse.Namespace) -> None:
+    """``serve`` or ``ingest``: settings, logs, the session store, then the asyncio loop."""
+    import asyncio
+
+    from recsvc import logs
+    from recsvc.sessions import open_store
+
+    config = settings.load(args)
+    logs.configure("debug" if args.verbose else config.log_level, config.log_format)
+    store = open_store(config.redis_url, config.session_length, config.session_ttl_s)
+    if args.command == "serve":
+        from recsvc.server import serve
+
+        asyncio.run(serve(config, store))
+    else:
+        from recsvc.ingest import ingest
+
+        asyncio.run(ingest(config, store))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from offline.eval_command import run_eval
 
             run_eval(args)
+        else:
+            _run_online(args)
     except RecsvcError as exc:
         print(f"recsvc {args.command}: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1

@@ -15,3 +15,24 @@ class BundleError(RecsvcError):
 
 class ConfigError(RecsvcError):
     """Settings or flags that are unknown, invalid or inconsistent."""
+
+
+class InvalidRequest(RecsvcError):
+    """A request argument that cannot be served; the message says which."""
+
+
+class ItemNotFound(RecsvcError):
+    """The requested item is not in the bundle's catalogue."""
+
+
+class InvalidEvent(RecsvcError):
+    """A stream event that breaks the Event contract; ``reason`` is a fixed label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class SessionStoreError(RecsvcError):
+    """The session store could not be reached or answered badly."""

@@ -7,7 +7,12 @@ The user vector for a window of recent items ``v_0`` (the current item), ``v_1``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 import numpy as np
+
+T = TypeVar("T")
 
 
 def user_vectors(
@@ -64,3 +69,30 @@ def candidate_scores(
     scores = np.einsum("bd,bcd->bc", users, output_embeddings[safe]).astype(np.float32)
     scores[~valid] = -np.inf
     return scores
+
+
+def session_window(current: T, history: Sequence[T], window: int) -> list[T]:
+    """The items of one request's scoring window, as the offline cases build it.
+
+    Parameters
+    ----------
+    current
+        The item being viewed.
+    history : sequence
+        Items of the session's click and add-to-cart events, oldest first.
+    window : int
+        Slots of the window.
+
+    Returns
+    -------
+    list of at most ``window`` items: ``current``, then the earlier *visits*, newest first.
+    Runs of the same item are one visit, and a trailing visit of ``current`` is the current
+    view itself, so it is not counted again.
+    """
+    visits: list[T] = []
+    for item in history:
+        if not visits or visits[-1] != item:
+            visits.append(item)
+    if visits and visits[-1] == current:
+        visits.pop()
+    return [current, *visits[::-1][: window - 1]]

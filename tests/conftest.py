@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import tiny_bundle_arrays
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,3 +21,13 @@ def shared() -> Path:
     if not (path / "data").is_dir():
         pytest.fail(f"../shared is missing at {path}: set RECSVC_SHARED")
     return path
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path: Path) -> Path:
+    """A bundle root with one version of ``tiny_bundle_arrays`` and a ``current`` link."""
+    from recsvc.bundle import write_bundle
+
+    root = tmp_path / "bundles"
+    write_bundle(root, tiny_bundle_arrays(), {"source": "tests"})
+    return root

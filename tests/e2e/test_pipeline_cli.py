@@ -7,41 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SMALL
 
 from recsvc.bundle import load_bundle
 from recsvc.cli import main
 
 pytestmark = pytest.mark.slow
 
-SMALL = [
-    "--param",
-    "item2vec.epochs=2",
-    "--param",
-    "personalized.epochs=2",
-    "--param",
-    "annoy_trees=5",
-    "--param",
-    "recall_sample=100",
-]
 METRICS = {"hr@5", "hr@10", "hr@20", "ndcg@10", "mrr@20"}
-
-
-@pytest.fixture(scope="module")
-def taobao_slice(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The complete histories of the first 150 users of the real log (it is grouped by user)."""
-    users: list[str] = []
-    lines = []
-    with (shared / "data/taobao/UserBehavior_head.csv").open() as handle:
-        for line in handle:
-            user = line.split(",", 1)[0]
-            if user not in users:
-                if len(users) == 150:
-                    break
-                users.append(user)
-            lines.append(line)
-    path = tmp_path_factory.mktemp("data") / "taobao_slice.csv"
-    path.write_text("".join(lines) + "77,88,99,pv\n")  # plus a truncated row, like the real file
-    return path
 
 
 def run_pipeline_and_eval(events: Path, out: Path, capsys) -> tuple[dict, str]:

@@ -1,8 +1,9 @@
 import numpy as np
 
 from offline.interactions import Catalogue
-from offline.pools import SOURCE_BITS, category_fill, merge_pools, newest_fill, source_names
+from offline.pools import category_fill, merge_pools, newest_fill
 from offline.sources.base import Neighbours
+from recsvc.bundle import SOURCE_BITS, source_names
 
 CF, I2V, CAT, NEW = (SOURCE_BITS[n] for n in ("itemcf", "item2vec", "category", "new"))
 

@@ -1,0 +1,267 @@
+"""``recsvc ingest``: events from Kafka into the users' Redis sessions, nothing lost.
+
+Each polled batch is handled in three steps, each retried with backoff until it succeeds:
+invalid messages are sent to the dead-letter topic with their reason; valid events are
+appended to the session store; then the batch's offsets are committed. Offsets are committed
+only after Redis (and the DLQ) hold the batch, so a crash replays at most one batch, and the
+session store's idempotent append makes a replayed event count once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from recsvc.events import Event, parse_event
+from recsvc.exceptions import InvalidEvent, SessionStoreError
+from recsvc.metrics import Metrics
+from recsvc.reloader import BundleReloader
+from recsvc.retry import Backoff
+from recsvc.sessions import SessionStore
+from recsvc.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRYABLE = (KafkaError, SessionStoreError, OSError)
+LAG_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A message that broke the Event contract."""
+
+    record: Any  # kafka ConsumerRecord
+    error: InvalidEvent
+
+    def dlq_value(self) -> bytes:
+        raw = self.record.value
+        return json.dumps(
+            {
+                "reason": self.error.reason,
+                "detail": self.error.detail,
+                "topic": self.record.topic,
+                "partition": self.record.partition,
+                "offset": self.record.offset,
+                "value": None if raw is None else raw.decode("utf-8", errors="replace"),
+            }
+        ).encode()
+
+
+def split_batch(
+    records: Sequence[Any], known_item: Callable[[str], bool]
+) -> tuple[list[Event], list[Rejected]]:
+    """Valid events and rejected messages of a batch, each in offset order."""
+    valid, rejected = [], []
+    for record in records:
+        try:
+            valid.append(parse_event(record.value, known_item))
+        except InvalidEvent as exc:
+            rejected.append(Rejected(record, exc))
+    return valid, rejected
+
+
+class Ingestor:
+    """The consume → dead-letter → append → commit loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        store: SessionStore,
+        known_item: Callable[[str], bool],
+        metrics: Metrics,
+        dlq_topic: str,
+        backoff: Callable[[], Backoff] = Backoff,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.store = store
+        self.known_item = known_item
+        self.metrics = metrics
+        self.dlq_topic = dlq_topic
+        self.backoff = backoff
+        self.stopping = stopping or asyncio.Event()
+        self._lag_checked = 0.0
+
+    async def run(self) -> None:
+        """Consume until ``stopping`` is set."""
+        while not self.stopping.is_set():
+            await self.run_once()
+
+    async def run_once(self, timeout_ms: int = 500) -> int:
+        """Poll one batch and see it through; returns the number of messages handled."""
+        batches: Mapping[TopicPartition, list[Any]] = await asyncio.to_thread(
+            self.consumer.poll, timeout_ms
+        )
+        records = [r for part in batches.values() for r in part]
+        if records:
+            valid, rejected = split_batch(records, self.known_item)
+            if rejected:
+                await self._retrying("kafka", self._dead_letter, rejected)
+            if valid:
+                added = await self._retrying("redis", self.store.append, valid)
+                self.metrics.ingest_events.labels(result="applied").inc(added)
+                self.metrics.ingest_events.labels(result="duplicate").inc(len(valid) - added)
+            offsets = {
+                tp: OffsetAndMetadata(part[-1].offset + 1, "", -1)
+                for tp, part in batches.items()
+                if part
+            }
+            await self._commit(offsets)
+            log.debug("batch", extra={"messages": len(records), "rejected": len(rejected)})
+        if time.monotonic() - self._lag_checked > LAG_INTERVAL_S:
+            await self._report_lag()
+        return len(records)
+
+    async def _dead_letter(self, rejected: Sequence[Rejected]) -> None:
+        def send() -> None:
+            futures = [
+                self.producer.send(
+                    self.dlq_topic,
+                    value=r.dlq_value(),
+                    key=r.record.key,
+                    headers=[("reason", r.error.reason.encode())],
+                )
+                for r in rejected
+            ]
+            self.producer.flush(timeout=10)
+            for future in futures:
+                future.get(timeout=10)  # raises the send's KafkaError, if any
+
+        await asyncio.to_thread(send)
+        for r in rejected:
+            self.metrics.dlq_events.labels(reason=r.error.reason).inc()
+            log.info(
+                "dead-lettered",
+                extra={
+                    "reason": r.error.reason,
+                    "detail": r.error.detail,
+                    "partition": r.record.partition,
+                    "offset": r.record.offset,
+                },
+            )
+        self.metrics.ingest_events.labels(result="dead_lettered").inc(len(rejected))
+
+    async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        try:
+            await self._retrying("kafka", asyncio.to_thread, self.consumer.commit, offsets)
+        except CommitFailedError as exc:
+            # The group rebalanced: another member will get these messages again, and the
+            # idempotent append makes that harmless.
+            log.warning("commit failed after a rebalance", extra={"error": str(exc)})
+
+    async def _retrying(self, dependency: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Await ``call(*args)`` until it succeeds, backing off on retryable errors."""
+        backoff = self.backoff()
+        while True:
+            try:
+                return await call(*args)
+            except CommitFailedError:
+                raise
+            except RETRYABLE as exc:
+                delay = backoff.next_delay()
+                self.metrics.ingest_retries.labels(dependency=dependency).inc()
+                log.warning(
+                    f"{dependency} call failed; retrying",
+                    extra={"error": str(exc), "retry_in_s": round(delay, 3)},
+                )
+                await asyncio.sleep(delay)
+
+    async def _report_lag(self) -> None:
+        self._lag_checked = time.monotonic()
+        assigned = list(self.consumer.assignment())
+        if not assigned:
+            return
+        try:
+            ends = await asyncio.to_thread(self.consumer.end_offsets, assigned)
+            for tp in assigned:
+                position = await asyncio.to_thread(self.consumer.position, tp)
+                self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(
+                    max(ends[tp] - position, 0)
+                )
+        except KafkaError as exc:
+            log.debug("lag check failed", extra={"error": str(exc)})
+
+
+def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
+    """The consumer (manual commits, from the earliest offset) and the DLQ producer."""
+    servers = [s.strip() for s in settings.kafka_bootstrap.split(",")]
+    consumer = KafkaConsumer(
+        settings.events_topic,
+        bootstrap_servers=servers,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=500,
+        client_id="recsvc-ingest",
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=servers, acks="all", linger_ms=5, client_id="recsvc-ingest-dlq"
+    )
+    return consumer, producer
+
+
+async def ingest(settings: Settings, store: SessionStore) -> None:
+    """Run ingest until SIGTERM or SIGINT (the bundle only tells which items exist)."""
+    metrics = Metrics()
+    metrics.serve(settings.metrics_port, settings.host)
+    bundles = BundleReloader(settings.bundle, settings.model, metrics)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    backoff = Backoff()
+    while not stopping.is_set():
+        try:
+            consumer, producer = await asyncio.to_thread(kafka_clients, settings)
+            break
+        except KafkaError as exc:
+            delay = backoff.next_delay()
+            log.warning(
+                "Kafka unreachable; retrying", extra={"error": str(exc), "retry_in_s": delay}
+            )
+            await asyncio.sleep(delay)
+    else:
+        return
+    ingestor = Ingestor(
+        consumer,
+        producer,
+        store,
+        lambda item: bundles.ranker.has_item(item),
+        metrics,
+        settings.dlq_topic,
+        stopping=stopping,
+    )
+    watch = (
+        asyncio.create_task(bundles.watch(settings.watch_interval_s))
+        if settings.watch_interval_s
+        else None
+    )
+    log.info(
+        "ingesting",
+        extra={
+            "topic": settings.events_topic,
+            "group": settings.group_id,
+            "redis": settings.redis_url,
+        },
+    )
+    try:
+        await ingestor.run()
+    finally:
+        if watch:
+            watch.cancel()
+        await asyncio.to_thread(consumer.close)
+        await asyncio.to_thread(producer.close, 10)
+        await store.aclose()
+        log.info("ingest stopped")

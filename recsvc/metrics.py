@@ -1,0 +1,68 @@
+"""Prometheus metrics of the server and ingest, and the HTTP endpoint that exposes them."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+#: Latency buckets around the 100 ms budget (seconds).
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1)
+
+
+class Metrics:
+    """Every metric recsvc exports, in one registry (a fresh one per instance in tests)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.request_latency = Histogram(
+            "recsvc_request_latency_seconds",
+            "Recommend latency inside the server, by outcome",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "recsvc_fallbacks_total", "Answers not personalized, by reason", ["reason"], registry=r
+        )
+        self.bundle_version = Gauge(
+            "recsvc_bundle_info", "The bundle being served (value 1)", ["version"], registry=r
+        )
+        self.bundle_swaps = Counter(
+            "recsvc_bundle_swaps_total",
+            "Bundle loads while serving, by result",
+            ["result"],
+            registry=r,
+        )
+        self.ingest_events = Counter(
+            "recsvc_ingest_events_total",
+            "Stream events by result: applied, duplicate, dead_lettered",
+            ["result"],
+            registry=r,
+        )
+        self.dlq_events = Counter(
+            "recsvc_dlq_events_total",
+            "Events sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "recsvc_consumer_lag",
+            "Messages behind the end of each partition",
+            ["partition"],
+            registry=r,
+        )
+        self.ingest_retries = Counter(
+            "recsvc_ingest_retries_total",
+            "Retries of Redis or Kafka calls by ingest",
+            ["dependency"],
+            registry=r,
+        )
+
+    def set_bundle(self, version: str) -> None:
+        self.bundle_version.clear()
+        self.bundle_version.labels(version=version).set(1)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Expose ``/metrics`` over HTTP (port 0: do nothing)."""
+        if port:
+            start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,187 @@
+"""Rank one item's candidate pool for one shopper, from a loaded bundle.
+
+:class:`Ranker` is built once per bundle (id maps, array views) and is then read-only, so
+requests on any thread or task can share it and a bundle swap is a reference swap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsvc.bundle import Bundle
+from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
+from recsvc.scoring import candidate_scores, session_window, user_vectors
+from recsvc.sessions import SessionEvent
+
+#: Session event types that are visits, as in the offline cases.
+VISIT_TYPES = frozenset({"click", "cart"})
+
+
+class Fallback:
+    """Why an answer is not personalized (names match the proto's ``FallbackReason``)."""
+
+    NO_USER = "no_user"
+    NO_SESSION = "no_session"
+    SESSION_STORE_UNAVAILABLE = "session_store_unavailable"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    NO_MODEL = "no_model"
+    ITEM_NOT_IN_MODEL = "item_not_in_model"
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """An answer: item ids best first, their scores and source bits."""
+
+    items: list[str]
+    scores: list[float]
+    sources: list[int]
+    personalized: bool
+    fallback: str | None = None
+    session_events_used: int = 0
+
+
+@dataclass(frozen=True)
+class PersonalizedModel:
+    """The weighted-pooling model arrays of one bundle model."""
+
+    input_embeddings: np.ndarray
+    output_embeddings: np.ndarray
+    position_weights: np.ndarray
+    known: np.ndarray
+    scorable: np.ndarray
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, name: str) -> PersonalizedModel | None:
+        prefix = f"models/{name}"
+        if f"{prefix}/position_weights" not in bundle:
+            return None
+        known = np.asarray(bundle[f"{prefix}/known"])
+        scorable_name = f"{prefix}/scorable"
+        scorable = np.asarray(bundle[scorable_name]) if scorable_name in bundle else known
+        return cls(
+            np.asarray(bundle[f"{prefix}/input_embeddings"]),
+            np.asarray(bundle[f"{prefix}/output_embeddings"]),
+            np.asarray(bundle[f"{prefix}/position_weights"]),
+            known,
+            scorable,
+        )
+
+
+class Ranker:
+    """Ranks pools of one bundle; ``model`` picks the bundle's personalized model."""
+
+    def __init__(self, bundle: Bundle, model: str = "personalized") -> None:
+        self.bundle = bundle
+        self.version = bundle.version
+        self.model_name = model
+        self.model = PersonalizedModel.from_bundle(bundle, model)
+        if self.model is None and any(k.startswith("models/") for k in bundle.arrays):
+            raise BundleError(f"bundle {bundle.version} has no model {model!r}")
+        self.item_ids = np.asarray(bundle["item_ids"]).astype(str)
+        self._index = {item: i for i, item in enumerate(self.item_ids.tolist())}
+        self.pools = np.asarray(bundle["pools"])
+        self.pool_sources = np.asarray(bundle["pool_sources"])
+        self.item_category = np.asarray(bundle["item_category"])
+        names = np.asarray(bundle["category_names"]).astype(str).tolist()
+        self._category = {name: i for i, name in enumerate(names)}
+        self.pool_size = self.pools.shape[1]
+
+    def index(self, item_id: str) -> int:
+        try:
+            return self._index[item_id]
+        except KeyError:
+            raise ItemNotFound(f"item {item_id!r} is not in bundle {self.version}") from None
+
+    def has_item(self, item_id: str) -> bool:
+        return item_id in self._index
+
+    def rank(
+        self,
+        item_id: str,
+        k: int,
+        session: Sequence[SessionEvent] | None = None,
+        fallback: str | None = None,
+        exclude_seen: bool = False,
+        category: str | None = None,
+    ) -> Ranking:
+        """Rank ``item_id``'s pool for a session (oldest event first).
+
+        Without a session, or with ``fallback`` set (the session could not be read), the
+        pool keeps its offline order and the answer says why it is not personalized.
+
+        Raises
+        ------
+        ItemNotFound, InvalidRequest
+        """
+        current = self.index(item_id)
+        if not 1 <= k <= self.pool_size:
+            raise InvalidRequest(f"k must be in 1..{self.pool_size}, got {k}")
+        pool = self.pools[current]
+        keep = pool >= 0
+        if category is not None:
+            if category not in self._category:
+                raise InvalidRequest(f"category {category!r} is not in the catalogue")
+            keep &= self.item_category[np.maximum(pool, 0)] == self._category[category]
+        session = session or ()
+        if exclude_seen and session:
+            seen = [self._index.get(e.item_id, -1) for e in session]
+            keep &= ~np.isin(pool, seen)
+
+        if fallback is None:
+            fallback = self._why_not_personalized(session)
+        scores, used = None, 0
+        if fallback is None:
+            window = self._window(item_id, session)
+            if (window >= 0).any():
+                scores = self._scores(window, pool)
+                used = int((window[1:] >= 0).sum())
+            else:
+                fallback = Fallback.ITEM_NOT_IN_MODEL
+        if scores is None:
+            # The offline order, scored so that it stays the order: 1.0 for the first.
+            order = np.arange(self.pool_size)
+            scores = 1.0 - order / self.pool_size
+        else:
+            order = np.argsort(-scores, kind="stable")
+        order = order[keep[order]][:k]
+        return Ranking(
+            items=self.item_ids[pool[order]].tolist(),
+            scores=np.asarray(scores)[order].astype(float).tolist(),
+            sources=self.pool_sources[current, order].astype(int).tolist(),
+            personalized=fallback is None,
+            fallback=fallback,
+            session_events_used=used,
+        )
+
+    def _why_not_personalized(self, session: Sequence[SessionEvent]) -> str | None:
+        if self.model is None:
+            return Fallback.NO_MODEL
+        if not any(e.type in VISIT_TYPES for e in session):
+            return Fallback.NO_SESSION
+        return None
+
+    def _window(self, item_id: str, session: Sequence[SessionEvent]) -> np.ndarray:
+        """Window indices, -1 for empty slots and items the model does not know."""
+        assert self.model is not None
+        width = len(self.model.position_weights)
+        history = [e.item_id for e in session if e.type in VISIT_TYPES]
+        items = session_window(item_id, history, width)
+        window = np.full(width, -1, dtype=np.int64)
+        for slot, item in enumerate(items):
+            index = self._index.get(item, -1)
+            if index >= 0 and self.model.known[index]:
+                window[slot] = index
+        return window
+
+    def _scores(self, window: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        assert self.model is not None
+        users = user_vectors(
+            window[None, :], self.model.input_embeddings, self.model.position_weights
+        )
+        scores = candidate_scores(
+            users, pool[None, :], self.model.output_embeddings, self.model.scorable
+        )
+        return scores[0]

@@ -1,0 +1,69 @@
+"""Serve the newest bundle: load at start, then swap in newer ones without failing requests.
+
+A swap happens on ``SIGHUP``, on :meth:`BundleReloader.reload`, or when the watch sees the
+bundle path resolve to another version (a new ``current`` link). The new bundle is loaded and
+verified in a worker thread while the old one keeps serving; the swap itself is one reference
+assignment, and requests that already hold the old :class:`Ranker` finish with it. A bundle
+that fails to load is logged and counted, and the old one stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from recsvc.bundle import load_bundle, resolve
+from recsvc.exceptions import RecsvcError
+from recsvc.metrics import Metrics
+from recsvc.ranking import Ranker
+
+log = logging.getLogger(__name__)
+
+
+def load_ranker(path: Path, model: str) -> Ranker:
+    """Load, verify and index the bundle at ``path`` (blocking)."""
+    return Ranker(load_bundle(path), model)
+
+
+class BundleReloader:
+    """Holds the current :class:`Ranker`; ``ranker`` is what a request should use."""
+
+    def __init__(self, path: Path, model: str, metrics: Metrics) -> None:
+        self.path = Path(path)
+        self.model = model
+        self.metrics = metrics
+        self.ranker = load_ranker(self.path, model)
+        self._lock = asyncio.Lock()
+        metrics.set_bundle(self.ranker.version)
+        log.info("bundle loaded", extra={"version": self.ranker.version, "path": str(path)})
+
+    async def reload(self, force: bool = False) -> bool:
+        """Load the bundle the path now points to, if it is another one (or ``force``).
+
+        Returns whether a new bundle is now served.
+        """
+        async with self._lock:
+            try:
+                target = await asyncio.to_thread(resolve, self.path)
+                if not force and target == self.ranker.bundle.path:
+                    return False
+                ranker = await asyncio.to_thread(load_ranker, target, self.model)
+            except RecsvcError as exc:
+                self.metrics.bundle_swaps.labels(result="failed").inc()
+                log.error(
+                    "bundle reload failed; still serving the old one",
+                    extra={"error": str(exc), "version": self.ranker.version},
+                )
+                return False
+            old, self.ranker = self.ranker, ranker
+            self.metrics.set_bundle(ranker.version)
+            self.metrics.bundle_swaps.labels(result="swapped").inc()
+            log.info("bundle swapped", extra={"old": old.version, "version": ranker.version})
+            return True
+
+    async def watch(self, interval_s: float) -> None:
+        """Reload whenever the path resolves to a new bundle; runs until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.reload()

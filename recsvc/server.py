@@ -1,0 +1,231 @@
+"""The gRPC ``Recommender`` service (grpc.aio), with health checks and reflection.
+
+Per call: check the request, find the item's pool, read the user's session from the store
+within what is left of the time budget, and rank. Whatever goes wrong with the session read
+(no user, store down, too slow) is answered with the pool in its offline order, marked not
+personalized with the reason. gRPC status codes are set here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from recsvc.exceptions import InvalidRequest, ItemNotFound, SessionStoreError
+from recsvc.metrics import Metrics
+from recsvc.ranking import Fallback, Ranking
+from recsvc.reloader import BundleReloader
+from recsvc.retry import CircuitBreaker
+from recsvc.sessions import SessionEvent, SessionStore
+from recsvc.settings import Settings
+from recsvc.v1 import recommender_pb2 as pb
+from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+DEFAULT_K = 30
+#: Exception -> gRPC status: the one place codes are chosen.
+STATUS = {ItemNotFound: grpc.StatusCode.NOT_FOUND, InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT}
+FALLBACK_PROTO = {
+    Fallback.NO_USER: pb.FALLBACK_REASON_NO_USER,
+    Fallback.NO_SESSION: pb.FALLBACK_REASON_NO_SESSION,
+    Fallback.SESSION_STORE_UNAVAILABLE: pb.FALLBACK_REASON_SESSION_STORE_UNAVAILABLE,
+    Fallback.BUDGET_EXCEEDED: pb.FALLBACK_REASON_BUDGET_EXCEEDED,
+    Fallback.NO_MODEL: pb.FALLBACK_REASON_NO_MODEL,
+    Fallback.ITEM_NOT_IN_MODEL: pb.FALLBACK_REASON_ITEM_NOT_IN_MODEL,
+}
+SOURCE_PROTO = {
+    1 << 0: pb.SOURCE_ITEMCF,
+    1 << 1: pb.SOURCE_ITEM2VEC,
+    1 << 2: pb.SOURCE_IMAGE,
+    1 << 3: pb.SOURCE_PSS,
+    1 << 4: pb.SOURCE_CATEGORY,
+    1 << 5: pb.SOURCE_NEW,
+}
+
+
+class RecommenderService(pb_grpc.RecommenderServicer):
+    """``Recommend``: the item's pool ranked for the user, inside the time budget."""
+
+    def __init__(
+        self,
+        bundles: BundleReloader,
+        store: SessionStore,
+        settings: Settings,
+        metrics: Metrics,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.bundles = bundles
+        self.store = store
+        self.budget_s = settings.budget_ms / 1000
+        self.reserve_s = settings.scoring_reserve_ms / 1000
+        self.metrics = metrics
+        self.breaker = breaker or CircuitBreaker(settings.store_cooldown_s)
+
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendResponse:
+        started = time.perf_counter()
+        client_left = context.time_remaining()
+        limit = self.budget_s if client_left is None else min(self.budget_s, client_left)
+        ranker = self.bundles.ranker  # one bundle for the whole call, even across a swap
+        outcome = "error"
+        try:
+            k = self._check(request, ranker.pool_size)
+            ranker.index(request.item_id)
+            session, fallback = await self._session(request.user_id, started, limit)
+            ranking = ranker.rank(
+                request.item_id,
+                k,
+                session,
+                fallback=fallback,
+                exclude_seen=request.exclude_seen,
+                category=request.category if request.HasField("category") else None,
+            )
+            outcome = "personalized" if ranking.personalized else "fallback"
+            if ranking.fallback:
+                self.metrics.fallbacks.labels(reason=ranking.fallback).inc()
+            return self._response(ranking, ranker.version)
+        except tuple(STATUS) as exc:
+            outcome = type(exc).__name__
+            await context.abort(STATUS[type(exc)], str(exc))
+        except Exception:
+            log.exception("Recommend failed", extra={"item_id": request.item_id})
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.request_latency.labels(outcome=outcome).observe(elapsed)
+
+    @staticmethod
+    def _check(request: pb.RecommendRequest, pool_size: int) -> int:
+        if not request.item_id:
+            raise InvalidRequest("item_id is required")
+        k = request.k or min(DEFAULT_K, pool_size)
+        if k > pool_size:
+            raise InvalidRequest(f"k must be at most the pool size {pool_size}, got {k}")
+        if request.HasField("category") and not request.category:
+            raise InvalidRequest("category, when given, must not be empty")
+        return k
+
+    async def _session(
+        self, user_id: str, started: float, limit: float
+    ) -> tuple[Sequence[SessionEvent], str | None]:
+        """The user's session, or why there is none to use."""
+        if not user_id:
+            return (), Fallback.NO_USER
+        if not self.breaker.allow():
+            return (), Fallback.SESSION_STORE_UNAVAILABLE
+        timeout = limit - (time.perf_counter() - started) - self.reserve_s
+        if timeout <= 0:
+            return (), Fallback.BUDGET_EXCEEDED
+        try:
+            session = await asyncio.wait_for(self.store.recent(user_id), timeout)
+        except TimeoutError:
+            self.breaker.failure()
+            return (), Fallback.BUDGET_EXCEEDED
+        except SessionStoreError as exc:
+            self.breaker.failure()
+            log.warning("session store unavailable", extra={"error": str(exc)})
+            return (), Fallback.SESSION_STORE_UNAVAILABLE
+        self.breaker.success()
+        return session, None
+
+    @staticmethod
+    def _response(ranking: Ranking, version: str) -> pb.RecommendResponse:
+        items = [
+            pb.RankedItem(
+                item_id=item,
+                score=score,
+                sources=[proto for bit, proto in SOURCE_PROTO.items() if flags & bit],
+            )
+            for item, score, flags in zip(
+                ranking.items, ranking.scores, ranking.sources, strict=True
+            )
+        ]
+        return pb.RecommendResponse(
+            items=items,
+            bundle_version=version,
+            personalized=ranking.personalized,
+            fallback_reason=FALLBACK_PROTO.get(ranking.fallback, 0),
+            session_events_used=ranking.session_events_used,
+        )
+
+
+class RecommendServer:
+    """The gRPC server with the service, health checks, reflection and bundle watching."""
+
+    def __init__(
+        self, settings: Settings, store: SessionStore, metrics: Metrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self.bundles = BundleReloader(settings.bundle, settings.model, self.metrics)
+        self.service = RecommenderService(self.bundles, store, settings, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self._server = grpc.aio.server()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port = 0
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound port."""
+        pb_grpc.add_RecommenderServicer_to_server(self.service, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self._server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot bind the gRPC port at {address}")
+        await self._server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.settings.watch_interval_s:
+            self._tasks.append(
+                asyncio.create_task(self.bundles.watch(self.settings.watch_interval_s))
+            )
+        log.info(
+            "serving",
+            extra={
+                "address": f"{self.settings.host}:{self.port}",
+                "bundle": self.bundles.ranker.version,
+            },
+        )
+        return self.port
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Say NOT_SERVING, finish in-flight calls (up to ``grace_s``), then close."""
+        await self.health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await self._server.stop(grace_s)
+        await self.store.aclose()
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve(settings: Settings, store: SessionStore) -> None:
+    """Run the server until SIGTERM or SIGINT; SIGHUP reloads the bundle."""
+    metrics = Metrics()
+    server = RecommendServer(settings, store, metrics)
+    metrics.serve(settings.metrics_port, settings.host)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: asyncio.ensure_future(server.bundles.reload(force=True))
+    )
+    await stopping.wait()
+    log.info("stopping")
+    await server.stop()

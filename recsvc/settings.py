@@ -1,0 +1,185 @@
+"""One typed settings object for ``recsvc serve`` and ``recsvc ingest``.
+
+Each setting comes from, in rising precedence, its default, the environment variable
+``RECSVC_<NAME>``, and the flag ``--<name>``. Values are parsed and checked once, at
+start-up; a wrong value is a :class:`~recsvc.exceptions.ConfigError` that names the setting
+and where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from recsvc.exceptions import ConfigError
+
+ENV_PREFIX = "RECSVC_"
+MODELS = ("personalized", "personalized_cart")
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: ``RECSVC_*`` variables that are not settings of the online processes.
+NOT_SETTINGS = ("RECSVC_SHARED", "RECSVC_TEST_")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the online processes can be told; see ``recsvc serve --help``."""
+
+    bundle: Path = field(
+        default=Path(".local/bundles/taobao"),
+        metadata={"help": "bundle version dir or root (its 'current' link is followed)"},
+    )
+    host: str = field(default="127.0.0.1", metadata={"help": "address the gRPC server binds"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0: any free port)"})
+    metrics_port: int = field(
+        default=9464, metadata={"help": "Prometheus /metrics port on the same host; 0: off"}
+    )
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0", metadata={"help": "session store (redis:// rediss://)"}
+    )
+    kafka_bootstrap: str = field(
+        default="127.0.0.1:9092", metadata={"help": "Kafka bootstrap servers, host:port[,...]"}
+    )
+    events_topic: str = field(default="recsvc.events", metadata={"help": "event stream topic"})
+    dlq_topic: str = field(
+        default="recsvc.events.dlq", metadata={"help": "where invalid events go, with a reason"}
+    )
+    group_id: str = field(default="recsvc-ingest", metadata={"help": "ingest consumer group"})
+    model: str = field(
+        default="personalized",
+        metadata={"help": "bundle model that ranks: " + " | ".join(MODELS)},
+    )
+    budget_ms: float = field(
+        default=100.0, metadata={"help": "answer every call within this many ms, end to end"}
+    )
+    scoring_reserve_ms: float = field(
+        default=15.0,
+        metadata={"help": "part of the budget kept for ranking after the session read"},
+    )
+    session_length: int = field(
+        default=20, metadata={"help": "events kept per user session (at least 8)"}
+    )
+    session_ttl_s: int = field(
+        default=86400, metadata={"help": "a session expires this long after its last event"}
+    )
+    store_cooldown_s: float = field(
+        default=1.0,
+        metadata={"help": "after a session store failure, skip it this long (circuit breaker)"},
+    )
+    watch_interval_s: float = field(
+        default=5.0, metadata={"help": "check the bundle path for a new version this often; 0: off"}
+    )
+    log_format: str = field(default="json", metadata={"help": " | ".join(LOG_FORMATS)})
+    log_level: str = field(default="info", metadata={"help": " | ".join(LOG_LEVELS)})
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add a flag per setting; flags default to None so the environment can fill in."""
+    group = parser.add_argument_group("settings (flag, or environment variable)")
+    for f in dataclasses.fields(Settings):
+        group.add_argument(
+            flag_name(f.name),
+            dest=f"setting_{f.name}",
+            metavar=f.type.upper() if f.type in ("int", "float") else "VALUE",
+            help=f"{f.metadata['help']} [${env_name(f.name)}, default {f.default}]",
+        )
+
+
+def load(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from defaults, then ``environ`` (default ``os.environ``), then flags.
+
+    Raises
+    ------
+    ConfigError
+        A value that does not parse or is out of range, naming the flag or variable.
+    """
+    environ = os.environ if environ is None else environ
+    known = {env_name(f.name) for f in dataclasses.fields(Settings)}
+    unknown = sorted(
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(NOT_SETTINGS)
+    )
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        flag_value = getattr(args, f"setting_{f.name}", None) if args is not None else None
+        if flag_value is not None:
+            raw, origin = flag_value, flag_name(f.name)
+        elif env_name(f.name) in environ:
+            raw, origin = environ[env_name(f.name)], env_name(f.name)
+        else:
+            continue
+        values[f.name] = _parse(f.type, raw, origin)
+    return Settings(**values)
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "Path": Path, "str": str}
+
+
+def _parse(type_name: str, raw: str, origin: str) -> Any:
+    try:
+        return _PARSERS[type_name](raw.strip())
+    except ValueError:
+        kind = {"int": "a whole number", "float": "a number"}.get(type_name, type_name)
+        raise ConfigError(f"{origin} must be {kind}, got {raw!r}") from None
+
+
+def _check(s: Settings) -> None:
+    def fail(name: str, message: str) -> None:
+        raise ConfigError(f"{flag_name(name)} / {env_name(name)}: {message}")
+
+    for name in ("port", "metrics_port"):
+        value = getattr(s, name)
+        if not 0 <= value <= 65535:
+            fail(name, f"{value} is not a usable port")
+    if s.metrics_port and s.metrics_port == s.port:
+        fail("metrics_port", "must differ from the gRPC port")
+    if urlparse(s.redis_url).scheme not in ("redis", "rediss", "unix"):
+        fail("redis_url", f"expected redis://host:port/db, got {s.redis_url!r}")
+    for server in s.kafka_bootstrap.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            fail("kafka_bootstrap", f"expected host:port[,host:port], got {s.kafka_bootstrap!r}")
+    for name in ("events_topic", "dlq_topic", "group_id"):
+        if not getattr(s, name).strip():
+            fail(name, "must not be empty")
+    if s.events_topic == s.dlq_topic:
+        fail("dlq_topic", "must differ from the events topic")
+    if s.model not in MODELS:
+        fail("model", f"{s.model!r} is not one of {', '.join(MODELS)}")
+    if not 1 <= s.budget_ms <= 60_000:
+        fail("budget_ms", f"{s.budget_ms} is outside 1..60000")
+    if not 0 <= s.scoring_reserve_ms < s.budget_ms:
+        fail("scoring_reserve_ms", f"{s.scoring_reserve_ms} must be in [0, budget_ms)")
+    if s.session_length < 8:
+        fail("session_length", f"{s.session_length} < 8: the model looks at 8 events")
+    if s.session_ttl_s < 1:
+        fail("session_ttl_s", "must be at least 1 second")
+    for name in ("store_cooldown_s", "watch_interval_s"):
+        if getattr(s, name) < 0:
+            fail(name, "must not be negative")
+    if s.log_format not in LOG_FORMATS:
+        fail("log_format", f"{s.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+    if s.log_level not in LOG_LEVELS:
+        fail("log_level", f"{s.log_level!r} is not one of {', '.join(LOG_LEVELS)}")

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Run `recsvc ingest` and `recsvc serve` in the background for `make run`:
+#   app.sh start|stop|status
+# Logs and pid files go to .local/run/. Settings come from RECSVC_* variables (see
+# `recsvc serve --help`); ingest gets its own metrics port, RECSVC_INGEST_METRICS_PORT (9465).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUN=$ROOT/.local/run
+RECSVC=$ROOT/.venv/bin/recsvc
+PY=$ROOT/.venv/bin/python
+INGEST_METRICS_PORT=${RECSVC_INGEST_METRICS_PORT:-9465}
+unset RECSVC_INGEST_METRICS_PORT
+
+pid_of() {
+  local pid
+  pid=$(cat "$RUN/$1.pid" 2>/dev/null) || return 1
+  if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "recsvc $1"; then
+    echo "$pid"
+  else
+    rm -f "$RUN/$1.pid"
+    return 1
+  fi
+}
+
+start_one() {
+  local name=$1
+  shift
+  if pid=$(pid_of "$name"); then
+    echo "$name: already running (pid $pid)"
+    return
+  fi
+  mkdir -p "$RUN"
+  nohup "$RECSVC" "$name" "$@" >>"$RUN/$name.log" 2>&1 &
+  echo $! >"$RUN/$name.pid"
+  echo "$name: started (pid $!, log $RUN/$name.log)"
+}
+
+stop_one() {
+  local name=$1 pid
+  if ! pid=$(pid_of "$name"); then
+    echo "$name: not running"
+    return
+  fi
+  kill -TERM "$pid"
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  rm -f "$RUN/$name.pid"
+  echo "$name: stopped"
+}
+
+case ${1:-} in
+  start)
+    start_one ingest --metrics-port "$INGEST_METRICS_PORT"
+    start_one serve
+    if ! "$PY" -m recsvc.client wait --timeout 120; then
+      tail -n 20 "$RUN/serve.log" >&2
+      echo "serve: not healthy; see $RUN/serve.log" >&2
+      exit 1
+    fi
+    ;;
+  stop)
+    stop_one serve
+    stop_one ingest
+    ;;
+  status)
+    for name in ingest serve; do
+      if pid=$(pid_of "$name"); then echo "$name: running (pid $pid)"; else echo "$name: stopped"; fi
+    done
+    ;;
+  *)
+    echo "usage: $0 start|stop|status" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,71 @@
+"""Test data and contract checks shared by the unit and integration tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsvc.events import Event
+from recsvc.sessions import SessionEvent, SessionStore
+
+#: ``recsvc pipeline`` settings that keep the end-to-end runs on the real-data slice fast.
+SMALL = [
+    "--param",
+    "item2vec.epochs=2",
+    "--param",
+    "personalized.epochs=2",
+    "--param",
+    "annoy_trees=5",
+    "--param",
+    "recall_sample=100",
+]
+
+
+def tiny_bundle_arrays(weights: tuple[float, ...] = (1.0, 0.5, 0.25)) -> dict[str, np.ndarray]:
+    """Five items a..e with 2-d embeddings whose rankings are worked out by hand in the tests.
+
+    Item a's pool is b, c, d, e (offline order). With the session [b] and the view of a, the
+    window is (a, b) and u = (1*[1,0] + 0.5*[0,1]) / 2 = [0.5, 0.25]; the output embeddings
+    then score b 0.25, c 0.25, d -0.25, e 1.0, so the personalized order is e, b, c, d.
+    """
+    position_weights = np.zeros(8, dtype=np.float32)
+    position_weights[: len(weights)] = weights
+    model = {
+        "input_embeddings": np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0]], np.float32),
+        "output_embeddings": np.array([[1, 0], [0, 1], [1, -1], [-1, 1], [2, 0]], np.float32),
+        "position_weights": position_weights,
+        "known": np.ones(5, dtype=bool),
+        "scorable": np.ones(5, dtype=bool),
+    }
+    arrays = {
+        "item_ids": np.array(["a", "b", "c", "d", "e"]),
+        "item_category": np.array([0, 0, 1, 1, 0], np.int32),
+        "category_names": np.array(["x", "y"]),
+        "item_popularity": np.array([5, 4, 3, 2, 1], np.int64),
+        "item_first_seen": np.zeros(5),
+        "pools": np.array(
+            [[1, 2, 3, 4], [0, 2, -1, -1], [0, 1, 3, -1], [0, -1, -1, -1], [0, 1, 2, 3]], np.int32
+        ),
+        "pool_sources": np.array(
+            [[1, 3, 2, 16], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], np.uint8
+        ),
+    }
+    arrays.update({f"models/personalized/{k}": v for k, v in model.items()})
+    return arrays
+
+
+def event(n: int, user: str = "u", kind: str = "click") -> Event:
+    return Event(f"e{n}", user, f"i{n}", kind, 1000.0 + n)
+
+
+async def check_store_contract(store: SessionStore, user: str = "u") -> None:
+    """What every store must do; ``store`` has length 8 and ``user`` starts empty."""
+    assert await store.recent(user) == []
+    assert await store.append([event(n, user) for n in (3, 1, 2)]) == 3
+    assert await store.append([event(2, user), event(4, user, "cart")]) == 1  # e2 replayed
+    recent = await store.recent(user)
+    assert [e.event_id for e in recent] == ["e1", "e2", "e3", "e4"]  # by time, not arrival
+    assert recent[-1] == SessionEvent("e4", "i4", "cart", 1004.0)
+    await store.append([event(n, user) for n in range(5, 15)])
+    assert [e.event_id for e in await store.recent(user)] == [f"e{n}" for n in range(7, 15)]
+    assert await store.recent(user + "-other") == []
+    await store.ping()

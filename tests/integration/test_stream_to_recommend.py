@@ -1,0 +1,107 @@
+"""Kafka → ``recsvc ingest`` → Redis → ``recsvc serve``, all real, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import grpc
+from conftest import KAFKA, free_port, read_topic, wait_for
+from kafka import KafkaProducer
+
+from recsvc.events import Event
+from recsvc.sessions import RedisSessionStore
+from recsvc.v1 import recommender_pb2 as pb
+from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+
+
+def recommend(port: int, user: str, item: str = "a", k: int = 4) -> pb.RecommendResponse:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        return stub.Recommend(pb.RecommendRequest(user_id=user, item_id=item, k=k), timeout=5)
+
+
+def session_ids(redis_url: str, user: str) -> list[str]:
+    async def read() -> list[str]:
+        store = RedisSessionStore(redis_url, length=20, ttl_s=60)
+        try:
+            return [e.event_id for e in await store.recent(user)]
+        finally:
+            await store.aclose()
+
+    return asyncio.run(read())
+
+
+def online_args(bundle: Path, redis_url: str, topics, port: int | None = None) -> list[str]:
+    args = [
+        "--bundle",
+        str(bundle),
+        "--redis-url",
+        redis_url,
+        "--kafka-bootstrap",
+        KAFKA,
+        "--events-topic",
+        topics.events,
+        "--dlq-topic",
+        topics.dlq,
+        "--group-id",
+        topics.group,
+        "--metrics-port",
+        "0",
+        "--watch-interval-s",
+        "0",
+    ]
+    return args + (["--port", str(port)] if port else [])
+
+
+def test_events_become_personalized_answers_and_bad_ones_go_to_the_dlq(
+    tiny_bundle: Path, redis_url: str, topics, producer: KafkaProducer, processes, tmp_path: Path
+) -> None:
+    user = f"shopper-{uuid.uuid4().hex}"
+    port = free_port()
+    server = processes(
+        ["serve", *online_args(tiny_bundle, redis_url, topics, port)], tmp_path / "serve.log"
+    )
+    processes(["ingest", *online_args(tiny_bundle, redis_url, topics)], tmp_path / "ingest.log")
+    wait_for(lambda: "serving" in server.output(), what="the server")
+    before = recommend(port, user)
+    assert not before.personalized
+    assert before.fallback_reason == pb.FALLBACK_REASON_NO_SESSION
+
+    good = [
+        Event(f"{user}-{n}", user, item, "click", 1000.0 + n)
+        for n, item in enumerate(["c", "d", "b"])
+    ]
+    others = [Event(f"other-{n}", f"other-{user}", "e", "cart", 1000.0 + n) for n in range(5)]
+    bad = [
+        b"{this is not json",
+        json.dumps(
+            {"event_id": "x", "user_id": user, "item_id": "ghost", "type": "click", "ts": 1001.5}
+        ).encode(),
+        json.dumps(
+            {"event_id": "y", "user_id": user, "item_id": "b", "type": "view", "ts": 1001.6}
+        ).encode(),
+    ]
+    messages = [good[0].to_json(), bad[0], good[1].to_json(), bad[1], bad[2], good[2].to_json()]
+    for value in messages:
+        producer.send(topics.events, key=user.encode(), value=value)
+    for event in others:
+        producer.send(topics.events, key=event.user_id.encode(), value=event.to_json())
+    producer.send(topics.events, key=user.encode(), value=good[1].to_json())  # a replay
+    producer.flush()
+
+    wait_for(lambda: len(session_ids(redis_url, user)) == 3, what="the session in Redis")
+    wait_for(lambda: len(session_ids(redis_url, f"other-{user}")) == 5, what="the other user")
+    assert session_ids(redis_url, user) == [e.event_id for e in good]  # the replay counted once
+
+    after = recommend(port, user)
+    assert after.personalized
+    assert after.session_events_used == 3  # b, d, c before the view of a
+    assert [i.item_id for i in after.items] != [i.item_id for i in before.items]
+
+    dead = [json.loads(v) for v in read_topic(topics.dlq, expected=3)]
+    assert [d["reason"] for d in dead] == ["not_json", "unknown_item", "unknown_type"]
+    assert dead[0]["value"] == "{this is not json"
+    assert "ghost" in dead[1]["detail"]

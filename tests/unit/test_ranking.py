@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsvc.bundle import load_bundle, write_bundle
+from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
+from recsvc.ranking import Fallback, Ranker
+from recsvc.scoring import session_window
+from recsvc.sessions import SessionEvent
+
+
+def visit(item: str, kind: str = "click", ts: float = 0.0) -> SessionEvent:
+    return SessionEvent(f"{item}{ts}", item, kind, ts)
+
+
+def test_session_window_counts_visits_newest_first() -> None:
+    assert session_window("a", ["b", "b", "c", "a", "a"], 8) == ["a", "c", "b"]
+    assert session_window("a", ["a", "b"], 8) == ["a", "b", "a"]
+    assert session_window("z", list("abcdefghij"), 4) == ["z", "j", "i", "h"]
+    assert session_window("a", [], 8) == ["a"]
+
+
+def test_ranks_by_the_pooled_user_vector(tiny_bundle: Path) -> None:
+    ranker = Ranker(load_bundle(tiny_bundle))
+    session = [visit("b", ts=1), visit("d", "fav", ts=2), visit("a", ts=3)]
+    ranking = ranker.rank("a", 4, session)  # fav is not a visit; the trailing a is this view
+    assert ranking.items == ["e", "b", "c", "d"]
+    assert ranking.personalized and ranking.session_events_used == 1
+
+
+def test_falls_back_to_the_offline_order(tiny_bundle: Path) -> None:
+    ranker = Ranker(load_bundle(tiny_bundle))
+    only_favs = ranker.rank("a", 2, [visit("b", "fav")])
+    assert only_favs.items == ["b", "c"] and only_favs.scores == [1.0, 0.75]
+    assert only_favs.fallback == Fallback.NO_SESSION
+    down = ranker.rank("a", 4, [visit("b")], fallback=Fallback.SESSION_STORE_UNAVAILABLE)
+    assert down.items == ["b", "c", "d", "e"] and not down.personalized
+
+
+def test_items_the_model_never_saw(tmp_path: Path) -> None:
+    from helpers import tiny_bundle_arrays
+
+    arrays = tiny_bundle_arrays()
+    arrays["models/personalized/known"][:] = [False, False, True, True, True]
+    ranker = Ranker(load_bundle(write_bundle(tmp_path, arrays, {})))
+    ranking = ranker.rank("a", 4, [visit("b")])
+    assert ranking.fallback == Fallback.ITEM_NOT_IN_MODEL and ranking.items == ["b", "c", "d", "e"]
+    assert ranker.rank("a", 4, [visit("c")]).personalized  # c is known: u = 0.5 * [1, 1] / 2
+
+
+def test_errors(tiny_bundle: Path) -> None:
+    ranker = Ranker(load_bundle(tiny_bundle))
+    with pytest.raises(ItemNotFound):
+        ranker.rank("nope", 4)
+    with pytest.raises(InvalidRequest):
+        ranker.rank("a", 0)
+    with pytest.raises(BundleError, match="no model 'personalized_cart'"):
+        Ranker(load_bundle(tiny_bundle), "personalized_cart")
+
+
+def test_a_bundle_without_models_serves_the_offline_order(tmp_path: Path) -> None:
+    from helpers import tiny_bundle_arrays
+
+    arrays = {k: v for k, v in tiny_bundle_arrays().items() if not k.startswith("models/")}
+    ranker = Ranker(load_bundle(write_bundle(tmp_path, arrays, {})))
+    ranking = ranker.rank("e", 3, [visit("b")])
+    assert ranking.fallback == Fallback.NO_MODEL
+    assert ranking.items == ["a", "b", "c"] and np.allclose(ranking.scores, [1.0, 0.75, 0.5])

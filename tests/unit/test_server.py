@@ -1,0 +1,240 @@
+"""The gRPC server over loopback with an in-memory session store (Redis: tests/integration)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from helpers import tiny_bundle_arrays
+
+from recsvc.bundle import write_bundle
+from recsvc.events import Event
+from recsvc.exceptions import SessionStoreError
+from recsvc.server import RecommendServer
+from recsvc.sessions import InMemorySessionStore, SessionEvent, SessionStore
+from recsvc.settings import Settings
+from recsvc.v1 import recommender_pb2 as pb
+from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+
+
+def run(coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(coro())
+
+
+@asynccontextmanager
+async def serving(
+    bundle: Path, store: SessionStore, **settings: Any
+) -> AsyncIterator[tuple[pb_grpc.RecommenderStub, RecommendServer]]:
+    config = Settings(bundle=bundle, port=0, metrics_port=0, watch_interval_s=0, **settings)
+    server = RecommendServer(config, store)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield pb_grpc.RecommenderStub(channel), server
+    finally:
+        await server.stop(0)
+
+
+class SlowStore(InMemorySessionStore):
+    """Answers reads after ``delay_s``."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def recent(self, user_id: str) -> list[SessionEvent]:
+        await asyncio.sleep(self.delay_s)
+        return await super().recent(user_id)
+
+
+class DownStore(InMemorySessionStore):
+    """Fails every read, like Redis refusing connections; counts the attempts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def recent(self, user_id: str) -> list[SessionEvent]:
+        self.reads += 1
+        raise SessionStoreError("connection refused")
+
+
+def click(event_id: str, user: str, item: str, ts: float) -> Event:
+    return Event(event_id, user, item, "click", ts)
+
+
+def ids(response: pb.RecommendResponse) -> list[str]:
+    return [item.item_id for item in response.items]
+
+
+def test_personalized_answer_follows_the_session(tiny_bundle: Path) -> None:
+    async def scenario() -> None:
+        store = InMemorySessionStore()
+        async with serving(tiny_bundle, store) as (stub, _):
+            before = await stub.Recommend(pb.RecommendRequest(user_id="u", item_id="a", k=4))
+            await store.append([click("1", "u", "b", 10.0)])
+            after = await stub.Recommend(pb.RecommendRequest(user_id="u", item_id="a", k=4))
+        assert ids(before) == ["b", "c", "d", "e"]
+        assert not before.personalized
+        assert before.fallback_reason == pb.FALLBACK_REASON_NO_SESSION
+        assert ids(after) == ["e", "b", "c", "d"]  # worked out in tiny_bundle_arrays
+        assert after.personalized and after.fallback_reason == pb.FALLBACK_REASON_UNSPECIFIED
+        assert after.session_events_used == 1
+        assert [round(i.score, 6) for i in after.items] == [1.0, 0.25, 0.25, -0.25]
+        assert list(after.items[2].sources) == [pb.SOURCE_ITEMCF, pb.SOURCE_ITEM2VEC]
+        assert after.bundle_version == before.bundle_version != ""
+
+    run(scenario)
+
+
+def test_filters_and_default_k(tiny_bundle: Path) -> None:
+    async def scenario() -> None:
+        store = InMemorySessionStore()
+        await store.append([click("1", "u", "b", 10.0)])
+        async with serving(tiny_bundle, store) as (stub, _):
+            default = await stub.Recommend(pb.RecommendRequest(user_id="u", item_id="a"))
+            unseen = await stub.Recommend(
+                pb.RecommendRequest(user_id="u", item_id="a", exclude_seen=True)
+            )
+            in_y = await stub.Recommend(pb.RecommendRequest(user_id="u", item_id="a", category="y"))
+            anonymous = await stub.Recommend(pb.RecommendRequest(item_id="a", k=2))
+        assert ids(default) == ["e", "b", "c", "d"]  # k defaults to 30; the pool has 4
+        assert ids(unseen) == ["e", "c", "d"]
+        assert ids(in_y) == ["c", "d"]
+        assert ids(anonymous) == ["b", "c"]
+        assert anonymous.fallback_reason == pb.FALLBACK_REASON_NO_USER
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "words"),
+    [
+        (pb.RecommendRequest(user_id="u", item_id="zzz"), grpc.StatusCode.NOT_FOUND, "zzz"),
+        (pb.RecommendRequest(user_id="u"), grpc.StatusCode.INVALID_ARGUMENT, "item_id"),
+        (pb.RecommendRequest(item_id="a", k=5), grpc.StatusCode.INVALID_ARGUMENT, "k must"),
+        (
+            pb.RecommendRequest(item_id="a", category="nope"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "category 'nope'",
+        ),
+    ],
+)
+def test_bad_requests_get_the_right_status(
+    tiny_bundle: Path, request_: pb.RecommendRequest, code: grpc.StatusCode, words: str
+) -> None:
+    async def scenario() -> None:
+        async with serving(tiny_bundle, InMemorySessionStore()) as (stub, _):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Recommend(request_)
+        assert caught.value.code() == code
+        assert words in caught.value.details()
+
+    run(scenario)
+
+
+def test_slow_session_read_is_abandoned_within_the_budget(tiny_bundle: Path) -> None:
+    async def scenario() -> None:
+        store = SlowStore(delay_s=5.0)
+        async with serving(tiny_bundle, store, budget_ms=100, store_cooldown_s=0) as (stub, srv):
+            response = await stub.Recommend(pb.RecommendRequest(user_id="u", item_id="a", k=4))
+            samples = srv.metrics.request_latency.labels(outcome="fallback")._sum.get()
+        assert response.fallback_reason == pb.FALLBACK_REASON_BUDGET_EXCEEDED
+        assert ids(response) == ["b", "c", "d", "e"]
+        assert samples < 0.1  # time spent inside the server, as measured by the server
+
+    run(scenario)
+
+
+def test_a_shorter_client_deadline_is_honoured(tiny_bundle: Path) -> None:
+    async def scenario() -> None:
+        store = SlowStore(delay_s=5.0)
+        async with serving(tiny_bundle, store, budget_ms=5000, store_cooldown_s=0) as (stub, _):
+            response = await stub.Recommend(
+                pb.RecommendRequest(user_id="u", item_id="a", k=4), timeout=0.5
+            )
+        assert response.fallback_reason == pb.FALLBACK_REASON_BUDGET_EXCEEDED
+
+    run(scenario)
+
+
+def test_store_outage_opens_the_breaker_then_recovers(tiny_bundle: Path) -> None:
+    async def scenario() -> None:
+        store = DownStore()
+        await InMemorySessionStore.append(store, [click("1", "u", "b", 10.0)])
+        async with serving(tiny_bundle, store, store_cooldown_s=0.3) as (stub, srv):
+            request = pb.RecommendRequest(user_id="u", item_id="a", k=4)
+            down = [await stub.Recommend(request) for _ in range(5)]
+            assert store.reads == 1  # the breaker kept the other four away from the store
+            store.recent = lambda user: InMemorySessionStore.recent(store, user)  # type: ignore
+            await asyncio.sleep(0.35)
+            back = await stub.Recommend(request)
+        reasons = {r.fallback_reason for r in down}
+        assert reasons == {pb.FALLBACK_REASON_SESSION_STORE_UNAVAILABLE}
+        assert back.personalized
+        assert srv.metrics.fallbacks.labels(reason="session_store_unavailable")._value.get() == 5
+
+    run(scenario)
+
+
+def test_bundle_reload_swaps_without_failing_requests(tiny_bundle: Path) -> None:
+    async def scenario() -> None:
+        store = InMemorySessionStore()
+        async with serving(tiny_bundle, store) as (stub, server):
+            first = server.bundles.ranker.version
+            request = pb.RecommendRequest(item_id="a", k=4)
+            stream = [asyncio.ensure_future(stub.Recommend(request)) for _ in range(200)]
+            arrays = tiny_bundle_arrays()
+            arrays["pools"][0] = [4, 3, 2, 1]
+            write_bundle(tiny_bundle, arrays, {"source": "tests"})
+            swapped = await server.bundles.reload()
+            later = await stub.Recommend(request)
+            answers = await asyncio.gather(*stream)
+        assert swapped
+        assert {a.bundle_version for a in answers} <= {first, later.bundle_version}
+        assert later.bundle_version != first
+        assert ids(later) == ["e", "d", "c", "b"]
+
+    run(scenario)
+
+
+def test_a_broken_new_bundle_keeps_the_old_one(tiny_bundle: Path) -> None:
+    async def scenario() -> None:
+        async with serving(tiny_bundle, InMemorySessionStore()) as (stub, server):
+            first = server.bundles.ranker.version
+            version = write_bundle(tiny_bundle, tiny_bundle_arrays(), {"source": "tests"})
+            (version / "pools.npy").write_bytes(b"garbage")
+            assert not await server.bundles.reload()
+            response = await stub.Recommend(pb.RecommendRequest(item_id="a", k=4))
+        assert response.bundle_version == first
+        assert server.metrics.bundle_swaps.labels(result="failed")._value.get() == 1
+
+    run(scenario)
+
+
+def test_health_and_reflection_are_on(tiny_bundle: Path) -> None:
+    async def scenario() -> None:
+        async with (
+            serving(tiny_bundle, InMemorySessionStore()) as (_, server),
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            health = health_pb2_grpc.HealthStub(channel)
+            status = await health.Check(
+                health_pb2.HealthCheckRequest(service="recsvc.v1.Recommender")
+            )
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            answers = reflect.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            services = [s.name async for a in answers for s in a.list_services_response.service]
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        assert "recsvc.v1.Recommender" in services
+
+    run(scenario)

@@ -1,0 +1,51 @@
+import argparse
+from pathlib import Path
+
+import pytest
+
+from recsvc import settings
+from recsvc.exceptions import ConfigError
+
+
+def parse(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    return parser.parse_args(list(flags))
+
+
+def test_defaults_then_environment_then_flags() -> None:
+    env = {"RECSVC_PORT": "6000", "RECSVC_BUDGET_MS": "80", "RECSVC_SHARED": "../shared"}
+    loaded = settings.load(parse("--port", "7000", "--bundle", "/b"), env)
+    assert loaded.port == 7000  # the flag wins over the environment
+    assert loaded.budget_ms == 80.0
+    assert loaded.bundle == Path("/b")
+    assert loaded.session_length == 20  # default
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"RECSVC_PORT": "http"}, "RECSVC_PORT must be a whole number, got 'http'"),
+        ({"RECSVC_PORT": "70000"}, "--port / RECSVC_PORT: 70000 is not a usable port"),
+        ({"RECSVC_SESSION_LENGTH": "5"}, "5 < 8"),
+        ({"RECSVC_REDIS_URL": "localhost:6379"}, "expected redis://"),
+        ({"RECSVC_KAFKA_BOOTSTRAP": "localhost"}, "expected host:port"),
+        ({"RECSVC_MODEL": "popular"}, "'popular' is not one of"),
+        ({"RECSVC_DLQ_TOPIC": "recsvc.events"}, "must differ from the events topic"),
+        ({"RECSVC_SCORING_RESERVE_MS": "100"}, "must be in [0, budget_ms)"),
+        ({"RECSVC_BUGDET_MS": "50"}, "unknown setting(s) in the environment: RECSVC_BUGDET_MS"),
+        ({"RECSVC_METRICS_PORT": "50051"}, "must differ from the gRPC port"),
+    ],
+)
+def test_bad_values_fail_with_the_setting_named(env: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings.load(None, env)
+    assert words in str(caught.value)
+
+
+def test_help_lists_every_setting_with_its_variable() -> None:
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    text = parser.format_help()
+    for name in ("RECSVC_REDIS_URL", "RECSVC_KAFKA_BOOTSTRAP", "RECSVC_BUDGET_MS", "--group-id"):
+        assert name in text

@@ -11,6 +11,7 @@ SEED ?= 7
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED := 0
+export GRPC_VERBOSITY ?= ERROR
 
 PROTO := protos/recsvc/v1/recommender.proto
 PROTO_PY := recsvc/v1/recommender_pb2.py

@@ -94,7 +94,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 self.metrics.fallbacks.labels(reason=ranking.fallback).inc()
             return self._response(ranking, ranker.version)
         except tuple(STATUS) as exc:
-            outcome = type(exc).__name__
+            outcome = STATUS[type(exc)].name.lower()
             await context.abort(STATUS[type(exc)], str(exc))
         except Exception:
             log.exception("Recommend failed", extra={"item_id": request.item_id})

@@ -31,7 +31,7 @@ start_one() {
     return
   fi
   mkdir -p "$RUN"
-  nohup "$RECSVC" "$name" "$@" >>"$RUN/$name.log" 2>&1 &
+  setsid nohup "$RECSVC" "$name" "$@" </dev/null >>"$RUN/$name.log" 2>&1 &
   echo $! >"$RUN/$name.pid"
   echo "$name: started (pid $!, log $RUN/$name.log)"
 }

@@ -176,3 +176,42 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+class PrivateKafka:
+    """A Kafka broker of the test's own (scripts/services/kafka.sh), to restart at will."""
+
+    def __init__(self, directory: Path, topics: Topics) -> None:
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(free_port()),
+            "KAFKA_DIR": str(directory),
+            "RECSVC_TOPICS": f"{topics.events}:2 {topics.dlq}:1",
+        }
+
+    def _script(self, action: str) -> None:
+        subprocess.run(
+            ["bash", str(REPO / "scripts/services/kafka.sh"), action],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        self._script("start")
+
+    def stop(self) -> None:
+        self._script("stop")
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[tuple[PrivateKafka, Topics]]:
+    run = uuid.uuid4().hex[:10]
+    topics = Topics(f"own.{run}.events", f"own.{run}.dlq", f"own-{run}")
+    broker = PrivateKafka(tmp_path / "kafka", topics)
+    broker.start()
+    yield broker, topics
+    broker.stop()

@@ -112,3 +112,29 @@ def test_bundle_swaps_under_a_stream_of_requests_fail_none(
     assert len(versions) > 100
     assert versions[-1] == written[-1]
     assert set(written) & set(versions)  # the stream saw the new versions as they came
+
+
+def test_ingest_rides_out_a_kafka_restart_without_loss(
+    tiny_bundle: Path, redis_url: str, private_kafka, processes, tmp_path: Path
+) -> None:
+    broker, topics = private_kafka
+    user = f"shopper-{uuid.uuid4().hex}"
+    args = online_args(tiny_bundle, redis_url, topics)
+    processes(["ingest", *args, "--kafka-bootstrap", broker.bootstrap], tmp_path / "ingest.log")
+
+    def produce(numbers: range) -> None:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        for n in numbers:
+            event = Event(f"{user}-{n}", user, "bcde"[n % 4], "click", 1000.0 + n)
+            producer.send(topics.events, key=user.encode(), value=event.to_json())
+        producer.flush()
+        producer.close()
+
+    produce(range(0, 4))
+    wait_for(lambda: len(session_ids(redis_url, user)) == 4, what="the first events")
+    broker.stop()
+    time.sleep(3)  # ingest loses the broker and retries
+    broker.start()
+    produce(range(4, 9))
+    wait_for(lambda: len(session_ids(redis_url, user)) == 9, timeout_s=60, what="the rest")
+    assert session_ids(redis_url, user) == [f"{user}-{n}" for n in range(9)]

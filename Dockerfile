@@ -1,0 +1,34 @@
+# The recsvc server and ingest image: numpy, grpcio, redis and kafka-python; no TensorFlow.
+#   docker build -t recsvc .
+#   docker run --rm -p 50051:50051 -p 9464:9464 -v /srv/bundles:/bundles:ro \
+#     -e RECSVC_HOST=0.0.0.0 -e RECSVC_REDIS_URL=redis://redis:6379/0 recsvc serve
+#   docker run --rm -v /srv/bundles:/bundles:ro -e RECSVC_KAFKA_BOOTSTRAP=kafka:9092 \
+#     -e RECSVC_REDIS_URL=redis://redis:6379/0 recsvc ingest
+# Bundles are built offline (`recsvc pipeline`) and mounted at /bundles.
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN pip install --no-cache-dir grpcio-tools==1.85.1 build==1.6.1
+COPY protos/ protos/
+COPY setup.cfg pyproject.toml README.md ./
+COPY recsvc/ recsvc/
+COPY offline/ offline/
+COPY training/ training/
+RUN python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
+        protos/recsvc/v1/recommender.proto \
+    && python -m build --wheel --outdir /wheels .
+
+FROM python:3.11-slim
+COPY requirements-serve.txt /tmp/
+COPY --from=build /wheels/ /tmp/wheels/
+RUN pip install --no-cache-dir -r /tmp/requirements-serve.txt \
+    && pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels /tmp/requirements-serve.txt \
+    && useradd --system --uid 10001 --no-create-home recsvc
+USER recsvc
+ENV RECSVC_BUNDLE=/bundles RECSVC_LOG_FORMAT=json PYTHONUNBUFFERED=1
+EXPOSE 50051 9464
+HEALTHCHECK --interval=15s --timeout=3s \
+    CMD ["python", "-m", "recsvc.client", "wait", "--timeout", "2"]
+ENTRYPOINT ["recsvc"]
+CMD ["serve"]

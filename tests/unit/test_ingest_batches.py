@@ -1,0 +1,32 @@
+"""How ingest splits a polled batch (the Kafka round trips are in tests/integration)."""
+
+import json
+from dataclasses import dataclass
+
+from recsvc.events import Event
+from recsvc.ingest import split_batch
+
+
+@dataclass(frozen=True)
+class Record:
+    """The fields of a kafka-python ConsumerRecord that ingest reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def test_split_keeps_good_events_in_order_and_labels_the_bad() -> None:
+    good = [Event(f"e{n}", "u", "i1", "click", 1000.0 + n) for n in range(3)]
+    values = [good[0].to_json(), b"\xff", good[1].to_json(), None, good[2].to_json()]
+    records = [Record("t", 2, 40 + n, b"u", v) for n, v in enumerate(values)]
+    valid, rejected = split_batch(records, known_item={"i1"}.__contains__)
+    assert valid == good
+    assert [r.error.reason for r in rejected] == ["not_utf8", "not_json"]
+    letter = json.loads(rejected[0].dlq_value())
+    assert letter["reason"] == "not_utf8"
+    assert (letter["topic"], letter["partition"], letter["offset"]) == ("t", 2, 41)
+    assert letter["value"] == "\ufffd"
+    assert json.loads(rejected[1].dlq_value())["value"] is None

@@ -1,0 +1,14 @@
+"""The online processes load without TensorFlow or the offline packages (see Dockerfile)."""
+
+import subprocess
+import sys
+
+
+def test_serve_and_ingest_import_no_tensorflow() -> None:
+    code = (
+        "import sys, recsvc.cli, recsvc.server, recsvc.ingest, recsvc.client;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'offline', "
+        "'training', 'scipy', 'annoy'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

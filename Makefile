@@ -21,10 +21,12 @@ PROTOC := $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=.
 
 install: $(VENV)/.installed $(PROTO_PY)
 
-$(VENV)/.installed: requirements.txt requirements-serve.txt setup.cfg pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-serve.txt requirements-nodeps.txt setup.cfg \
+		pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from offline.pss_source import PSSSettings
 from recsvc.exceptions import ConfigError
 from training.item2vec import Item2VecConfig
 from training.personalized import PersonalizedConfig
@@ -14,6 +15,10 @@ from training.personalized import PersonalizedConfig
 
 def _default_weights() -> dict[str, float]:
     return {"itemcf": 1.0, "item2vec": 1.0, "image": 1.0, "pss": 1.0}
+
+
+def _default_quotas() -> dict[str, int]:
+    return {"itemcf": 200, "item2vec": 200, "image": 200, "pss": 200}
 
 
 @dataclass(frozen=True)
@@ -25,17 +30,21 @@ class PipelineConfig:
     pool_size : candidates kept per item
     alpha : item-CF weight of click Jaccard against attribute Jaccard
     source_weights : interleaving weight of each similarity source in the pool merge
+    source_quotas : most candidates each similarity source may put in a pool (what is left
+        goes to the business rules: same category, then new items)
     annoy_trees, annoy_search_k : annoy index settings (search_k -1: annoy's default,
         n_trees * k); the defaults reach recall@200 ~0.93 on Taobao (docs/RESULTS.md)
     recall_sample : items sampled to measure annoy recall@pool_size against exact search
     cart_omega : loss multiplier of add-to-cart targets in ``personalized_cart``
     init_from_item2vec : start the personalized input embeddings from item2vec's
     eval_history : earlier clicks per held-out user kept in the bundle for evaluation
+    pss : the PSS product-embedding source (``pss.enabled=true`` adds it)
     """
 
     pool_size: int = 200
     alpha: float = 0.9
     source_weights: dict[str, float] = field(default_factory=_default_weights)
+    source_quotas: dict[str, int] = field(default_factory=_default_quotas)
     annoy_trees: int = 10
     annoy_search_k: int = 20000
     recall_sample: int = 1000
@@ -44,12 +53,15 @@ class PipelineConfig:
     eval_history: int = 64
     item2vec: Item2VecConfig = field(default_factory=Item2VecConfig)
     personalized: PersonalizedConfig = field(default_factory=PersonalizedConfig)
+    pss: PSSSettings = field(default_factory=PSSSettings)
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.annoy_trees < 1:
             raise ConfigError("pool_size and annoy_trees must be >= 1")
         if self.cart_omega <= 0 or any(w <= 0 for w in self.source_weights.values()):
             raise ConfigError("cart_omega and source weights must be > 0")
+        if any(q < 0 for q in self.source_quotas.values()):
+            raise ConfigError("source quotas must be >= 0")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -23,9 +23,11 @@ an embedder is created.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,6 +251,15 @@ class MobileNetEmbedder:
         self.input_size: tuple[int, int] = (shape[1], shape[2])
         #: length of the output vectors (1024 for MobileNet v1)
         self.dim = int(np.prod(self._output["shape"][1:]))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        #: identifies the model in feature caches: file name and weights checksum
+        self.model_id = f"{path.stem}@{digest}"
+
+    def embed_many(self, images: Sequence[bytes]) -> np.ndarray:
+        """float32 (n, dim): embeddings of encoded images, one after another."""
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self.embed_bytes(data) for data in images])
 
     def decode(self, data: bytes) -> np.ndarray:
         """Decode and resize one image.

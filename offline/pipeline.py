@@ -156,7 +156,14 @@ def run_pipeline(
         metrics["image_vectors"] = int(image.known.sum())
         sources["image"] = _embedding_source("image", image.vectors, image.known, config, seed)
     skipped = {"image": "no --item-vectors or --item-images given"} if image is None else {}
-    skipped["pss"] = "not built yet (PSS embeddings are a later issue)"
+    pss = None
+    if config.pss.enabled:
+        with timings.stage("pss"):
+            pss = _train_pss(data, item2vec, image, config, seed)
+        metrics["pss"] = pss.report
+        sources["pss"] = _embedding_source("pss", pss.embeddings, pss.known, config, seed)
+    else:
+        skipped["pss"] = "off (--param pss.enabled=true adds it)"
 
     with timings.stage("neighbours"):
         neighbours = {name: source.neighbours(config.pool_size) for name, source in sources.items()}
@@ -164,7 +171,7 @@ def run_pipeline(
         metrics["annoy"] = _annoy_recall(sources, neighbours, config, seed)
     with timings.stage("pools"):
         pools = merge_pools(
-            neighbours,
+            {n: nb.head(config.source_quotas[n]) for n, nb in neighbours.items()},
             {n: config.source_weights[n] for n in neighbours},
             {
                 "category": category_fill(data.catalogue, popularity, config.pool_size),
@@ -199,6 +206,8 @@ def run_pipeline(
     )
     if image is not None:
         arrays["embeddings/image"], arrays["embeddings/image_known"] = image.vectors, image.known
+    if pss is not None:
+        arrays["embeddings/pss"], arrays["embeddings/pss_known"] = pss.embeddings, pss.known
     with timings.stage("write"):
         manifest = {
             "source": {
@@ -220,6 +229,19 @@ def run_pipeline(
         f"{ {k: v['recall'] for k, v in metrics['annoy'].items()} }; {total:.0f}s"
     )
     return path
+
+
+def _train_pss(data: Any, item2vec: Any, image: Any, config: PipelineConfig, seed: int) -> Any:
+    """The PSS embeddings from behaviour (item2vec), image and category parts."""
+    from offline.compound_features import Part
+    from offline.pss_source import build_pss, format_table
+
+    parts = [Part("behaviour", item2vec.embeddings, item2vec.known)]
+    if image is not None:
+        parts.append(Part("image", image.vectors, image.known))
+    result = build_pss(data.fit, data.catalogue, parts, config.pss, seed)
+    print(format_table(result.report["verification"]))
+    return result
 
 
 def _embedding_source(

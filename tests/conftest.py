@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import redis
 from helpers import tiny_bundle_arrays
 
 REPO = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("RECSVC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def shared_dir() -> Path:
@@ -31,3 +33,12 @@ def tiny_bundle(tmp_path: Path) -> Path:
     root = tmp_path / "bundles"
     write_bundle(root, tiny_bundle_arrays(), {"source": "tests"})
     return root
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"no Redis at {REDIS_URL} ({exc}); `make up` starts one")
+    return REDIS_URL

@@ -17,6 +17,14 @@ SMALL = [
     "annoy_trees=5",
     "--param",
     "recall_sample=100",
+    "--param",
+    "pss.enabled=true",
+    "--param",
+    "pss.epochs=2",
+    "--param",
+    "pss.width=64",
+    "--param",
+    "pss.labelled_anchors=2000",
 ]
 
 

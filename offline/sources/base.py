@@ -24,6 +24,10 @@ class Neighbours:
     items: np.ndarray
     scores: np.ndarray
 
+    def head(self, k: int) -> Neighbours:
+        """The first ``k`` neighbours of every item."""
+        return Neighbours(self.items[:, :k], self.scores[:, :k])
+
 
 class CandidateSource(ABC):
     """One way of proposing similar items (item-CF, item2vec, image, PSS, ...)."""

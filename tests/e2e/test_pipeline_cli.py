@@ -62,6 +62,7 @@ def test_pipeline_and_eval_on_real_data_are_complete_and_repeatable(
         "popular",
         "itemcf",
         "item2vec",
+        "pss",
         "personalized",
         "personalized_cart",
     }
@@ -77,7 +78,11 @@ def test_pipeline_and_eval_on_real_data_are_complete_and_repeatable(
     pools = np.asarray(bundle["pools"])
     assert pools.shape == (bundle.n_items, 200)
     assert not (pools == np.arange(bundle.n_items)[:, None]).any()
-    assert bundle.manifest["sources_ran"] == ["itemcf", "item2vec"]
+    assert bundle.manifest["sources_ran"] == ["itemcf", "item2vec", "pss"]
+    assert set(bundle.manifest["metrics"]["pss"]["verification"]) == {
+        "view_to_purchase",
+        "catalogue_labelled",
+    }
     assert "image" in bundle.manifest["sources_skipped"]
     assert 0.0 < bundle.manifest["metrics"]["annoy"]["item2vec"]["recall"] <= 1.0
     assert bundle.manifest["source"]["files"][0]["skipped"] == {"too few fields": 1}
@@ -149,7 +154,8 @@ def test_item_images_become_the_image_source(
     )
     assert code == 0
     bundle = load_bundle(tmp_path / "bundles")
-    assert bundle.manifest["sources_ran"] == ["itemcf", "item2vec", "image"]
+    assert bundle.manifest["sources_ran"] == ["itemcf", "item2vec", "image", "pss"]
+    assert "image" in bundle.manifest["metrics"]["pss"]["parts"]
     assert bundle.manifest["metrics"]["image_vectors"] == 4
     assert np.asarray(bundle["embeddings/image"]).shape == (bundle.n_items, 1024)
     index = bundle.item_index()

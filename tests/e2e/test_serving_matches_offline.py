@@ -24,12 +24,13 @@ from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
-REDIS_URL = "redis://127.0.0.1:6379/15"
 CASES = 60
 
 
 @pytest.mark.parametrize("model", ["personalized", "personalized_cart"])
-def test_served_rankings_equal_the_offline_ones(taobao_bundle: Path, model: str) -> None:
+def test_served_rankings_equal_the_offline_ones(
+    taobao_bundle: Path, redis_url: str, model: str
+) -> None:
     bundle = load_bundle(taobao_bundle)
     cases = cases_from_bundle(bundle)
     known = np.asarray(bundle[f"models/{model}/known"])
@@ -45,7 +46,7 @@ def test_served_rankings_equal_the_offline_ones(taobao_bundle: Path, model: str)
     run = uuid.uuid4().hex
 
     async def serve_all() -> list[pb.RecommendResponse]:
-        store = RedisSessionStore(REDIS_URL, length=20, ttl_s=600)
+        store = RedisSessionStore(redis_url, length=20, ttl_s=600)
         for n, window in enumerate(subset.windows):
             # The session the frontend would have sent: earlier visits, then this view.
             visits = [i for i in window[::-1] if i >= 0]

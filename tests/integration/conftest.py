@@ -18,13 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError
 
 REPO = Path(__file__).resolve().parents[2]
-REDIS_URL = os.environ.get("RECSVC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 KAFKA = os.environ.get("RECSVC_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 
 
@@ -41,15 +39,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"no Redis at {REDIS_URL} ({exc}); `make up` starts one")
-    return REDIS_URL
 
 
 @pytest.fixture(scope="session")

@@ -90,3 +90,17 @@ def test_chunking_does_not_change_the_result():
     assert (one.items >= 0).all()  # 50 items are enough to fill every pool of 10
     for row in one.items:
         assert len(set(row.tolist())) == len(row)
+
+
+def test_a_source_quota_leaves_room_for_the_rules():
+    # Item 0's only source proposes 3, 4, 5; capped at one candidate, the same-category rule
+    # (popular x items: 2, 1) fills the rest of a pool of three.
+    source = neighbours([[3, 4, 5], [-1] * 3, [-1] * 3, [-1] * 3, [-1] * 3, [-1] * 3])
+    rules = {"category": category_fill(CATALOGUE, POPULARITY, size=3)}
+    capped = merge_pools({"itemcf": source.head(1)}, {"itemcf": 1.0}, rules, size=3)
+    assert capped.items[0].tolist() == [3, 2, 1]
+    assert [source_names(int(f)) for f in capped.sources[0]] == [
+        ["itemcf"],
+        ["category"],
+        ["category"],
+    ]

@@ -1,0 +1,217 @@
+"""The PSS stage of the pipeline: compound features → mined, cleaned pairs → SiameseNet →
+product embeddings, with the verification table of PSS Tables 1-3.
+
+Parts of the compound feature: the behaviour embedding (item2vec), the image embedding when
+the catalogue has one, the title embedding (MiniLM) when it has titles, and a hashed
+embedding of the item's category name when it has categories. Two tasks: view-to-purchase
+pairs mined from the training log (a clicks-only log gets consecutive-view pairs instead,
+task ``view_to_view``), and, with categories, ``catalogue_labelled`` pairs (same category as
+positives, other categories as negatives) standing in for the human labels these datasets
+lack. Each task's
+pairs are split by anchor into training and held-out pairs; the held-out ones measure the
+raw parts, the compound feature and the trained embedding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from offline.compound_features import CompoundFeatures, Part, compound_features
+from offline.interactions import CLICK, Catalogue, Interactions
+from offline.pss_metrics import verification_table
+from offline.pss_pairs import (
+    CATALOGUE_LABELLED,
+    Pairs,
+    clean_pairs,
+    mine_catalogue_labelled,
+    mine_view_to_purchase,
+    split_by_anchor,
+)
+from recsvc.exceptions import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+#: Task name of the co-view pairs used when the log has too few add-to-carts and purchases.
+VIEW_TO_VIEW = "view_to_view"
+#: Fewest view-to-purchase positives worth training on.
+MIN_POSITIVES = 100
+
+
+@dataclass(frozen=True)
+class PSSSettings:
+    """``--param pss.<name>=...`` settings of the PSS stage."""
+
+    enabled: bool = False
+    feature_size: int = 128
+    width: int = 256
+    depth: int = 4
+    loss: str = "contrastive"
+    margin: float = 1.0
+    epochs: int = 10
+    batch_size: int = 512
+    learning_rate: float = 0.001
+    n_back: int = 20
+    positive_min: float = 0.6
+    negative_max: float = 0.8
+    labelled_anchors: int = 20000
+    labelled_negatives: int = 5
+    labelled_weight: float = 1.0
+    holdout_fraction: float = 0.1
+    min_negative_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.feature_size < 1 or self.width < 1 or self.depth < 1:
+            raise ConfigError("pss.feature_size, pss.width and pss.depth must be >= 1")
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError(f"pss.holdout_fraction must be in (0, 1): {self.holdout_fraction}")
+
+
+@dataclass
+class PSSResult:
+    """What the stage produced, and the figures it measured."""
+
+    embeddings: np.ndarray
+    known: np.ndarray
+    features: CompoundFeatures
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def category_part(catalogue: Catalogue, size: int, seed: int) -> Part:
+    """A hashed-token embedding of each item's category name (no titles in the data)."""
+    from offline.text_embedding import HashedTokenEmbedder
+
+    names = np.asarray(catalogue.category_names).astype(str)
+    embedder = HashedTokenEmbedder(dim=size, seed=seed)
+    by_category = embedder.embed(list(names))
+    cats = np.asarray(catalogue.item_category)
+    known = cats >= 0
+    vectors = np.zeros((len(cats), size), dtype=np.float32)
+    vectors[known] = by_category[cats[known]]
+    return Part("category", vectors, known)
+
+
+def add_random_negatives(pairs: Pairs, candidates: np.ndarray, ratio: float, seed: int) -> Pairs:
+    """Top up the negatives to ``ratio`` per positive with uniformly drawn candidates.
+
+    Short sessions rarely have an item ``n_back`` views before the anchor, so the hard
+    negatives of a behavioural task can be far fewer than its positives; a contrastive loss
+    with almost no negatives has nothing to push apart.
+    """
+    rng = np.random.default_rng(seed)
+    need = int(ratio * pairs.n_positive) - pairs.n_negative
+    if need <= 0 or not len(candidates):
+        return pairs
+    anchors = rng.choice(pairs.left[pairs.label == 1], need)
+    others = rng.choice(candidates, need)
+    keep = others != anchors
+    return Pairs(
+        np.r_[pairs.left, anchors[keep]].astype(np.int32),
+        np.r_[pairs.right, others[keep]].astype(np.int32),
+        np.r_[pairs.label, np.zeros(int(keep.sum()), dtype=np.int8)],
+        pairs.task,
+    )
+
+
+def build_pss(
+    fit: Interactions,
+    catalogue: Catalogue,
+    parts: list[Part],
+    settings: PSSSettings,
+    seed: int,
+) -> PSSResult:
+    """Run the stage (see the module docstring).
+
+    Parameters
+    ----------
+    fit : Interactions
+        The training events, sorted by (user, ts).
+    catalogue : Catalogue
+    parts : raw embeddings (behaviour, image, title; the category part is added here)
+    settings : PSSSettings
+    seed : int
+    """
+    from training.pss import PSSConfig, train_pss
+
+    category = category_part(catalogue, settings.feature_size, seed)
+    if category.known.any():
+        parts = [*parts, category]
+    features = compound_features(parts, settings.feature_size)
+    raw = [p.vectors for p in parts]
+    known = [p.known for p in parts]
+    report: dict[str, Any] = {"parts": [name for name, _, _ in features.parts]}
+
+    behaviour = mine_view_to_purchase(fit, n_back=settings.n_back)
+    if behaviour.n_positive < MIN_POSITIVES:
+        # A clicks-only log (YooChoose): consecutive views stand in for view-to-purchase.
+        co_views = mine_view_to_purchase(fit, n_back=settings.n_back, conversion_types=(CLICK,))
+        behaviour = dataclasses.replace(co_views, task=VIEW_TO_VIEW)
+    if behaviour.n_negative < settings.min_negative_ratio * behaviour.n_positive:
+        behaviour = add_random_negatives(
+            behaviour, np.flatnonzero(features.known), settings.min_negative_ratio, seed
+        )
+    mined = {behaviour.task: behaviour}
+    if category.known.any():
+        labelled = mine_catalogue_labelled(
+            catalogue.item_category,
+            settings.labelled_anchors,
+            negatives_per_positive=settings.labelled_negatives,
+            eligible=features.known,
+            seed=seed,
+        )
+        if labelled.n_positive:
+            mined[CATALOGUE_LABELLED] = labelled
+    report["tasks"] = list(mined)
+    train: dict[str, Pairs] = {}
+    held: dict[str, Pairs] = {}
+    for task, pairs in mined.items():
+        cleaned, cleaning = clean_pairs(
+            pairs, raw, known, positive_min=settings.positive_min,
+            negative_max=settings.negative_max,
+        )  # fmt: skip
+        print(cleaning.summary())
+        report[f"cleaning/{task}"] = cleaning.summary()
+        if cleaned.n_positive == 0:
+            raise DataError(f"pss: no {task} positives left after cleaning")
+        train[task], held[task] = split_by_anchor(cleaned, settings.holdout_fraction, seed=seed)
+
+    config = PSSConfig(
+        widths=(settings.width,) * settings.depth,
+        loss=settings.loss,
+        margin=settings.margin,
+        task_weights={CATALOGUE_LABELLED: settings.labelled_weight},
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+    )
+    hierarchy = np.asarray(catalogue.item_category)
+    embeddings, losses = train_pss(features.matrix, train, config, seed=seed, hierarchy=hierarchy)
+    embeddings[~features.known] = 0.0
+    report["losses"] = losses
+    report["pairs"] = {
+        task: {"train": len(train[task]), "held_out": len(held[task])} for task in train
+    }
+    candidates = {p.name: p.vectors for p in parts}
+    candidates.update({"compound": features.matrix, "pss": embeddings})
+    report["verification"] = {
+        task: verification_table(candidates, pairs.left, pairs.right, pairs.label)
+        for task, pairs in held.items()
+        if pairs.n_positive and pairs.n_negative
+    }
+    return PSSResult(embeddings.astype(np.float32), features.known.copy(), features, report)
+
+
+def format_table(verification: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The held-out verification figures as Markdown tables, one per task."""
+    lines = []
+    for task, rows in verification.items():
+        columns = list(next(iter(rows.values())))
+        lines += [f"{task} (held-out pairs)", "", "| embedding | " + " | ".join(columns) + " |"]
+        lines.append("|---|" + "---:|" * len(columns))
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.2f}" for c in columns) + " |")
+        lines.append("")
+    return "\n".join(lines)

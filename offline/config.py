@@ -18,7 +18,7 @@ def _default_weights() -> dict[str, float]:
 
 
 def _default_quotas() -> dict[str, int]:
-    return {"itemcf": 200, "item2vec": 200, "image": 200, "pss": 200}
+    return {"itemcf": 200, "item2vec": 200, "image": 200, "pss": 20}
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,10 @@ RETRYABLE = (KafkaError, SessionStoreError, OSError)
 LAG_INTERVAL_S = 10.0
 
 
+class StopRequested(Exception):
+    """Stopping was asked for while a batch was still waiting for Redis or Kafka."""
+
+
 @dataclass(frozen=True)
 class Rejected:
     """A message that broke the Event contract."""
@@ -96,8 +100,11 @@ class Ingestor:
 
     async def run(self) -> None:
         """Consume until ``stopping`` is set."""
-        while not self.stopping.is_set():
-            await self.run_once()
+        try:
+            while not self.stopping.is_set():
+                await self.run_once()
+        except StopRequested:
+            log.info("stopped with a batch not yet stored; its offsets stay uncommitted")
 
     async def run_once(self, timeout_ms: int = 500) -> int:
         """Poll one batch and see it through; returns the number of messages handled."""
@@ -162,7 +169,13 @@ class Ingestor:
             log.warning("commit failed after a rebalance", extra={"error": str(exc)})
 
     async def _retrying(self, dependency: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Await ``call(*args)`` until it succeeds, backing off on retryable errors."""
+        """Await ``call(*args)`` until it succeeds, backing off on retryable errors.
+
+        Raises
+        ------
+        StopRequested
+            ``stopping`` was set while waiting to retry.
+        """
         backoff = self.backoff()
         while True:
             try:
@@ -176,7 +189,11 @@ class Ingestor:
                     f"{dependency} call failed; retrying",
                     extra={"error": str(exc), "retry_in_s": round(delay, 3)},
                 )
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                except TimeoutError:
+                    continue
+                raise StopRequested from exc
 
     async def _report_lag(self) -> None:
         self._lag_checked = time.monotonic()

@@ -138,3 +138,30 @@ def test_ingest_rides_out_a_kafka_restart_without_loss(
     produce(range(4, 9))
     wait_for(lambda: len(session_ids(redis_url, user)) == 9, timeout_s=60, what="the rest")
     assert session_ids(redis_url, user) == [f"{user}-{n}" for n in range(9)]
+
+
+def test_ingest_stopped_during_a_redis_outage_loses_nothing(
+    tiny_bundle: Path,
+    private_redis: PrivateRedis,
+    topics,
+    producer: KafkaProducer,
+    processes,
+    tmp_path: Path,
+) -> None:
+    user = f"shopper-{uuid.uuid4().hex}"
+    args = ["ingest", *online_args(tiny_bundle, private_redis.url, topics)]
+    first = processes(args, tmp_path / "ingest-1.log")
+    private_redis.stop()
+    for n, item in enumerate("bcd"):
+        event = Event(f"{user}-{n}", user, item, "click", 1000.0 + n)
+        producer.send(topics.events, key=user.encode(), value=event.to_json()).get(timeout=10)
+    wait_for(lambda: "retrying" in first.output(), what="ingest to meet the outage")
+    started = time.monotonic()
+    assert first.stop() == 0
+    assert time.monotonic() - started < 10  # SIGTERM is not stuck behind the retries
+    assert "offsets stay uncommitted" in first.output()
+
+    private_redis.start()
+    processes(args, tmp_path / "ingest-2.log")  # the same group picks the batch up again
+    wait_for(lambda: len(session_ids(private_redis.url, user)) == 3, what="the second ingest")
+    assert session_ids(private_redis.url, user) == [f"{user}-{n}" for n in range(3)]

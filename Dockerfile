@@ -1,7 +1,7 @@
 # The recsvc server and ingest image: numpy, grpcio, redis and kafka-python; no TensorFlow.
 #   docker build -t recsvc .
 #   docker run --rm -p 50051:50051 -p 9464:9464 -v /srv/bundles:/bundles:ro \
-#     -e RECSVC_HOST=0.0.0.0 -e RECSVC_REDIS_URL=redis://redis:6379/0 recsvc serve
+#     -e RECSVC_REDIS_URL=redis://redis:6379/0 recsvc serve
 #   docker run --rm -v /srv/bundles:/bundles:ro -e RECSVC_KAFKA_BOOTSTRAP=kafka:9092 \
 #     -e RECSVC_REDIS_URL=redis://redis:6379/0 recsvc ingest
 # Bundles are built offline (`recsvc pipeline`) and mounted at /bundles.
@@ -26,9 +26,11 @@ RUN pip install --no-cache-dir -r /tmp/requirements-serve.txt \
     && rm -rf /tmp/wheels /tmp/requirements-serve.txt \
     && useradd --system --uid 10001 --no-create-home recsvc
 USER recsvc
-ENV RECSVC_BUNDLE=/bundles RECSVC_LOG_FORMAT=json PYTHONUNBUFFERED=1
+# Inside a container the server must listen on all interfaces to be reachable.
+ENV RECSVC_BUNDLE=/bundles RECSVC_HOST=0.0.0.0 RECSVC_LOG_FORMAT=json PYTHONUNBUFFERED=1
 EXPOSE 50051 9464
-HEALTHCHECK --interval=15s --timeout=3s \
-    CMD ["python", "-m", "recsvc.client", "wait", "--timeout", "2"]
+# No HEALTHCHECK: the same image runs `serve` and `ingest`. Probe `serve` with the standard
+# gRPC health service (e.g. a Kubernetes grpc probe on port 50051) and either process by
+# its /metrics port.
 ENTRYPOINT ["recsvc"]
 CMD ["serve"]

@@ -34,6 +34,8 @@ class PipelineConfig:
         goes to the business rules: same category, then new items)
     annoy_trees, annoy_search_k : annoy index settings (search_k -1: annoy's default,
         n_trees * k); the defaults reach recall@200 ~0.93 on Taobao (docs/RESULTS.md)
+    annoy_partitions : indexes per embedding source, queried in parallel processes and
+        merged (1: a single index)
     recall_sample : items sampled to measure annoy recall@pool_size against exact search
     cart_omega : loss multiplier of add-to-cart targets in ``personalized_cart``
     init_from_item2vec : start the personalized input embeddings from item2vec's
@@ -47,6 +49,7 @@ class PipelineConfig:
     source_quotas: dict[str, int] = field(default_factory=_default_quotas)
     annoy_trees: int = 10
     annoy_search_k: int = 20000
+    annoy_partitions: int = 1
     recall_sample: int = 1000
     cart_omega: float = 2.0
     init_from_item2vec: bool = False

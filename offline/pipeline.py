@@ -250,7 +250,13 @@ def _embedding_source(
     from offline.sources.embedding import EmbeddingSource
 
     return EmbeddingSource(
-        name, vectors, known, n_trees=config.annoy_trees, search_k=config.annoy_search_k, seed=seed
+        name,
+        vectors,
+        known,
+        n_trees=config.annoy_trees,
+        search_k=config.annoy_search_k,
+        seed=seed,
+        partitions=config.annoy_partitions,
     )
 
 

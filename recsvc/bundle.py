@@ -192,6 +192,19 @@ def load_bundle(path: str | Path, *, verify: bool = True, mmap: bool = True) -> 
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{directory}: manifest lists no files")
+    if not isinstance(manifest.get("version"), str):
+        raise BundleError(f"{directory}: manifest has no version")
+    try:
+        arrays = _load_arrays(directory, files, verify=verify, mmap=mmap)
+    except OSError as exc:
+        raise BundleError(f"{directory}: cannot read the bundle: {exc}") from exc
+    _check_consistent(directory, arrays)
+    return Bundle(directory, manifest, arrays)
+
+
+def _load_arrays(
+    directory: Path, files: dict[str, Any], *, verify: bool, mmap: bool
+) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for relative, meta in files.items():
         file = directory / relative
@@ -209,8 +222,7 @@ def load_bundle(path: str | Path, *, verify: bool = True, mmap: bool = True) -> 
                 f"manifest says {meta.get('dtype')}{meta.get('shape')}"
             )
         arrays[relative.removesuffix(".npy")] = array
-    _check_consistent(directory, arrays)
-    return Bundle(directory, manifest, arrays)
+    return arrays
 
 
 def _check_consistent(directory: Path, arrays: dict[str, np.ndarray]) -> None:

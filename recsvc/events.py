@@ -31,6 +31,7 @@ REASONS = (
     "unknown_type",
     "bad_ts",
     "unknown_item",
+    "unparsable",
 )
 
 
@@ -71,8 +72,8 @@ def parse_event(raw: bytes | None, known_item: Callable[[str], bool] | None = No
         raise InvalidEvent("not_utf8", str(exc)) from None
     try:
         data = json.loads(text)
-    except ValueError as exc:
-        raise InvalidEvent("not_json", str(exc)) from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidEvent("not_json", str(exc)[:200]) from None
     if not isinstance(data, dict):
         raise InvalidEvent("not_an_object", f"got {type(data).__name__}")
     for name, kind in FIELDS.items():
@@ -92,9 +93,12 @@ def parse_event(raw: bytes | None, known_item: Callable[[str], bool] | None = No
             raise InvalidEvent("bad_id", f"{name} must be 1..{MAX_ID_LENGTH} printable characters")
     if data["type"] not in EVENT_TYPES:
         raise InvalidEvent("unknown_type", f"{data['type']!r} is not one of {EVENT_TYPES}")
-    ts = float(data["ts"])
+    try:
+        ts = float(data["ts"])
+    except OverflowError:
+        ts = math.inf
     if not math.isfinite(ts) or not 0 <= ts < MAX_TS:
-        raise InvalidEvent("bad_ts", f"{data['ts']!r} is not Unix seconds (milliseconds?)")
+        raise InvalidEvent("bad_ts", f"{str(data['ts'])[:40]} is not Unix seconds (milliseconds?)")
     if known_item is not None and not known_item(data["item_id"]):
         raise InvalidEvent("unknown_item", f"{data['item_id']!r} is not in the bundle")
     return Event(data["event_id"], data["user_id"], data["item_id"], data["type"], ts)

@@ -71,6 +71,9 @@ def split_batch(
             valid.append(parse_event(record.value, known_item))
         except InvalidEvent as exc:
             rejected.append(Rejected(record, exc))
+        except Exception as exc:  # a message must never stall the partition
+            log.exception("unexpected error parsing a message", extra={"offset": record.offset})
+            rejected.append(Rejected(record, InvalidEvent("unparsable", repr(exc)[:200])))
     return valid, rejected
 
 

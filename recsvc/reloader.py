@@ -4,7 +4,8 @@ A swap happens on ``SIGHUP``, on :meth:`BundleReloader.reload`, or when the watc
 bundle path resolve to another version (a new ``current`` link). The new bundle is loaded and
 verified in a worker thread while the old one keeps serving; the swap itself is one reference
 assignment, and requests that already hold the old :class:`Ranker` finish with it. A bundle
-that fails to load is logged and counted, and the old one stays.
+that fails to load, for whatever reason, is logged and counted once, and the old one stays
+(the watch does not retry the same path; ``SIGHUP`` does).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class BundleReloader:
         self.metrics = metrics
         self.ranker = load_ranker(self.path, model)
         self._lock = asyncio.Lock()
+        self._failed: Path | None = None
         metrics.set_bundle(self.ranker.version)
         log.info("bundle loaded", extra={"version": self.ranker.version, "path": str(path)})
 
@@ -46,17 +48,19 @@ class BundleReloader:
         async with self._lock:
             try:
                 target = await asyncio.to_thread(resolve, self.path)
-                if not force and target == self.ranker.bundle.path:
+                if not force and target in (self.ranker.bundle.path, self._failed):
                     return False
+                self._failed = target  # until it loads: the watch does not retry it
                 ranker = await asyncio.to_thread(load_ranker, target, self.model)
-            except RecsvcError as exc:
+            except Exception as exc:  # any bad bundle: keep serving the old one
                 self.metrics.bundle_swaps.labels(result="failed").inc()
                 log.error(
                     "bundle reload failed; still serving the old one",
+                    exc_info=not isinstance(exc, RecsvcError),
                     extra={"error": str(exc), "version": self.ranker.version},
                 )
                 return False
-            old, self.ranker = self.ranker, ranker
+            old, self.ranker, self._failed = self.ranker, ranker, None
             self.metrics.set_bundle(ranker.version)
             self.metrics.bundle_swaps.labels(result="swapped").inc()
             log.info("bundle swapped", extra={"old": old.version, "version": ranker.version})

@@ -122,13 +122,17 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             return (), Fallback.NO_USER
         if not self.breaker.allow():
             return (), Fallback.SESSION_STORE_UNAVAILABLE
-        timeout = limit - (time.perf_counter() - started) - self.reserve_s
+        elapsed = time.perf_counter() - started
+        timeout = limit - elapsed - self.reserve_s
         if timeout <= 0:
             return (), Fallback.BUDGET_EXCEEDED
         try:
             session = await asyncio.wait_for(self.store.recent(user_id), timeout)
         except TimeoutError:
-            self.breaker.failure()
+            # Only a read that had the server's whole budget says the store is slow; one
+            # cut short by a caller's tight deadline must not switch others off.
+            if timeout >= self.budget_s - elapsed - self.reserve_s:
+                self.breaker.failure()
             return (), Fallback.BUDGET_EXCEEDED
         except SessionStoreError as exc:
             self.breaker.failure()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ MODELS = ("personalized", "personalized_cart")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: ``RECSVC_*`` variables that are not settings of the online processes.
-NOT_SETTINGS = ("RECSVC_SHARED", "RECSVC_TEST_")
+NOT_SETTINGS = ("RECSVC_SHARED", "RECSVC_TEST_", "RECSVC_TOPICS", "RECSVC_INGEST_METRICS_PORT")
 
 
 @dataclass(frozen=True)
@@ -138,11 +139,14 @@ _PARSERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "Path":
 
 
 def _parse(type_name: str, raw: str, origin: str) -> Any:
+    kind = {"int": "a whole number", "float": "a finite number"}.get(type_name, type_name)
     try:
-        return _PARSERS[type_name](raw.strip())
+        value = _PARSERS[type_name](raw.strip())
     except ValueError:
-        kind = {"int": "a whole number", "float": "a number"}.get(type_name, type_name)
         raise ConfigError(f"{origin} must be {kind}, got {raw!r}") from None
+    if type_name == "float" and not math.isfinite(value):
+        raise ConfigError(f"{origin} must be {kind}, got {raw!r}")
+    return value
 
 
 def _check(s: Settings) -> None:

@@ -12,6 +12,8 @@ One class serves every embedding-based source; only the name and the matrix diff
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 from annoy import AnnoyIndex
 
@@ -34,6 +36,10 @@ class EmbeddingSource(CandidateSource):
         are unknown, non-finite or all zero are never neighbours and score NaN.
     n_trees, search_k, seed : int
         Annoy settings, see :mod:`offline.ann`.
+    partitions : int
+        1: one index. More: one index per contiguous slice of the catalogue, queried in
+        parallel worker processes and merged per item with a heap
+        (:mod:`offline.partitioned_ann`); ``search_k`` then applies per partition.
     progress : bool or None
         tqdm bars for the index build and queries (None: only on a terminal).
 
@@ -52,10 +58,14 @@ class EmbeddingSource(CandidateSource):
         n_trees: int = 50,
         search_k: int = -1,
         seed: int = 0,
+        partitions: int = 1,
         progress: bool | None = None,
     ) -> None:
         if not name:
             raise ConfigError("an embedding source needs a name")
+        if partitions < 1:
+            raise ConfigError(f"partitions must be >= 1, got {partitions}")
+        self.partitions = partitions
         self.name = name
         self.embeddings = np.asarray(embeddings, dtype=np.float32)
         #: bool (n_items,): the items this source can score
@@ -89,9 +99,24 @@ class EmbeddingSource(CandidateSource):
         -------
         Neighbours with arrays of shape (n_items, k); unknown items' rows are padding.
         """
+        if self.partitions > 1:
+            return self._partitioned_neighbours(k)
         return query_neighbours(
             self.index, self.known, k, search_k=self.search_k, progress=self.progress
         )
+
+    def _partitioned_neighbours(self, k: int) -> Neighbours:
+        from offline.partitioned_ann import build_partitioned, query_partitioned
+
+        with tempfile.TemporaryDirectory(prefix=f"recsvc-{self.name}-") as directory:
+            index = build_partitioned(
+                self.embeddings, self.known, n_partitions=self.partitions,
+                n_trees=self.n_trees, seed=self.seed, directory=directory,
+                progress=self.progress,
+            )  # fmt: skip
+            return query_partitioned(
+                index, self.embeddings, k, search_k=self.search_k, progress=self.progress
+            )
 
     def pair_scores(
         self, queries: np.ndarray, candidates: np.ndarray, *, block_floats: int = 1 << 22

@@ -69,3 +69,16 @@ def test_neighbour_scores_match_pair_scores() -> None:
     assert np.all(np.diff(result.scores[known], axis=1) <= 1e-6)
     for item in range(200):
         assert item not in result.items[item]
+
+
+def test_partitioned_search_gives_the_single_index_neighbours() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(120, 8)).astype(np.float32)
+    known = rng.random(120) > 0.1
+    single = EmbeddingSource("item2vec", vectors, known, n_trees=30, search_k=100_000)
+    split = EmbeddingSource("item2vec", vectors, known, n_trees=30, search_k=100_000, partitions=3)
+    one, three = single.neighbours(10), split.neighbours(10)
+    np.testing.assert_array_equal(three.items, one.items)
+    np.testing.assert_allclose(three.scores, one.scores, rtol=1e-5, equal_nan=True)
+    with pytest.raises(ConfigError, match="partitions"):
+        EmbeddingSource("item2vec", vectors, partitions=0)

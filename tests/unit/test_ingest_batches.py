@@ -30,3 +30,15 @@ def test_split_keeps_good_events_in_order_and_labels_the_bad() -> None:
     assert (letter["topic"], letter["partition"], letter["offset"]) == ("t", 2, 41)
     assert letter["value"] == "\ufffd"
     assert json.loads(rejected[1].dlq_value())["value"] is None
+
+
+def test_an_unexpected_error_is_dead_lettered_not_raised() -> None:
+    def broken_lookup(item: str) -> bool:
+        raise RuntimeError("lookup table gone")
+
+    good = Event("e1", "u", "i1", "click", 1000.0)
+    records = [Record("t", 0, 7, None, good.to_json())]
+    valid, rejected = split_batch(records, known_item=broken_lookup)
+    assert valid == []
+    assert rejected[0].error.reason == "unparsable"
+    assert "lookup table gone" in rejected[0].error.detail

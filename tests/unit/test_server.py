@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -236,5 +237,40 @@ def test_health_and_reflection_are_on(tiny_bundle: Path) -> None:
             services = [s.name async for a in answers for s in a.list_services_response.service]
         assert status.status == health_pb2.HealthCheckResponse.SERVING
         assert "recsvc.v1.Recommender" in services
+
+    run(scenario)
+
+
+def test_a_callers_tight_deadline_does_not_trip_the_breaker_for_others(tiny_bundle: Path) -> None:
+    async def scenario() -> None:
+        store = SlowStore(delay_s=0.05)
+        await InMemorySessionStore.append(store, [click("1", "u", "b", 10.0)])
+        async with serving(tiny_bundle, store, budget_ms=2000, store_cooldown_s=60) as (stub, _):
+            request = pb.RecommendRequest(user_id="u", item_id="a", k=4)
+            hurried = await stub.Recommend(request, timeout=0.04)
+            patient = await stub.Recommend(request)
+        assert hurried.fallback_reason == pb.FALLBACK_REASON_BUDGET_EXCEEDED
+        assert patient.personalized  # the breaker stayed closed
+
+    run(scenario)
+
+
+def test_a_bundle_without_a_version_is_refused_and_the_next_good_one_swaps_in(
+    tiny_bundle: Path,
+) -> None:
+    async def scenario() -> None:
+        async with serving(tiny_bundle, InMemorySessionStore()) as (_, server):
+            first = server.bundles.ranker.version
+            broken = write_bundle(tiny_bundle, tiny_bundle_arrays(), {"source": "tests"})
+            manifest = json.loads((broken / "manifest.json").read_text())
+            del manifest["version"]
+            (broken / "manifest.json").write_text(json.dumps(manifest))
+            assert not await server.bundles.reload()
+            assert not await server.bundles.reload()  # the watch does not retry the same one
+            assert server.metrics.bundle_swaps.labels(result="failed")._value.get() == 1
+            assert server.bundles.ranker.version == first
+            fixed = write_bundle(tiny_bundle, tiny_bundle_arrays(), {"source": "tests"})
+            assert await server.bundles.reload()
+            assert server.bundles.ranker.version == fixed.name
 
     run(scenario)

@@ -14,7 +14,12 @@ def parse(*flags: str) -> argparse.Namespace:
 
 
 def test_defaults_then_environment_then_flags() -> None:
-    env = {"RECSVC_PORT": "6000", "RECSVC_BUDGET_MS": "80", "RECSVC_SHARED": "../shared"}
+    env = {
+        "RECSVC_PORT": "6000",
+        "RECSVC_BUDGET_MS": "80",
+        "RECSVC_SHARED": "../shared",
+        "RECSVC_TOPICS": "recsvc.events:3",
+    }  # read by scripts/services/kafka.sh
     loaded = settings.load(parse("--port", "7000", "--bundle", "/b"), env)
     assert loaded.port == 7000  # the flag wins over the environment
     assert loaded.budget_ms == 80.0
@@ -35,6 +40,8 @@ def test_defaults_then_environment_then_flags() -> None:
         ({"RECSVC_SCORING_RESERVE_MS": "100"}, "must be in [0, budget_ms)"),
         ({"RECSVC_BUGDET_MS": "50"}, "unknown setting(s) in the environment: RECSVC_BUGDET_MS"),
         ({"RECSVC_METRICS_PORT": "50051"}, "must differ from the gRPC port"),
+        ({"RECSVC_STORE_COOLDOWN_S": "nan"}, "must be a finite number, got 'nan'"),
+        ({"RECSVC_BUDGET_MS": "inf"}, "must be a finite number"),
     ],
 )
 def test_bad_values_fail_with_the_setting_named(env: dict[str, str], words: str) -> None:

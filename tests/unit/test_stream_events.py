@@ -37,6 +37,8 @@ def test_a_good_event_round_trips() -> None:
         (encode(ts=1512230400000), "bad_ts"),
         (encode(ts=-1), "bad_ts"),
         (encode(item_id="ghost"), "unknown_item"),
+        (encode(ts=int("9" * 400)), "bad_ts"),  # overflows a float
+        (b"[" * 100_000, "not_json"),  # nested past the recursion limit
     ],
 )
 def test_each_broken_message_has_its_reason(raw: bytes | None, reason: str) -> None:

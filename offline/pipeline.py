@@ -29,6 +29,8 @@ from recsvc.exceptions import ConfigError
 
 if TYPE_CHECKING:
     from offline.image_embedding import ItemVectors
+    from offline.pss_source import PSSResult
+    from training.item2vec import Item2VecResult
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +233,13 @@ def run_pipeline(
     return path
 
 
-def _train_pss(data: Any, item2vec: Any, image: Any, config: PipelineConfig, seed: int) -> Any:
+def _train_pss(
+    data: Dataset,
+    item2vec: Item2VecResult,
+    image: ItemVectors | None,
+    config: PipelineConfig,
+    seed: int,
+) -> PSSResult:
     """The PSS embeddings from behaviour (item2vec), image and category parts."""
     from offline.compound_features import Part
     from offline.pss_source import build_pss, format_table

@@ -2,8 +2,10 @@
 product embeddings, with the verification table of PSS Tables 1-3.
 
 Parts of the compound feature: the behaviour embedding (item2vec), the image embedding when
-the catalogue has one, the title embedding (MiniLM) when it has titles, and a hashed
-embedding of the item's category name when it has categories. Two tasks: view-to-purchase
+the catalogue has one, any other part the caller passes (a MiniLM title embedding from
+:mod:`offline.text_embedding`; ``recsvc pipeline`` has no titles input yet, and neither
+dataset has titles), and a hashed embedding of the item's category name when it has
+categories. Two tasks: view-to-purchase
 pairs mined from the training log (a clicks-only log gets consecutive-view pairs instead,
 task ``view_to_view``), and, with categories, ``catalogue_labelled`` pairs (same category as
 positives, other categories as negatives) standing in for the human labels these datasets

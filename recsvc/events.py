@@ -32,6 +32,7 @@ REASONS = (
     "bad_ts",
     "unknown_item",
     "unparsable",
+    "rejected_by_store",
 )
 
 

@@ -27,7 +27,7 @@ from recsvc.exceptions import InvalidEvent, SessionStoreError
 from recsvc.metrics import Metrics
 from recsvc.reloader import BundleReloader
 from recsvc.retry import Backoff
-from recsvc.sessions import SessionStore
+from recsvc.sessions import SessionStore, SessionWriteRejected
 from recsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,13 @@ class Rejected:
 
 def split_batch(
     records: Sequence[Any], known_item: Callable[[str], bool]
-) -> tuple[list[Event], list[Rejected]]:
-    """Valid events and rejected messages of a batch, each in offset order."""
-    valid, rejected = [], []
+) -> tuple[list[tuple[Any, Event]], list[Rejected]]:
+    """(record, event) of the valid messages and the rejected ones, each in offset order."""
+    valid: list[tuple[Any, Event]] = []
+    rejected: list[Rejected] = []
     for record in records:
         try:
-            valid.append(parse_event(record.value, known_item))
+            valid.append((record, parse_event(record.value, known_item)))
         except InvalidEvent as exc:
             rejected.append(Rejected(record, exc))
         except Exception as exc:  # a message must never stall the partition
@@ -120,9 +121,7 @@ class Ingestor:
             if rejected:
                 await self._retrying("kafka", self._dead_letter, rejected)
             if valid:
-                added = await self._retrying("redis", self.store.append, valid)
-                self.metrics.ingest_events.labels(result="applied").inc(added)
-                self.metrics.ingest_events.labels(result="duplicate").inc(len(valid) - added)
+                await self._store(valid)
             offsets = {
                 tp: OffsetAndMetadata(part[-1].offset + 1, "", -1)
                 for tp, part in batches.items()
@@ -133,6 +132,24 @@ class Ingestor:
         if time.monotonic() - self._lag_checked > LAG_INTERVAL_S:
             await self._report_lag()
         return len(records)
+
+    async def _store(self, valid: Sequence[tuple[Any, Event]]) -> None:
+        """Append the events, dead-lettering any the store refuses for good."""
+        events = [event for _, event in valid]
+        refused: list[Rejected] = []
+        try:
+            added = await self._retrying("redis", self.store.append, events)
+        except SessionWriteRejected as exc:
+            added = exc.added
+            record_of = {event: record for record, event in valid}
+            refused = [
+                Rejected(record_of[event], InvalidEvent("rejected_by_store", reason))
+                for event, reason in exc.rejected
+            ]
+            await self._retrying("kafka", self._dead_letter, refused)
+        self.metrics.ingest_events.labels(result="applied").inc(added)
+        duplicates = len(events) - added - len(refused)
+        self.metrics.ingest_events.labels(result="duplicate").inc(duplicates)
 
     async def _dead_letter(self, rejected: Sequence[Rejected]) -> None:
         def send() -> None:

@@ -22,10 +22,25 @@ import redis.asyncio as redis_asyncio
 import redis.exceptions
 
 from recsvc.events import Event
-from recsvc.exceptions import ConfigError, SessionStoreError
+from recsvc.exceptions import ConfigError, RecsvcError, SessionStoreError
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "recsvc:session:"
+
+
+class SessionWriteRejected(RecsvcError):
+    """The store refused some events for good (retrying cannot help); the rest are stored.
+
+    Attributes
+    ----------
+    added : int, events newly stored
+    rejected : list of (event, Redis's reason)
+    """
+
+    def __init__(self, added: int, rejected: list[tuple[Event, str]]) -> None:
+        super().__init__(f"{len(rejected)} events refused by the session store")
+        self.added = added
+        self.rejected = rejected
 
 
 @dataclass(frozen=True)
@@ -51,7 +66,15 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     async def append(self, events: Sequence[Event]) -> int:
-        """Add events to their users' sessions; returns how many were new (not replays)."""
+        """Add events to their users' sessions; returns how many were new (not replays).
+
+        Raises
+        ------
+        SessionStoreError
+            The store is unreachable: nothing can be assumed stored; retry.
+        SessionWriteRejected
+            The store refused some events for good; the others are stored.
+        """
 
     @abc.abstractmethod
     async def ping(self) -> None:
@@ -125,6 +148,11 @@ class RedisSessionStore(SessionStore):
             rows = await self._client.zrange(
                 KEY_PREFIX + user_id, -self.length, -1, withscores=True
             )
+        except redis.exceptions.ResponseError as exc:
+            # This user's key is unusable (e.g. another type): no session, but the store
+            # is fine, so this must not count against it.
+            log.warning("unreadable session key", extra={"user_id": user_id, "error": str(exc)})
+            return []
         except (redis.exceptions.RedisError, OSError) as exc:
             raise SessionStoreError(f"session read failed: {exc}") from exc
         events = [_parse_member(member, ts) for member, ts in rows]
@@ -136,16 +164,36 @@ class RedisSessionStore(SessionStore):
         if not events:
             return 0
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                for event in events:
-                    key = KEY_PREFIX + event.user_id
-                    pipe.zadd(key, {_member(event): event.ts})
-                    pipe.zremrangebyrank(key, 0, -self.length - 1)
-                    pipe.expire(key, self.ttl_s)
-                results = await pipe.execute()
+            return await self._write(events)
+        except redis.exceptions.ResponseError:
+            # Redis refused a command (e.g. a key holding another type): find which events,
+            # one transaction each; the append is idempotent, so repeating the others is safe.
+            return await self._write_one_by_one(events)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise SessionStoreError(f"session write failed: {exc}") from exc
+
+    async def _write(self, events: Sequence[Event]) -> int:
+        async with self._client.pipeline(transaction=True) as pipe:
+            for event in events:
+                key = KEY_PREFIX + event.user_id
+                pipe.zadd(key, {_member(event): event.ts})
+                pipe.zremrangebyrank(key, 0, -self.length - 1)
+                pipe.expire(key, self.ttl_s)
+            results = await pipe.execute()
         return int(sum(results[0::3]))
+
+    async def _write_one_by_one(self, events: Sequence[Event]) -> int:
+        added, refused = 0, []
+        for event in events:
+            try:
+                added += await self._write([event])
+            except redis.exceptions.ResponseError as exc:
+                refused.append((event, str(exc)))
+            except (redis.exceptions.RedisError, OSError) as exc:
+                raise SessionStoreError(f"session write failed: {exc}") from exc
+        if refused:
+            raise SessionWriteRejected(added, refused)
+        return added
 
     async def ping(self) -> None:
         try:

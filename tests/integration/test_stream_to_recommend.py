@@ -105,3 +105,26 @@ def test_events_become_personalized_answers_and_bad_ones_go_to_the_dlq(
     assert [d["reason"] for d in dead] == ["not_json", "unknown_item", "unknown_type"]
     assert dead[0]["value"] == "{this is not json"
     assert "ghost" in dead[1]["detail"]
+
+
+def test_events_redis_refuses_go_to_the_dlq_and_the_rest_are_applied(
+    tiny_bundle: Path, redis_url: str, topics, producer: KafkaProducer, processes, tmp_path: Path
+) -> None:
+    import redis
+
+    run = uuid.uuid4().hex
+    broken, fine = f"broken-{run}", f"fine-{run}"
+    # Something else wrote a plain string under the broken user's session key: every ZADD
+    # on it fails with WRONGTYPE, which no retry can fix.
+    redis.Redis.from_url(redis_url).set(f"recsvc:session:{broken}", "not a sorted set")
+    processes(["ingest", *online_args(tiny_bundle, redis_url, topics)], tmp_path / "ingest.log")
+    for n, user in enumerate([fine, broken, fine]):
+        event = Event(f"{run}-{n}", user, "b", "click", 1000.0 + n)
+        producer.send(topics.events, key=b"same-partition", value=event.to_json())
+    producer.flush()
+
+    wait_for(lambda: len(session_ids(redis_url, fine)) == 2, what="the good events")
+    dead = [json.loads(v) for v in read_topic(topics.dlq, expected=1)]
+    assert [(d["reason"], d["offset"]) for d in dead] == [("rejected_by_store", 1)]
+    assert "WRONGTYPE" in dead[0]["detail"]
+    assert session_ids(redis_url, broken) == []  # read as no session, not as a store failure

@@ -23,7 +23,8 @@ def test_split_keeps_good_events_in_order_and_labels_the_bad() -> None:
     values = [good[0].to_json(), b"\xff", good[1].to_json(), None, good[2].to_json()]
     records = [Record("t", 2, 40 + n, b"u", v) for n, v in enumerate(values)]
     valid, rejected = split_batch(records, known_item={"i1"}.__contains__)
-    assert valid == good
+    assert [event for _, event in valid] == good
+    assert [record.offset for record, _ in valid] == [40, 42, 44]
     assert [r.error.reason for r in rejected] == ["not_utf8", "not_json"]
     letter = json.loads(rejected[0].dlq_value())
     assert letter["reason"] == "not_utf8"

@@ -15,7 +15,7 @@ unset RECSVC_INGEST_METRICS_PORT
 pid_of() {
   local pid
   pid=$(cat "$RUN/$1.pid" 2>/dev/null) || return 1
-  if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "recsvc $1"; then
+  if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "recsvc $1"; then
     echo "$pid"
   else
     rm -f "$RUN/$1.pid"
@@ -56,11 +56,21 @@ case ${1:-} in
   start)
     start_one ingest --metrics-port "$INGEST_METRICS_PORT"
     start_one serve
-    if ! "$PY" -m recsvc.client wait --timeout 120; then
-      tail -n 20 "$RUN/serve.log" >&2
-      echo "serve: not healthy; see $RUN/serve.log" >&2
-      exit 1
-    fi
+    # Up to two minutes for SERVING (loading a large bundle takes a while); give up at once
+    # if either process exits.
+    for _ in $(seq 60); do
+      for name in serve ingest; do
+        if ! pid_of "$name" >/dev/null; then
+          tail -n 20 "$RUN/$name.log" >&2
+          echo "$name: exited during start-up; see $RUN/$name.log" >&2
+          exit 1
+        fi
+      done
+      "$PY" -m recsvc.client --target "127.0.0.1:${RECSVC_PORT:-50051}" wait --timeout 2 \
+        2>/dev/null && exit 0
+    done
+    echo "serve: not SERVING after 2 minutes; see $RUN/serve.log" >&2
+    exit 1
     ;;
   stop)
     stop_one serve

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from recsvc.bundle import load_bundle
+from recsvc.client import popular_items
 from recsvc.events import Event
 from recsvc.sessions import RedisSessionStore
 from recsvc.v1 import recommender_pb2 as pb
@@ -53,14 +53,6 @@ class Run:
             **{f"p{q}_ms": round(float(np.percentile(lat, q)), 2) for q in (50, 90, 99)},
             "max_ms": round(float(lat.max()), 2),
         }
-
-
-def popular_items(bundle_path: str, count: int) -> list[str]:
-    bundle = load_bundle(bundle_path, verify=False)
-    full = (np.asarray(bundle["pools"]) >= 0).all(axis=1)
-    popularity = np.where(full, np.asarray(bundle["item_popularity"]), -1)
-    top = np.argsort(-popularity, kind="stable")[:count]
-    return np.asarray(bundle["item_ids"]).astype(str)[top].tolist()
 
 
 async def seed_sessions(redis_url: str, users: list[str], items: list[str], seed: int) -> None:

@@ -62,8 +62,8 @@ def wait_serving(target: str, timeout_s: float) -> bool:
     return False
 
 
-def example(bundle: str, target: str) -> str:
-    """Calls to paste, for the most popular item of ``bundle`` that has a full pool."""
+def popular_items(bundle: str, count: int) -> list[str]:
+    """Ids of the ``count`` most clicked items of ``bundle`` whose pools are full."""
     import numpy as np
 
     from recsvc.bundle import load_bundle
@@ -71,8 +71,13 @@ def example(bundle: str, target: str) -> str:
     loaded = load_bundle(bundle, verify=False)
     full = (np.asarray(loaded["pools"]) >= 0).all(axis=1)
     popularity = np.where(full, np.asarray(loaded["item_popularity"]), -1)
-    ranked = np.argsort(-popularity, kind="stable")
-    item, other = (str(loaded["item_ids"][i]) for i in ranked[:2])
+    top = np.argsort(-popularity, kind="stable")[:count]
+    return np.asarray(loaded["item_ids"]).astype(str)[top].tolist()
+
+
+def example(bundle: str, target: str) -> str:
+    """Calls to paste, for the most popular item of ``bundle`` that has a full pool."""
+    item, other = popular_items(bundle, 2)
     py = ".venv/bin/python -m recsvc.client"
     request = json.dumps({"user_id": "demo-user", "item_id": item, "k": 5})
     return "\n".join(

@@ -81,7 +81,7 @@ class Ranker:
         if self.model is None and any(k.startswith("models/") for k in bundle.arrays):
             raise BundleError(f"bundle {bundle.version} has no model {model!r}")
         self.item_ids = np.asarray(bundle["item_ids"]).astype(str)
-        self._index = {item: i for i, item in enumerate(self.item_ids.tolist())}
+        self._index = bundle.item_index()
         self.pools = np.asarray(bundle["pools"])
         self.pool_sources = np.asarray(bundle["pool_sources"])
         self.item_category = np.asarray(bundle["item_category"])

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recsvc.bundle import SOURCE_BITS
 from recsvc.exceptions import InvalidRequest, ItemNotFound, SessionStoreError
 from recsvc.metrics import Metrics
 from recsvc.ranking import Fallback, Ranking
@@ -33,22 +34,13 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 DEFAULT_K = 30
 #: Exception -> gRPC status: the one place codes are chosen.
 STATUS = {ItemNotFound: grpc.StatusCode.NOT_FOUND, InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT}
+#: Fallback reason and pool-source bit -> proto enum, by the names the proto gives them.
 FALLBACK_PROTO = {
-    Fallback.NO_USER: pb.FALLBACK_REASON_NO_USER,
-    Fallback.NO_SESSION: pb.FALLBACK_REASON_NO_SESSION,
-    Fallback.SESSION_STORE_UNAVAILABLE: pb.FALLBACK_REASON_SESSION_STORE_UNAVAILABLE,
-    Fallback.BUDGET_EXCEEDED: pb.FALLBACK_REASON_BUDGET_EXCEEDED,
-    Fallback.NO_MODEL: pb.FALLBACK_REASON_NO_MODEL,
-    Fallback.ITEM_NOT_IN_MODEL: pb.FALLBACK_REASON_ITEM_NOT_IN_MODEL,
+    reason: pb.FallbackReason.Value(f"FALLBACK_REASON_{reason.upper()}")
+    for name, reason in vars(Fallback).items()
+    if not name.startswith("_")
 }
-SOURCE_PROTO = {
-    1 << 0: pb.SOURCE_ITEMCF,
-    1 << 1: pb.SOURCE_ITEM2VEC,
-    1 << 2: pb.SOURCE_IMAGE,
-    1 << 3: pb.SOURCE_PSS,
-    1 << 4: pb.SOURCE_CATEGORY,
-    1 << 5: pb.SOURCE_NEW,
-}
+SOURCE_PROTO = {bit: pb.Source.Value(f"SOURCE_{name.upper()}") for name, bit in SOURCE_BITS.items()}
 
 
 class RecommenderService(pb_grpc.RecommenderServicer):

@@ -136,27 +136,36 @@ def processes() -> Iterator[Callable[..., Process]]:
         process.stop()
 
 
-class PrivateRedis:
-    """A Redis of the test's own (scripts/services/redis.sh), to stop and start at will."""
+class PrivateService:
+    """A server of the test's own, run by one of scripts/services/*.sh with ``env``."""
 
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.env = {**os.environ, "REDIS_PORT": str(self.port), "REDIS_DIR": str(directory)}
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+    script = ""
+    env: dict[str, str]
 
-    def _script(self, action: str) -> None:
+    def _run(self, action: str) -> None:
         subprocess.run(
-            ["bash", str(REPO / "scripts/services/redis.sh"), action],
+            ["bash", str(REPO / "scripts/services" / self.script), action],
             env=self.env,
             check=True,
             capture_output=True,
         )
 
     def start(self) -> None:
-        self._script("start")
+        self._run("start")
 
     def stop(self) -> None:
-        self._script("stop")
+        self._run("stop")
+
+
+class PrivateRedis(PrivateService):
+    """A Redis of the test's own, to stop and start at will."""
+
+    script = "redis.sh"
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, "REDIS_PORT": str(self.port), "REDIS_DIR": str(directory)}
+        self.url = f"redis://127.0.0.1:{self.port}/0"
 
 
 @pytest.fixture
@@ -167,8 +176,10 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.stop()
 
 
-class PrivateKafka:
-    """A Kafka broker of the test's own (scripts/services/kafka.sh), to restart at will."""
+class PrivateKafka(PrivateService):
+    """A Kafka broker of the test's own, to restart at will."""
+
+    script = "kafka.sh"
 
     def __init__(self, directory: Path, topics: Topics) -> None:
         self.port = free_port()
@@ -180,20 +191,6 @@ class PrivateKafka:
             "KAFKA_DIR": str(directory),
             "RECSVC_TOPICS": f"{topics.events}:2 {topics.dlq}:1",
         }
-
-    def _script(self, action: str) -> None:
-        subprocess.run(
-            ["bash", str(REPO / "scripts/services/kafka.sh"), action],
-            env=self.env,
-            check=True,
-            capture_output=True,
-        )
-
-    def start(self) -> None:
-        self._script("start")
-
-    def stop(self) -> None:
-        self._script("stop")
 
 
 @pytest.fixture

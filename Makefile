@@ -17,7 +17,8 @@ PROTO := protos/recsvc/v1/recommender.proto
 PROTO_PY := recsvc/v1/recommender_pb2.py
 PROTOC := $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=.
 
-.PHONY: install protos up down bundle run stop test lint clean
+.PHONY: install protos up down bundle run stop test lint clean locust capacity ingest-bench \
+	scaling bundle-memory
 
 install: $(VENV)/.installed $(PROTO_PY)
 
@@ -60,6 +61,28 @@ run: install up bundle
 
 stop:
 	@bash scripts/app.sh stop
+
+# Load tests and benchmarks (issue 5): each prints its figures; docs/BENCHMARKS.md keeps them.
+# Shoppers against the running server (start it with `make run` first).
+locust: install
+	$(VENV)/bin/locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 60s \
+		--csv $(LOCAL)/locust/run --html $(LOCAL)/locust/run.html
+
+# Highest Recommend rate with p99 < 20 ms, against an empty handler served the same way.
+capacity: install up bundle
+	$(PY) -m loadtest.capacity --bundle $(BUNDLES) --workers 2
+
+# Events/s from Kafka into Redis by one `recsvc ingest` on one core.
+ingest-bench: install up bundle
+	$(PY) -m loadtest.ingest_bench --events 200000
+
+# The offline pipeline on 1M, 4M and 16M synthetic events: time and memory per stage.
+scaling: install
+	nice -n 10 $(PY) -m offline.scaling_bench --sizes 1M,4M,16M
+
+# The server's memory with a 700,000-item bundle.
+bundle-memory: install up
+	$(PY) -m loadtest.bundle_memory --items 700000
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -15,7 +15,7 @@ import numpy as np
 from offline.metrics import Difference, paired_bootstrap, summarize, target_ranks
 from offline.sequences import Cases, next_item_cases
 from recsvc.bundle import Bundle
-from recsvc.scoring import candidate_scores, user_vectors
+from recsvc.scoring import case_scores
 
 EVAL_ARRAYS = ("eval/users", "eval/items", "eval/types", "eval/is_holdout")
 #: Methods whose pool scores the pipeline stores in ``pool_scores/<method>``.
@@ -56,14 +56,13 @@ def method_scores(bundle: Bundle, method: str, cases: Cases, pools: np.ndarray) 
         known = np.asarray(bundle[f"{prefix}/known"])
         windows = np.where(cases.windows >= 0, cases.windows, 0)
         windows = np.where((cases.windows >= 0) & known[windows], cases.windows, -1)
-        users = user_vectors(
+        scores = case_scores(
             windows,
+            pools,
             np.asarray(bundle[f"{prefix}/input_embeddings"]),
+            np.asarray(bundle[f"{prefix}/output_embeddings"]),
             np.asarray(bundle[f"{prefix}/position_weights"]),
-        )
-        scorable = np.asarray(bundle[f"{prefix}/scorable"])
-        scores = candidate_scores(
-            users, pools, np.asarray(bundle[f"{prefix}/output_embeddings"]), scorable
+            np.asarray(bundle[f"{prefix}/scorable"]),
         ).astype(np.float64)
     else:
         raise ValueError(f"unknown method {method!r}")

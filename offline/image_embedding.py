@@ -23,6 +23,7 @@ an embedder is created.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import logging
 import os
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from offline.feature_cache import FeatureCache, checksum
 from offline.skips import SkipReport
 from recsvc.exceptions import ConfigError, DataError
 
@@ -57,11 +59,15 @@ class ItemVectors:
         Zero rows for items without a vector.
     known : bool array, shape (n_items,)
     report : SkipReport
+    computed : int or None
+        Images embedded by the call that made this (the others came from a feature
+        cache); None for vectors read from a file.
     """
 
     vectors: np.ndarray
     known: np.ndarray
     report: SkipReport
+    computed: int | None = None
 
 
 def resolve_shared_dir(shared: str | os.PathLike[str] | None = None) -> Path:
@@ -333,6 +339,7 @@ def embed_image_folder(
     *,
     n_items: int | None = None,
     progress: bool | None = None,
+    cache: FeatureCache | None = None,
 ) -> ItemVectors:
     """Embed every ``<item_id>.<ext>`` image in a folder.
 
@@ -342,17 +349,22 @@ def embed_image_folder(
     item_index : dict str -> int
         External item id to dense index.
     embedder : MobileNetEmbedder
+        (anything with ``dim``, ``model_id`` and ``embed_bytes``)
     n_items : int, optional
         Catalogue size (default: the largest index + 1).
     progress : bool or None
         tqdm bar (None: only on a terminal).
+    cache : FeatureCache, optional
+        Vectors are looked up by (``embedder.model_id``, item id, sha256 of the file's
+        bytes); only the misses are embedded (and stored).
 
     Returns
     -------
     ItemVectors
-        ``vectors`` of shape (n_items, embedder.dim). Skipped, with the reason in the
-        report: other file types, unknown items, a second image of an item (files are
-        taken in name order), unreadable or undecodable files.
+        ``vectors`` of shape (n_items, embedder.dim); ``computed`` counts the images
+        embedded in this call. Skipped, with the reason in the report: other file types,
+        unknown items, a second image of an item (files are taken in name order),
+        unreadable or undecodable files.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -364,6 +376,8 @@ def embed_image_folder(
     known = np.zeros(n_items, dtype=bool)
     files = sorted(p for p in folder.iterdir() if p.is_file())
     report.read = len(files)
+    pending: list[tuple[str, str, np.ndarray]] = []  # new (item, checksum, vector) to cache
+    computed = 0
     for path in tqdm(files, desc="embed images", unit="image", disable=_progress_off(progress)):
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             report.skip(path.name, "not an image file")
@@ -376,12 +390,36 @@ def embed_image_folder(
             report.skip(path.name, "duplicate item")
             continue
         try:
-            row = embedder.embed_file(path)
-        except DataError as exc:
-            report.skip(path.name, "undecodable image", str(exc))
+            data = path.read_bytes()
+        except OSError as exc:
+            report.skip(path.name, "unreadable file", str(exc))
             continue
+        digest = checksum(data) if cache is not None else ""
+        row = cache.get(embedder.model_id, [item_id], [digest])[0] if cache is not None else None
+        if row is None:
+            try:
+                row = embedder.embed_bytes(data)
+            except DataError as exc:
+                report.skip(path.name, "undecodable image", str(exc))
+                continue
+            computed += 1
+            if cache is not None:
+                pending.append((item_id, digest, row))
+                if len(pending) >= 256:
+                    _flush(cache, embedder.model_id, pending)
         _place(vectors, known, item_index, item_id, row, report, path.name)
-    return _finish(vectors, known, report)
+    if cache is not None:
+        _flush(cache, embedder.model_id, pending)
+    result = _finish(vectors, known, report)
+    return dataclasses.replace(result, computed=computed)
+
+
+def _flush(cache: FeatureCache, model: str, pending: list[tuple[str, str, np.ndarray]]) -> None:
+    """Store the pending vectors in the cache and empty the list."""
+    if pending:
+        items, sums, rows = zip(*pending, strict=True)
+        cache.put(model, list(items), list(sums), np.stack(rows))
+        pending.clear()
 
 
 def _progress_off(progress: bool | None) -> bool | None:

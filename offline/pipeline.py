@@ -2,7 +2,10 @@
 
 Stages: load and split events → item-CF → item2vec (+ annoy neighbours) → image vectors
 when the catalogue has them → pool merge and business-rule fill → pool scores of every
-source → the two personalized models → bundle. Each stage's time goes into the manifest.
+source → the two personalized models → bundle. Each stage's time and peak memory go into
+the manifest (``timings``, ``peak_mib``). With ``pss.enabled`` the PSS stage (product
+embeddings from item2vec, images, titles) runs before the pool merge; ``recsvc train pss``
+(:mod:`offline.train_pss_command`) reuses that stage and the pool stage on an existing bundle.
 """
 
 from __future__ import annotations
@@ -21,33 +24,40 @@ import numpy as np
 from offline.config import PipelineConfig, apply_overrides, describe
 from offline.dataset import Dataset, build_dataset
 from offline.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
-from offline.interactions import CART, CLICK
+from offline.interactions import CART, CLICK, Catalogue
+from offline.peak_memory import PeakMemory
 from offline.pools import Pools, category_fill, merge_pools, newest_fill
 from offline.sources.base import CandidateSource, Neighbours
 from recsvc.bundle import sha256_file, write_bundle
 from recsvc.exceptions import ConfigError
 
 if TYPE_CHECKING:
+    from offline.compound_features import Part
+    from offline.feature_cache import FeatureCache
     from offline.image_embedding import ItemVectors
     from offline.pss_source import PSSResult
-    from training.item2vec import Item2VecResult
 
 logger = logging.getLogger(__name__)
+#: Default feature cache file, in the bundle root (next to the versions).
+FEATURE_CACHE_NAME = "feature-cache.sqlite"
 
 
 @dataclass
 class Timings:
-    """Wall-clock seconds per stage, in order."""
+    """Wall-clock seconds and peak resident memory (MiB, sampled) per stage, in order."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_mib: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         logger.info("stage %s ...", name)
         started = time.perf_counter()
-        yield
+        with PeakMemory() as peak:
+            yield
         self.seconds[name] = round(time.perf_counter() - started, 2)
-        logger.info("stage %s done in %.1fs", name, self.seconds[name])
+        self.peak_mib[name] = peak.mib
+        logger.info("stage %s done in %.1fs, peak %.0f MiB", name, self.seconds[name], peak.mib)
 
 
 @dataclass
@@ -63,6 +73,8 @@ class PipelineInputs:
     item_vectors: Path | None = None
     item_images: Path | None = None
     shared: Path | None = None
+    item_titles: Path | None = None
+    feature_cache: Path | None = None
 
 
 def column_spec(args: argparse.Namespace) -> ColumnSpec:
@@ -98,6 +110,7 @@ def run_from_args(args: argparse.Namespace) -> Path | None:
         print(describe(config))
         return None
     config = apply_overrides(config, args.param)
+    config.pss.validate()
     inputs = PipelineInputs(
         events=args.events,
         spec=column_spec(args),
@@ -108,6 +121,8 @@ def run_from_args(args: argparse.Namespace) -> Path | None:
         item_vectors=args.item_vectors,
         item_images=args.item_images,
         shared=args.shared,
+        item_titles=args.item_titles,
+        feature_cache=args.feature_cache,
     )
     return run_pipeline(inputs, config, args.out, seed=args.seed, data_format=args.format)
 
@@ -151,42 +166,44 @@ def run_pipeline(
         sources["item2vec"] = _embedding_source(
             "item2vec", item2vec.embeddings, item2vec.known, config, seed
         )
+    cache = _feature_cache(inputs, out)
     with timings.stage("image"):
-        image = _image_vectors(inputs, data)
+        image = _image_vectors(inputs, data, cache)
     if image is not None:
         print(image.report.summary())
         metrics["image_vectors"] = int(image.known.sum())
+        if image.computed is not None:
+            metrics["image_vectors_computed"] = image.computed
+            cached = image.report.loaded - image.computed
+            print(f"image features: {image.computed} embedded, {cached} cached")
         sources["image"] = _embedding_source("image", image.vectors, image.known, config, seed)
     skipped = {"image": "no --item-vectors or --item-images given"} if image is None else {}
     pss = None
     if config.pss.enabled:
         with timings.stage("pss"):
-            pss = _train_pss(data, item2vec, image, config, seed)
+            from offline.compound_features import Part
+
+            parts = [Part("behaviour", item2vec.embeddings, item2vec.known)]
+            if image is not None:
+                parts.append(Part("image", image.vectors, image.known))
+            if inputs.item_titles is not None:
+                from offline.item_titles import titles_from_file
+
+                title, metrics["titles"] = titles_from_file(
+                    inputs.item_titles, data.catalogue.item_ids, cache
+                )
+                parts.append(title)
+            pss = run_pss_stage(data, parts, config, seed)
         metrics["pss"] = pss.report
         sources["pss"] = _embedding_source("pss", pss.embeddings, pss.known, config, seed)
     else:
         skipped["pss"] = "off (--param pss.enabled=true adds it)"
+        if inputs.item_titles is not None:
+            print("--item-titles: not used (titles feed the PSS stage; pss.enabled is false)")
+    if cache is not None:
+        cache.close()
 
-    with timings.stage("neighbours"):
-        neighbours = {name: source.neighbours(config.pool_size) for name, source in sources.items()}
-    with timings.stage("annoy_recall"):
-        metrics["annoy"] = _annoy_recall(sources, neighbours, config, seed)
-    with timings.stage("pools"):
-        pools = merge_pools(
-            {n: nb.head(config.source_quotas[n]) for n, nb in neighbours.items()},
-            {n: config.source_weights[n] for n in neighbours},
-            {
-                "category": category_fill(data.catalogue, popularity, config.pool_size),
-                "new": newest_fill(data.catalogue, config.pool_size),
-            },
-            size=config.pool_size,
-        )
-        metrics["pools"] = _pool_stats(pools)
-    arrays: dict[str, np.ndarray] = {}
-    with timings.stage("pool_scores"):
-        queries = np.arange(data.catalogue.n_items)
-        for name, source in sources.items():
-            arrays[f"pool_scores/{name}"] = source.pair_scores(queries, pools.items)
+    pools, arrays = pool_stage(sources, data.catalogue, popularity, config, seed, timings, metrics)
     with timings.stage("personalized"):
         arrays.update(_train_personalized(data, pools, item2vec.embeddings, config, seed, metrics))
 
@@ -222,7 +239,9 @@ def run_pipeline(
             "sources_skipped": skipped,
             "metrics": metrics,
         }
-        path = write_bundle(out, arrays, {**manifest, "timings": timings.seconds})
+        path = write_bundle(
+            out, arrays, {**manifest, "timings": timings.seconds, "peak_mib": timings.peak_mib}
+        )
     total = sum(timings.seconds.values())
     print(
         f"bundle {path}: {cat.n_items} items, pools of {config.pool_size} "
@@ -233,23 +252,58 @@ def run_pipeline(
     return path
 
 
-def _train_pss(
-    data: Dataset,
-    item2vec: Item2VecResult,
-    image: ItemVectors | None,
-    config: PipelineConfig,
-    seed: int,
-) -> PSSResult:
-    """The PSS embeddings from behaviour (item2vec), image and category parts."""
-    from offline.compound_features import Part
+def run_pss_stage(data: Dataset, parts: list[Part], config: PipelineConfig, seed: int) -> PSSResult:
+    """The PSS stage: embeddings from the raw parts (behaviour = item2vec, image, title; the
+    category part is added when there are no titles), with the verification table printed.
+
+    Used by ``recsvc pipeline`` and ``recsvc train pss``.
+    """
     from offline.pss_source import build_pss, format_table
 
-    parts = [Part("behaviour", item2vec.embeddings, item2vec.known)]
-    if image is not None:
-        parts.append(Part("image", image.vectors, image.known))
     result = build_pss(data.fit, data.catalogue, parts, config.pss, seed)
     print(format_table(result.report["verification"]))
     return result
+
+
+def pool_stage(
+    sources: dict[str, CandidateSource],
+    catalogue: Catalogue,
+    popularity: np.ndarray,
+    config: PipelineConfig,
+    seed: int,
+    timings: Timings,
+    metrics: dict[str, Any],
+) -> tuple[Pools, dict[str, np.ndarray]]:
+    """Neighbours of every source, their annoy recall, the merged pools, the pool scores.
+
+    Used by ``recsvc pipeline`` and ``recsvc train pss``; sets ``metrics["annoy"]`` and
+    ``metrics["pools"]``.
+
+    Returns
+    -------
+    (Pools, {"pool_scores/<source>": float32 (n_items, pool_size)})
+    """
+    with timings.stage("neighbours"):
+        neighbours = {name: source.neighbours(config.pool_size) for name, source in sources.items()}
+    with timings.stage("annoy_recall"):
+        metrics["annoy"] = _annoy_recall(sources, neighbours, config, seed)
+    with timings.stage("pools"):
+        pools = merge_pools(
+            {n: nb.head(config.source_quotas[n]) for n, nb in neighbours.items()},
+            {n: config.source_weights[n] for n in neighbours},
+            {
+                "category": category_fill(catalogue, popularity, config.pool_size),
+                "new": newest_fill(catalogue, config.pool_size),
+            },
+            size=config.pool_size,
+        )
+        metrics["pools"] = _pool_stats(pools)
+    arrays: dict[str, np.ndarray] = {}
+    with timings.stage("pool_scores"):
+        queries = np.arange(catalogue.n_items)
+        for name, source in sources.items():
+            arrays[f"pool_scores/{name}"] = source.pair_scores(queries, pools.items)
+    return pools, arrays
 
 
 def _embedding_source(
@@ -390,7 +444,20 @@ def last_of_each_user(users: np.ndarray, n: int) -> np.ndarray:
     return group_end - position < n
 
 
-def _image_vectors(inputs: PipelineInputs, data: Dataset) -> ItemVectors | None:
+def _feature_cache(inputs: PipelineInputs, out: Path) -> FeatureCache | None:
+    """The feature cache of the image-folder and title extractors, when either runs."""
+    if inputs.item_images is None and inputs.item_titles is None:
+        return None
+    from offline.feature_cache import FeatureCache
+
+    path = inputs.feature_cache or Path(out) / FEATURE_CACHE_NAME
+    print(f"feature cache: {path}")
+    return FeatureCache(path)
+
+
+def _image_vectors(
+    inputs: PipelineInputs, data: Dataset, cache: FeatureCache | None = None
+) -> ItemVectors | None:
     if inputs.item_vectors is None and inputs.item_images is None:
         return None
     from offline import image_embedding
@@ -400,7 +467,7 @@ def _image_vectors(inputs: PipelineInputs, data: Dataset) -> ItemVectors | None:
         return image_embedding.load_item_vectors(inputs.item_vectors, index, data.catalogue.n_items)
     embedder = image_embedding.MobileNetEmbedder(shared=inputs.shared)
     return image_embedding.embed_image_folder(
-        inputs.item_images, index, embedder, n_items=data.catalogue.n_items
+        inputs.item_images, index, embedder, n_items=data.catalogue.n_items, cache=cache
     )
 
 

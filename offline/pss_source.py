@@ -2,16 +2,19 @@
 product embeddings, with the verification table of PSS Tables 1-3.
 
 Parts of the compound feature: the behaviour embedding (item2vec), the image embedding when
-the catalogue has one, any other part the caller passes (a MiniLM title embedding from
-:mod:`offline.text_embedding`; ``recsvc pipeline`` has no titles input yet, and neither
-dataset has titles), and a hashed embedding of the item's category name when it has
-categories. Two tasks: view-to-purchase
-pairs mined from the training log (a clicks-only log gets consecutive-view pairs instead,
-task ``view_to_view``), and, with categories, ``catalogue_labelled`` pairs (same category as
+the catalogue has one, the MiniLM title embedding when the caller passes a ``title`` part
+(``--item-titles``, :mod:`offline.item_titles`), and otherwise a hashed embedding of the
+item's category name when it has categories. Two tasks: view-to-purchase pairs mined from
+the training log (a clicks-only log gets consecutive-view pairs instead, task
+``view_to_view``), and, with categories, ``catalogue_labelled`` pairs (same category as
 positives, other categories as negatives) standing in for the human labels these datasets
-lack. Each task's
-pairs are split by anchor into training and held-out pairs; the held-out ones measure the
-raw parts, the compound feature and the trained embedding.
+lack. Each task's pairs are split by anchor into training and held-out pairs; the held-out
+ones measure the raw parts, the compound feature and the trained embedding.
+
+With ``pss.loss=hrms`` the tower is trained with the HRMS loss over the levels of
+``pss.hrms_levels``: ``pairs`` (items joined by the behavioural task's training positives,
+as connected components) and ``category``, with one ``pss.hrms_alphas`` / ``_betas`` /
+``_epsilons`` / ``_weights`` value per level.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ logger = logging.getLogger(__name__)
 VIEW_TO_VIEW = "view_to_view"
 #: Fewest view-to-purchase positives worth training on.
 MIN_POSITIVES = 100
+#: HRMS hierarchy levels: "pairs" groups the items joined by the behavioural task's training
+#: positives (connected components), "category" is the item's category.
+HRMS_LEVELS = ("pairs", "category")
 
 
 @dataclass(frozen=True)
@@ -64,12 +70,53 @@ class PSSSettings:
     labelled_weight: float = 1.0
     holdout_fraction: float = 0.1
     min_negative_ratio: float = 1.0
+    hrms_levels: str = "pairs,category"
+    hrms_alphas: str = "2,2"
+    hrms_betas: str = "50,50"
+    hrms_epsilons: str = "0.1,0.1"
+    hrms_weights: str = "1,1"
+    hrms_lambda: float = 0.5
 
     def __post_init__(self) -> None:
         if self.feature_size < 1 or self.width < 1 or self.depth < 1:
             raise ConfigError("pss.feature_size, pss.width and pss.depth must be >= 1")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"pss.holdout_fraction must be in (0, 1): {self.holdout_fraction}")
+        if self.loss not in ("contrastive", "hrms"):
+            raise ConfigError(f"pss.loss must be contrastive or hrms, got {self.loss!r}")
+        levels = self.levels()
+        unknown = sorted(set(levels) - set(HRMS_LEVELS))
+        if not levels or unknown or len(set(levels)) != len(levels):
+            raise ConfigError(
+                f"pss.hrms_levels: {self.hrms_levels!r}; name distinct levels of {HRMS_LEVELS}"
+            )
+
+    def validate(self) -> None:
+        """Check the settings that must agree with each other (one HRMS value per level).
+
+        Not done on construction, so ``--param`` can change the levels and the values one
+        at a time; :func:`build_pss` and the commands call it before any work.
+        """
+        for name in ("hrms_alphas", "hrms_betas", "hrms_epsilons", "hrms_weights"):
+            self.floats(name)
+
+    def levels(self) -> list[str]:
+        """The HRMS hierarchy levels, finest first."""
+        return [name.strip() for name in self.hrms_levels.split(",") if name.strip()]
+
+    def floats(self, name: str) -> tuple[float, ...]:
+        """A comma-separated HRMS setting (one value per level) as floats."""
+        text = getattr(self, name)
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise ConfigError(f"pss.{name}: {text!r} is not comma-separated numbers") from None
+        if len(values) != len(self.levels()):
+            raise ConfigError(
+                f"pss.{name}: {text!r} has {len(values)} values; pss.hrms_levels "
+                f"{self.hrms_levels!r} needs one per level"
+            )
+        return values
 
 
 @dataclass
@@ -118,6 +165,35 @@ def add_random_negatives(pairs: Pairs, candidates: np.ndarray, ratio: float, see
     )
 
 
+def positive_groups(pairs: Pairs, n_items: int) -> np.ndarray:
+    """Group label of each item: the connected component of the pairs' positives.
+
+    Returns
+    -------
+    int32 array, shape (n_items,); -1 for items in no positive pair.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    positive = pairs.label == 1
+    left, right = pairs.left[positive], pairs.right[positive]
+    graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(n_items, n_items))
+    _, labels = connected_components(graph, directed=False)
+    in_pair = np.zeros(n_items, dtype=bool)
+    in_pair[left], in_pair[right] = True, True
+    return np.where(in_pair, labels, -1).astype(np.int32)
+
+
+def hrms_hierarchy(levels: list[str], behaviour: Pairs, catalogue: Catalogue) -> np.ndarray:
+    """int32 (n_items, len(levels)): each item's label per HRMS level (``HRMS_LEVELS``)."""
+    n_items = catalogue.n_items
+    columns = {
+        "pairs": lambda: positive_groups(behaviour, n_items),
+        "category": lambda: np.asarray(catalogue.item_category, dtype=np.int32),
+    }
+    return np.column_stack([columns[name]() for name in levels]).astype(np.int32)
+
+
 def build_pss(
     fit: Interactions,
     catalogue: Catalogue,
@@ -138,8 +214,9 @@ def build_pss(
     """
     from training.pss import PSSConfig, train_pss
 
+    settings.validate()
     category = category_part(catalogue, settings.feature_size, seed)
-    if category.known.any():
+    if category.known.any() and not any(p.name == "title" for p in parts):
         parts = [*parts, category]
     features = compound_features(parts, settings.feature_size)
     raw = [p.vectors for p in parts]
@@ -185,11 +262,16 @@ def build_pss(
         loss=settings.loss,
         margin=settings.margin,
         task_weights={CATALOGUE_LABELLED: settings.labelled_weight},
+        hrms_alphas=settings.floats("hrms_alphas"),
+        hrms_betas=settings.floats("hrms_betas"),
+        hrms_epsilons=settings.floats("hrms_epsilons"),
+        hrms_weights=settings.floats("hrms_weights"),
+        hrms_lambda=settings.hrms_lambda,
         epochs=settings.epochs,
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
     )
-    hierarchy = np.asarray(catalogue.item_category)
+    hierarchy = hrms_hierarchy(settings.levels(), train[behaviour.task], catalogue)
     embeddings, losses = train_pss(features.matrix, train, config, seed=seed, hierarchy=hierarchy)
     embeddings[~features.known] = 0.0
     report["losses"] = losses

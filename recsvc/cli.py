@@ -1,5 +1,6 @@
-"""The ``recsvc`` command: ``pipeline`` builds a bundle, ``eval`` measures it, ``serve``
-answers Recommend calls and ``ingest`` feeds the sessions from Kafka.
+"""The ``recsvc`` command: ``pipeline`` builds a bundle, ``train pss`` adds PSS embeddings to
+one, ``eval`` measures it, ``serve`` answers Recommend calls and ``ingest`` feeds the sessions
+from Kafka.
 
 This module only parses flags and dispatches; the offline commands import their modules
 (and TensorFlow) lazily, so ``recsvc --help`` is instant.
@@ -24,6 +25,27 @@ examples:
   recsvc pipeline --format csv --delimiter tab --header --user-col SessionId \\
       --item-col ItemId --time-col Time --events ../shared/data/yoochoose/train.tsv \\
       --test-events ../shared/data/yoochoose/test.tsv --out .local/bundles/yoochoose
+"""
+
+
+DESCRIPTION_TRAIN_PSS = """\
+Rebuild the bundle's split from the event log (the loader flags as for pipeline; time
+zone, test day and holdout come from the bundle's manifest, and the log must give the
+bundle's items and event counts). Train the PSS SiameseNet on compound features of the
+bundle's item2vec embeddings, its image vectors (or --item-images / --item-vectors) and
+--item-titles (else a hashed category embedding); print the verification table. Then
+write a new bundle version: the tower's embeddings (embeddings/pss), pools re-merged from
+the bundle's sources plus the PSS neighbours (tagged pss), every source's pool scores;
+all other arrays are copied unchanged (the personalized models are not retrained). The
+bundle's 'current' link moves to the new version, so a running server hot-swaps it.
+"""
+
+EPILOG_TRAIN_PSS = """\
+examples:
+  recsvc train pss --bundle .local/bundles/taobao --format taobao \\
+      --events ../shared/data/taobao/UserBehavior_head.csv --param pss.loss=hrms
+  recsvc train pss --bundle .local/bundles/shop --format csv --header --user-col user \\
+      --item-col item --time-col ts --events shop.csv --item-titles titles.tsv
 """
 
 
@@ -63,22 +85,9 @@ def _delimiter(text: str) -> str:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="recsvc", description="Personalized similar-product recommendations."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    pipe = commands.add_parser(
-        "pipeline",
-        help="build an artifact bundle from an event log",
-        description="Load events, split off held-out days, build candidate sources and "
-        "200-item pools, train the personalized models, and write a versioned bundle.",
-        epilog=EPILOG_PIPELINE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    data = pipe.add_argument_group("input")
+def add_event_arguments(parser: argparse.ArgumentParser) -> None:
+    """The event-log flags (``--events``, ``--format``, csv columns) of pipeline and train."""
+    data = parser.add_argument_group("input")
     data.add_argument(
         "--events",
         required=True,
@@ -93,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="taobao: UserBehavior user,item,category,behavior,ts without header; "
         "csv: any delimited file described by the column flags",
     )
-    columns = pipe.add_argument_group("csv columns (position from 0, or header name)")
+    columns = parser.add_argument_group("csv columns (position from 0, or header name)")
     columns.add_argument("--delimiter", type=_delimiter, default=",", help="default ','; 'tab'")
     columns.add_argument("--header", action="store_true", help="the first line names the columns")
     columns.add_argument("--user-col", type=_column, help="user (or session) id column")
@@ -112,6 +121,42 @@ def build_parser() -> argparse.ArgumentParser:
         default="click",
         help="type of every row without --type-col (default click)",
     )
+
+
+def add_title_arguments(parser: argparse.ArgumentParser, default_cache: str, note: str) -> None:
+    """``--item-titles`` and ``--feature-cache`` (PSS title features, cached extraction)."""
+    group = parser.add_argument_group("PSS titles and feature cache (optional)")
+    group.add_argument(
+        "--item-titles",
+        type=Path,
+        help="CSV or TSV of item_id,title (optional header); the titles are embedded with "
+        f"all-MiniLM-L6-v2 into the PSS compound feature in place of the hashed category{note}; "
+        "bad rows are skipped and counted",
+    )
+    group.add_argument(
+        "--feature-cache",
+        type=Path,
+        help="SQLite cache of image (--item-images) and title embeddings, keyed by model, "
+        f"item and input sha256, so a re-run embeds only what changed (default {default_cache})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recsvc", description="Personalized similar-product recommendations."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pipe = commands.add_parser(
+        "pipeline",
+        help="build an artifact bundle from an event log",
+        description="Load events, split off held-out days, build candidate sources and "
+        "200-item pools, train the personalized models, and write a versioned bundle.",
+        epilog=EPILOG_PIPELINE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_event_arguments(pipe)
     split = pipe.add_argument_group("split")
     split.add_argument(
         "--timezone",
@@ -141,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("RECSVC_SHARED", "../shared")),
         help="shared folder with models/ (default $RECSVC_SHARED or ../shared)",
     )
+    add_title_arguments(pipe, "OUT/feature-cache.sqlite", " (used only with pss.enabled=true)")
     out = pipe.add_argument_group("output and model")
     out.add_argument(
         "--out",
@@ -171,6 +217,56 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=_ks, default=(5, 10, 20), help="cut-offs (default 5,10,20)")
     ev.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
+    train = commands.add_parser(
+        "train",
+        help="train a model on an existing bundle and write a new bundle version",
+        description="Train a model on an existing bundle's items and write a new version of "
+        "the bundle with it.",
+    )
+    models = train.add_subparsers(dest="model", required=True, metavar="MODEL")
+    pss = models.add_parser(
+        "pss",
+        help="PSS product embeddings (SiameseNet) into the bundle's pools",
+        description=DESCRIPTION_TRAIN_PSS,
+        epilog=EPILOG_TRAIN_PSS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pss.add_argument(
+        "--bundle",
+        required=True,
+        type=Path,
+        help="bundle root (its 'current' version is read, the new version written next to "
+        "it) or a version directory (the new version goes to its parent)",
+    )
+    add_event_arguments(pss)
+    images = pss.add_argument_group(
+        "image part of the PSS feature (optional; default: the bundle's image vectors; "
+        "the bundle's image source stays as it is)"
+    )
+    images.add_argument("--item-vectors", type=Path, help="item image vectors (.npz or .csv)")
+    images.add_argument(
+        "--item-images", type=Path, help="folder of <item_id>.jpg|png|bmp to embed with MobileNet"
+    )
+    images.add_argument(
+        "--shared",
+        type=Path,
+        default=Path(os.environ.get("RECSVC_SHARED", "../shared")),
+        help="shared folder with models/ (default $RECSVC_SHARED or ../shared)",
+    )
+    add_title_arguments(pss, "BUNDLE_ROOT/feature-cache.sqlite", "")
+    model = pss.add_argument_group("model")
+    model.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pss.*, source_weights.* or source_quotas.* setting, e.g. "
+        "pss.loss=hrms (repeatable; the rest comes from the bundle's manifest)",
+    )
+    model.add_argument(
+        "--seed", type=int, help="random seed (default: the seed the bundle was built with)"
+    )
+
     serve = commands.add_parser(
         "serve",
         help="run the gRPC Recommender server",
@@ -199,6 +295,11 @@ def _run_online(args: argparse.Namespace) -> None:
 
     config = settings.load(args)
     logs.configure("debug" if args.verbose else config.log_level, config.log_format)
+    if args.command == "serve" and config.workers > 1:
+        from recsvc.server import run_worker
+        from recsvc.workers import supervise
+
+        sys.exit(supervise(config.workers, run_worker, (config,), config.metrics_port, config.host))
     store = open_store(config.redis_url, config.session_length, config.session_ttl_s)
     if args.command == "serve":
         from recsvc.server import serve
@@ -222,6 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from offline.pipeline import run_from_args
 
             run_from_args(args)
+        elif args.command == "train":
+            from offline.train_pss_command import run_train_pss
+
+            run_train_pss(args)
         elif args.command == "eval":
             from offline.eval_command import run_eval
 

@@ -3,8 +3,9 @@
 Each polled batch is handled in three steps, each retried with backoff until it succeeds:
 invalid messages are sent to the dead-letter topic with their reason; valid events are
 appended to the session store; then the batch's offsets are committed. Offsets are committed
-only after Redis (and the DLQ) hold the batch, so a crash replays at most one batch, and the
-session store's idempotent append makes a replayed event count once.
+only after Redis (and the DLQ) hold the batch, so a crash replays at most the two batches in
+hand (the one being written and the next one, polled meanwhile), and the session store's
+idempotent append makes a replayed event count once.
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ class Rejected:
         ).encode()
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One poll's messages, validated, and the offsets to commit once they are stored."""
+
+    valid: list[tuple[Any, Event]]
+    rejected: list[Rejected]
+    offsets: dict[TopicPartition, OffsetAndMetadata]
+    size: int
+
+
 def split_batch(
     records: Sequence[Any], known_item: Callable[[str], bool]
 ) -> tuple[list[tuple[Any, Event]], list[Rejected]]:
@@ -103,35 +114,65 @@ class Ingestor:
         self._lag_checked = 0.0
 
     async def run(self) -> None:
-        """Consume until ``stopping`` is set."""
+        """Consume until ``stopping`` is set.
+
+        Batches are pipelined: while one batch is being written to Redis, the next is
+        polled and validated; a batch's offsets are committed once its write is done, and
+        at most one batch is in flight, so a crash still replays at most two batches.
+        """
+        pending: asyncio.Task[Batch] | None = None
         try:
             while not self.stopping.is_set():
-                await self.run_once()
+                batch = await self._poll()
+                if pending is not None:
+                    await self._finish(pending)
+                    pending = None
+                if batch is not None:
+                    pending = asyncio.create_task(self._apply(batch))
+                if time.monotonic() - self._lag_checked > LAG_INTERVAL_S:
+                    await self._report_lag()
+            if pending is not None:
+                await self._finish(pending)
+                pending = None
         except StopRequested:
             log.info("stopped with a batch not yet stored; its offsets stay uncommitted")
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
 
-    async def run_once(self, timeout_ms: int = 500) -> int:
-        """Poll one batch and see it through; returns the number of messages handled."""
-        batches: Mapping[TopicPartition, list[Any]] = await asyncio.to_thread(
+    async def _poll(self, timeout_ms: int = 500) -> Batch | None:
+        """The next polled batch, validated; None when the poll returned nothing."""
+        polled: Mapping[TopicPartition, list[Any]] = await asyncio.to_thread(
             self.consumer.poll, timeout_ms
         )
-        records = [r for part in batches.values() for r in part]
-        if records:
-            valid, rejected = split_batch(records, self.known_item)
-            if rejected:
-                await self._retrying("kafka", self._dead_letter, rejected)
-            if valid:
-                await self._store(valid)
-            offsets = {
-                tp: OffsetAndMetadata(part[-1].offset + 1, "", -1)
-                for tp, part in batches.items()
-                if part
-            }
-            await self._commit(offsets)
-            log.debug("batch", extra={"messages": len(records), "rejected": len(rejected)})
-        if time.monotonic() - self._lag_checked > LAG_INTERVAL_S:
-            await self._report_lag()
-        return len(records)
+        records = [r for part in polled.values() for r in part]
+        if not records:
+            return None
+        valid, rejected = split_batch(records, self.known_item)
+        offsets = {
+            tp: OffsetAndMetadata(part[-1].offset + 1, "", -1)
+            for tp, part in polled.items()
+            if part
+        }
+        return Batch(valid, rejected, offsets, len(records))
+
+    async def _apply(self, batch: Batch) -> Batch:
+        """Dead-letter the invalid messages and store the valid ones.
+
+        This runs while the next batch is polled, so it must not touch the consumer.
+        """
+        if batch.rejected:
+            await self._retrying("kafka", self._dead_letter, batch.rejected)
+        if batch.valid:
+            await self._store(batch.valid)
+        return batch
+
+    async def _finish(self, pending: asyncio.Task[Batch]) -> None:
+        """Wait for a batch to be stored, then commit its offsets."""
+        batch = await pending
+        await self._commit(batch.offsets)
+        log.debug("batch", extra={"messages": batch.size, "rejected": len(batch.rejected)})
 
     async def _store(self, valid: Sequence[tuple[Any, Event]]) -> None:
         """Append the events, dead-lettering any the store refuses for good."""
@@ -240,7 +281,8 @@ def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
         group_id=settings.group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_poll_records=500,
+        max_poll_records=settings.ingest_max_poll_records,
+        check_crcs=bool(settings.ingest_check_crcs),
         client_id="recsvc-ingest",
     )
     producer = KafkaProducer(

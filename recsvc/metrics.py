@@ -25,8 +25,13 @@ class Metrics:
             "recsvc_fallbacks_total", "Answers not personalized, by reason", ["reason"], registry=r
         )
         self.bundle_version = Gauge(
-            "recsvc_bundle_info", "The bundle being served (value 1)", ["version"], registry=r
+            "recsvc_bundle_info",
+            "The bundle being served (value 1; 0 for one served before)",
+            ["version"],
+            registry=r,
+            multiprocess_mode="liveall",  # one sample per live worker of `serve --workers`
         )
+        self._bundle: str | None = None
         self.bundle_swaps = Counter(
             "recsvc_bundle_swaps_total",
             "Bundle loads while serving, by result",
@@ -59,8 +64,12 @@ class Metrics:
         )
 
     def set_bundle(self, version: str) -> None:
-        self.bundle_version.clear()
+        if self._bundle is not None and self._bundle != version:
+            # Zeroed before removal: worker processes keep their samples in files.
+            self.bundle_version.labels(version=self._bundle).set(0)
+            self.bundle_version.remove(self._bundle)
         self.bundle_version.labels(version=version).set(1)
+        self._bundle = version
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose ``/metrics`` over HTTP (port 0: do nothing)."""

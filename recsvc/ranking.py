@@ -13,7 +13,7 @@ import numpy as np
 
 from recsvc.bundle import Bundle
 from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
-from recsvc.scoring import candidate_scores, session_window, user_vectors
+from recsvc.scoring import pool_scores, session_window, user_vector
 from recsvc.sessions import SessionEvent
 
 #: Session event types that are visits, as in the offline cases.
@@ -82,6 +82,11 @@ class Ranker:
             raise BundleError(f"bundle {bundle.version} has no model {model!r}")
         self.item_ids = np.asarray(bundle["item_ids"]).astype(str)
         self._index = bundle.item_index()
+        if len(self._index) != len(self.item_ids):
+            raise BundleError(f"bundle {bundle.version} lists some item ids more than once")
+        # Python lists for the per-request lookups (a numpy call each costs more, cold).
+        self._ids = list(self._index)  # the dict's own strings, in index order
+        self._model_knows = self.model.known.tolist() if self.model is not None else []
         self.pools = np.asarray(bundle["pools"])
         self.pool_sources = np.asarray(bundle["pool_sources"])
         self.item_category = np.asarray(bundle["item_category"])
@@ -135,9 +140,9 @@ class Ranker:
         scores, used = None, 0
         if fallback is None:
             window = self._window(item_id, session)
-            if (window >= 0).any():
+            if any(item >= 0 for item in window):
                 scores = self._scores(window, pool)
-                used = int((window[1:] >= 0).sum())
+                used = sum(item >= 0 for item in window[1:])
             else:
                 fallback = Fallback.ITEM_NOT_IN_MODEL
         if scores is None:
@@ -147,10 +152,11 @@ class Ranker:
         else:
             order = np.argsort(-scores, kind="stable")
         order = order[keep[order]][:k]
+        ids = self._ids
         return Ranking(
-            items=self.item_ids[pool[order]].tolist(),
-            scores=np.asarray(scores)[order].astype(float).tolist(),
-            sources=self.pool_sources[current, order].astype(int).tolist(),
+            items=[ids[i] for i in pool[order].tolist()],
+            scores=scores[order].tolist(),
+            sources=self.pool_sources[current, order].tolist(),
             personalized=fallback is None,
             fallback=fallback,
             session_events_used=used,
@@ -163,25 +169,20 @@ class Ranker:
             return Fallback.NO_SESSION
         return None
 
-    def _window(self, item_id: str, session: Sequence[SessionEvent]) -> np.ndarray:
+    def _window(self, item_id: str, session: Sequence[SessionEvent]) -> list[int]:
         """Window indices, -1 for empty slots and items the model does not know."""
         assert self.model is not None
         width = len(self.model.position_weights)
         history = [e.item_id for e in session if e.type in VISIT_TYPES]
-        items = session_window(item_id, history, width)
-        window = np.full(width, -1, dtype=np.int64)
-        for slot, item in enumerate(items):
+        window = [-1] * width
+        for slot, item in enumerate(session_window(item_id, history, width)):
             index = self._index.get(item, -1)
-            if index >= 0 and self.model.known[index]:
+            if index >= 0 and self._model_knows[index]:
                 window[slot] = index
         return window
 
-    def _scores(self, window: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    def _scores(self, window: list[int], pool: np.ndarray) -> np.ndarray:
         assert self.model is not None
-        users = user_vectors(
-            window[None, :], self.model.input_embeddings, self.model.position_weights
-        )
-        scores = candidate_scores(
-            users, pool[None, :], self.model.output_embeddings, self.model.scorable
-        )
-        return scores[0]
+        m = self.model
+        user = user_vector(window, m.input_embeddings, m.position_weights)
+        return pool_scores(user, pool, m.output_embeddings, m.scorable)

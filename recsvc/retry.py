@@ -36,11 +36,18 @@ class Backoff:
 
 @dataclass
 class CircuitBreaker:
-    """Open for ``cooldown_s`` after a failure; then one call may try again (half-open)."""
+    """Opens after ``threshold`` failures in a row, for ``cooldown_s``; then one call may try
+    again (half-open), and if it fails too the breaker opens again at once.
+
+    A threshold above one keeps a single slow call on a busy machine from switching the
+    dependency off for everyone; a real outage still opens it within a few calls.
+    """
 
     cooldown_s: float = 1.0
+    threshold: int = 3
     clock: Callable[[], float] = time.monotonic
     _open_until: float = 0.0
+    _failures: int = 0
 
     def allow(self) -> bool:
         """Whether a call may go to the dependency now."""
@@ -54,9 +61,12 @@ class CircuitBreaker:
 
     def success(self) -> None:
         self._open_until = 0.0
+        self._failures = 0
 
     def failure(self) -> None:
-        self._open_until = self.clock() + self.cooldown_s
+        self._failures += 1
+        if self._open_until or self._failures >= self.threshold:
+            self._open_until = self.clock() + self.cooldown_s
 
     @property
     def is_open(self) -> bool:

@@ -1,5 +1,8 @@
 """Weighted-pooling personalized scoring, shared by the server and offline evaluation.
 
+Both score one case at a time with the same two functions, so a served ranking equals the
+offline one to the last bit.
+
 The user vector for a window of recent items ``v_0`` (the current item), ``v_1`` ... is
 ``u = (1/n) * sum_j w_j * v_j`` over the ``n`` valid slots, with learned position weights
 ``w``; a candidate ``c`` scores ``u . o_c`` with the separate output embedding ``o``.
@@ -15,59 +18,86 @@ import numpy as np
 T = TypeVar("T")
 
 
-def user_vectors(
-    windows: np.ndarray, input_embeddings: np.ndarray, position_weights: np.ndarray
+def user_vector(
+    window: Sequence[int], input_embeddings: np.ndarray, position_weights: np.ndarray
 ) -> np.ndarray:
-    """Pool each window into a user vector.
+    """Pool one window into the user vector.
 
     Parameters
     ----------
-    windows : int array, shape (b, w)
+    window : ints
         Item indices, slot 0 the current item, then older ones; -1 marks an empty slot
         (padding, or an item the model never saw).
-    input_embeddings : float array, shape (n_items, d)
-    position_weights : float array, shape (w_max,) with ``w_max >= w``
+    input_embeddings : float32 array, shape (n_items, d)
+    position_weights : float32 array, shape (w_max,) with ``w_max >= len(window)``
 
     Returns
     -------
-    float32 array, shape (b, d); all zeros for a window with no valid slot.
+    float32 array, shape (d,); all zeros for a window with no valid slot.
     """
-    windows = np.asarray(windows)
-    valid = windows >= 0
-    vectors = input_embeddings[np.where(valid, windows, 0)]  # (b, w, d)
-    weights = position_weights[: windows.shape[1]] * valid  # (b, w)
-    counts = np.maximum(valid.sum(axis=1, keepdims=True), 1)
-    pooled = np.einsum("bw,bwd->bd", weights, vectors) / counts
-    return pooled.astype(np.float32, copy=False)
+    slots = [slot for slot, item in enumerate(window) if item >= 0]
+    if not slots:
+        return np.zeros(input_embeddings.shape[1], dtype=np.float32)
+    items = [window[slot] for slot in slots]
+    pooled = position_weights[slots] @ input_embeddings[items]
+    return (pooled / np.float32(len(slots))).astype(np.float32, copy=False)
 
 
-def candidate_scores(
-    users: np.ndarray,
-    candidates: np.ndarray,
+def pool_scores(
+    user: np.ndarray,
+    pool: np.ndarray,
     output_embeddings: np.ndarray,
-    known: np.ndarray | None = None,
+    scorable: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Dot-product scores of candidates for each user vector.
+    """Dot-product scores of one pool's candidates for a user vector.
+
+    Written for one request at a time, with as few numpy calls as the maths allows: on a
+    busy server each call runs with cold caches, so calls, not flops, are the cost.
 
     Parameters
     ----------
-    users : float array, shape (b, d)
-    candidates : int array, shape (b, c), -1 padded
-    output_embeddings : float array, shape (n_items, d)
-    known : bool array, shape (n_items,), optional
-        Items the model was trained on; others score ``-inf``.
+    user : float32 array, shape (d,)
+    pool : int array, shape (c,), -1 padded
+    output_embeddings : float32 array, shape (n_items, d)
+    scorable : bool array, shape (n_items,), optional
+        Items the model can score; others get ``-inf``.
 
     Returns
     -------
-    float32 array, shape (b, c); ``-inf`` for padding and unknown items.
+    float32 array, shape (c,); ``-inf`` for padding and unscorable items.
     """
-    candidates = np.asarray(candidates)
-    valid = candidates >= 0
-    safe = np.where(valid, candidates, 0)
-    if known is not None:
-        valid &= known[safe]
-    scores = np.einsum("bd,bcd->bc", users, output_embeddings[safe]).astype(np.float32)
+    valid = pool >= 0
+    safe = np.where(valid, pool, 0)
+    scores = (output_embeddings[safe] @ user).astype(np.float32, copy=False)
+    if scorable is not None:
+        valid &= scorable[safe]
     scores[~valid] = -np.inf
+    return scores
+
+
+def case_scores(
+    windows: np.ndarray,
+    pools: np.ndarray,
+    input_embeddings: np.ndarray,
+    output_embeddings: np.ndarray,
+    position_weights: np.ndarray,
+    scorable: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`pool_scores` of many cases, one by one, exactly as the server scores each.
+
+    Parameters
+    ----------
+    windows : int array, shape (n, w), -1 for empty or unknown slots
+    pools : int array, shape (n, c), -1 padded
+
+    Returns
+    -------
+    float32 array, shape (n, c)
+    """
+    scores = np.empty(pools.shape, dtype=np.float32)
+    for n, window in enumerate(np.asarray(windows).tolist()):
+        user = user_vector(window, input_embeddings, position_weights)
+        scores[n] = pool_scores(user, pools[n], output_embeddings, scorable)
     return scores
 
 

@@ -9,6 +9,7 @@ personalized with the reason. gRPC status codes are set here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -41,6 +42,12 @@ FALLBACK_PROTO = {
     if not name.startswith("_")
 }
 SOURCE_PROTO = {bit: pb.Source.Value(f"SOURCE_{name.upper()}") for name, bit in SOURCE_BITS.items()}
+#: Pool source flags -> the proto enums they stand for, for every combination of bits.
+SOURCES_OF_FLAGS = [
+    [proto for bit, proto in SOURCE_PROTO.items() if flags & bit]
+    for flags in range(2 * max(SOURCE_BITS.values()))
+]
+SOURCE_MASK = len(SOURCES_OF_FLAGS) - 1  # bits no source has are ignored, as before
 
 
 class RecommenderService(pb_grpc.RecommenderServicer):
@@ -119,7 +126,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if timeout <= 0:
             return (), Fallback.BUDGET_EXCEEDED
         try:
-            session = await asyncio.wait_for(self.store.recent(user_id), timeout)
+            async with asyncio.timeout(timeout):  # unlike wait_for, no task per call
+                session = await self.store.recent(user_id)
         except TimeoutError:
             # Only a read that had the server's whole budget says the store is slow; one
             # cut short by a caller's tight deadline must not switch others off.
@@ -135,23 +143,16 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
     @staticmethod
     def _response(ranking: Ranking, version: str) -> pb.RecommendResponse:
-        items = [
-            pb.RankedItem(
-                item_id=item,
-                score=score,
-                sources=[proto for bit, proto in SOURCE_PROTO.items() if flags & bit],
-            )
-            for item, score, flags in zip(
-                ranking.items, ranking.scores, ranking.sources, strict=True
-            )
-        ]
-        return pb.RecommendResponse(
-            items=items,
+        response = pb.RecommendResponse(
             bundle_version=version,
             personalized=ranking.personalized,
             fallback_reason=FALLBACK_PROTO.get(ranking.fallback, 0),
             session_events_used=ranking.session_events_used,
         )
+        add = response.items.add  # in place: no separate RankedItem messages to copy
+        for item, score, flags in zip(ranking.items, ranking.scores, ranking.sources, strict=True):
+            add(item_id=item, score=score, sources=SOURCES_OF_FLAGS[flags & SOURCE_MASK])
+        return response
 
 
 class RecommendServer:
@@ -225,3 +226,17 @@ async def serve(settings: Settings, store: SessionStore) -> None:
     await stopping.wait()
     log.info("stopping")
     await server.stop()
+
+
+def run_worker(settings: Settings) -> None:
+    """One process of ``recsvc serve --workers N`` (see :mod:`recsvc.workers`).
+
+    Its metrics go to the supervisor's shared directory, which serves them; so the worker
+    itself opens no metrics port.
+    """
+    from recsvc import logs
+    from recsvc.sessions import open_store
+
+    logs.configure(settings.log_level, settings.log_format)
+    store = open_store(settings.redis_url, settings.session_length, settings.session_ttl_s)
+    asyncio.run(serve(dataclasses.replace(settings, metrics_port=0), store))

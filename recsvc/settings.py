@@ -41,6 +41,10 @@ class Settings:
     metrics_port: int = field(
         default=9464, metadata={"help": "Prometheus /metrics port on the same host; 0: off"}
     )
+    workers: int = field(
+        default=1,
+        metadata={"help": "serve: processes sharing the gRPC port, one per core (needs a port)"},
+    )
     redis_url: str = field(
         default="redis://127.0.0.1:6379/0", metadata={"help": "session store (redis:// rediss://)"}
     )
@@ -52,6 +56,17 @@ class Settings:
         default="recsvc.events.dlq", metadata={"help": "where invalid events go, with a reason"}
     )
     group_id: str = field(default="recsvc-ingest", metadata={"help": "ingest consumer group"})
+    ingest_max_poll_records: int = field(
+        default=2000,
+        metadata={"help": "ingest: most messages per batch (one Redis round trip, one commit)"},
+    )
+    ingest_check_crcs: int = field(
+        default=1,
+        metadata={
+            "help": "ingest: 1 checks each fetched batch's CRC (in C with the crc32c package); "
+            "0 relies on the broker's check on produce and on TCP"
+        },
+    )
     model: str = field(
         default="personalized",
         metadata={"help": "bundle model that ranks: " + " | ".join(MODELS)},
@@ -71,7 +86,7 @@ class Settings:
     )
     store_cooldown_s: float = field(
         default=1.0,
-        metadata={"help": "after a session store failure, skip it this long (circuit breaker)"},
+        metadata={"help": "after 3 session store failures in a row, skip it this long"},
     )
     watch_interval_s: float = field(
         default=5.0, metadata={"help": "check the bundle path for a new version this often; 0: off"}
@@ -157,6 +172,10 @@ def _check(s: Settings) -> None:
         value = getattr(s, name)
         if not 0 <= value <= 65535:
             fail(name, f"{value} is not a usable port")
+    if s.workers < 1:
+        fail("workers", f"must be at least 1, got {s.workers}")
+    if s.workers > 1 and s.port == 0:
+        fail("workers", "more than one worker needs a fixed --port to share")
     if s.metrics_port and s.metrics_port == s.port:
         fail("metrics_port", "must differ from the gRPC port")
     if urlparse(s.redis_url).scheme not in ("redis", "rediss", "unix"):
@@ -168,6 +187,10 @@ def _check(s: Settings) -> None:
     for name in ("events_topic", "dlq_topic", "group_id"):
         if not getattr(s, name).strip():
             fail(name, "must not be empty")
+    if not 1 <= s.ingest_max_poll_records <= 100_000:
+        fail("ingest_max_poll_records", f"{s.ingest_max_poll_records} is outside 1..100000")
+    if s.ingest_check_crcs not in (0, 1):
+        fail("ingest_check_crcs", f"must be 0 or 1, got {s.ingest_check_crcs}")
     if s.events_topic == s.dlq_topic:
         fail("dlq_topic", "must differ from the events topic")
     if s.model not in MODELS:

@@ -77,3 +77,27 @@ async def check_store_contract(store: SessionStore, user: str = "u") -> None:
     assert [e.event_id for e in await store.recent(user)] == [f"e{n}" for n in range(7, 15)]
     assert await store.recent(user + "-other") == []
     await store.ping()
+
+
+async def check_grouped_append(store: SessionStore, user: str = "g") -> None:
+    """Many events per user in one append: counts, order, trim and replays as one by one.
+
+    ``store`` has length 8; ``user`` and ``user + "-b"`` start empty.
+    """
+    other = user + "-b"
+    mine = [event(n, user) for n in range(30)]
+    theirs = [event(n, other, "cart") for n in range(5)]
+    order = [17, 3, 29, 0, 11, 25, 8, 21, 14, 5, 28, 1, 19, 9, 26, 2, 23, 12, 6, 27]
+    order += [4, 16, 10, 24, 7, 18, 13, 22, 15, 20]
+    batch = [mine[n] for n in order]
+    batch[3:3] = theirs  # another user's events interleaved
+    batch.append(mine[27])  # the same event twice in one batch counts once
+    assert await store.append(batch) == 35
+    assert [e.event_id for e in await store.recent(user)] == [f"e{n}" for n in range(22, 30)]
+    assert [e.event_id for e in await store.recent(other)] == [f"e{n}" for n in range(5)]
+    # A replay of what the sessions still hold adds nothing and changes nothing.
+    assert await store.append(mine[22:] + theirs) == 0
+    assert [e.event_id for e in await store.recent(user)] == [f"e{n}" for n in range(22, 30)]
+    # Events older than a full session are counted, then trimmed away at once.
+    assert await store.append([event(n, user) for n in range(30, 33)] + mine[:2]) == 5
+    assert [e.event_id for e in await store.recent(user)] == [f"e{n}" for n in range(25, 33)]

@@ -3,8 +3,10 @@ compound features to product embeddings, trained on several pair tasks at once (
 
 Each task (e.g. view-to-purchase pairs, catalogue-labelled pairs) contributes its
 contrastive loss on the tower's L2-normalised outputs of its pairs, weighted by the task's
-weight. With ``loss="hrms"``, the batches are instead items with their hierarchy labels
-(item, category, root) and the hierarchical multi-similarity loss is used.
+weight. With ``loss="hrms"``, the batches are instead the two sides of the tasks' positive
+pairs with their labels at each hierarchy level (e.g. the group of items joined by
+view-to-purchase positives, then the category), and the hierarchical multi-similarity loss
+is used: each level's positives share its label, the rest of the batch are its negatives.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ class PSSConfig:
         Contrastive margin on the distance of normalised embeddings.
     task_weights : mapping of task name to weight
         Tasks missing here weigh 1.
-    hrms_epsilons, hrms_alphas, hrms_betas : tuples of float
-        HRMS miner margin and loss scales, one per hierarchy level (default: one level, the
-        category); ``hrms_lambda`` is shared.
+    hrms_epsilons, hrms_alphas, hrms_betas, hrms_weights : tuples of float
+        HRMS miner margin, loss scales and level weights, one per hierarchy level (default:
+        one level, the category; weights default to 1); ``hrms_lambda`` is shared.
     epochs, batch_size, learning_rate : training loop.
     """
 
@@ -52,6 +54,7 @@ class PSSConfig:
     hrms_epsilons: tuple[float, ...] = (0.1,)
     hrms_alphas: tuple[float, ...] = (2.0,)
     hrms_betas: tuple[float, ...] = (50.0,)
+    hrms_weights: tuple[float, ...] = ()
     hrms_lambda: float = 0.5
     epochs: int = 10
     batch_size: int = 512
@@ -148,12 +151,31 @@ def _pair_batches(
 
 
 def _item_batches(
-    items: np.ndarray, levels: np.ndarray, batch_size: int, rng: np.random.Generator
+    tasks: Mapping[str, Pairs], levels: np.ndarray, batch_size: int, rng: np.random.Generator
 ) -> Iterator[NumpyBatch]:
-    """Batches of items with their hierarchy labels, for HRMS."""
-    for block in minibatches(len(items), batch_size, rng):
-        if len(block) >= 2:
-            yield {"items": items[block].astype(np.int32), "levels": levels[block].astype(np.int32)}
+    """Batches of items with their hierarchy labels, for HRMS.
+
+    Each batch holds both sides of ``batch_size // (2 * n_tasks)`` positive pairs of every
+    task (each task cycled to the longest), so every anchor has partners in the batch at the
+    levels its pairs stand for; the other items are its in-batch negatives.
+    """
+    positives = {
+        name: (p.left[p.label == 1], p.right[p.label == 1]) for name, p in sorted(tasks.items())
+    }
+    positives = {name: pair for name, pair in positives.items() if len(pair[0])}
+    per_task = max(1, batch_size // (2 * max(1, len(positives))))
+    longest = max((len(left) for left, _ in positives.values()), default=0)
+    orders = {
+        name: np.resize(rng.permutation(len(pair[0])), longest) for name, pair in positives.items()
+    }
+    for block in minibatches(longest, per_task, rng):
+        sides = []
+        for name, (left, right) in positives.items():
+            rows = orders[name][np.sort(block)]
+            sides += [left[rows], right[rows]]
+        items = np.concatenate(sides).astype(np.int32)
+        if len(items) >= 2:
+            yield {"items": items, "levels": levels[items].astype(np.int32)}
 
 
 def train_pss(
@@ -172,9 +194,10 @@ def train_pss(
     config : PSSConfig
     seed : int
     hierarchy : int array, shape (n_items, levels), optional
-        Label of each item at each level of the catalogue hierarchy (e.g. category, root:
-        items sharing a label are positives at that level); needed by HRMS, which trains on
-        the items that appear in some task's pairs.
+        Label of each item at each level of the hierarchy (e.g. group of behavioural
+        positives, category; items sharing a label are positives at that level, -1 is
+        unknown); needed by HRMS, whose batches are the two sides of the tasks' positive
+        pairs.
 
     Returns
     -------
@@ -204,7 +227,6 @@ def train_pss(
     else:
         if hierarchy is None:
             raise ConfigError("loss='hrms' needs the item hierarchy (e.g. category, root)")
-        items = np.unique(np.concatenate([np.r_[p.left, p.right] for p in tasks.values()]))
         levels = np.asarray(hierarchy).reshape(len(features), -1)
         settings = (config.hrms_alphas, config.hrms_betas, config.hrms_epsilons)
         if any(len(values) != levels.shape[1] for values in settings):
@@ -212,8 +234,12 @@ def train_pss(
                 f"the hierarchy has {levels.shape[1]} levels; give hrms_alphas, hrms_betas "
                 "and hrms_epsilons one value per level"
             )
+        weights = config.hrms_weights or (1.0,) * levels.shape[1]
+        if len(weights) != levels.shape[1]:
+            raise ConfigError(f"hrms_weights needs one value per level ({levels.shape[1]})")
         hrms_levels = [
-            HRMSLevel(alpha=a, beta=b, epsilon=e) for a, b, e in zip(*settings, strict=True)
+            HRMSLevel(alpha=a, beta=b, epsilon=e, weight=w)
+            for a, b, e, w in zip(*settings, weights, strict=True)
         ]
 
         def item_loss(batch: dict[str, tf.Tensor], training: bool) -> tf.Tensor:
@@ -223,7 +249,7 @@ def train_pss(
         tower.loss_fn = item_loss
 
         def batches(rng: np.random.Generator) -> Iterator[NumpyBatch]:
-            return _item_batches(items, levels, config.batch_size, rng)
+            return _item_batches(tasks, levels, config.batch_size, rng)
 
     losses = fit(
         tower,

@@ -9,7 +9,7 @@ import pytest
 
 from offline.interactions import BUY, CART, CLICK, Interactions
 from recsvc.exceptions import ConfigError
-from recsvc.scoring import candidate_scores, user_vectors
+from recsvc.scoring import case_scores, user_vector
 from training.base import as_tensors
 from training.personalized import (
     Examples,
@@ -136,8 +136,15 @@ def test_exported_weights_score_like_the_tf_model() -> None:
     windows = examples.windows[:20]
     candidates = np.random.default_rng(1).integers(-1, 12, size=(20, 6)).astype(np.int32)
     tf_scores = model.scores(windows, candidates).numpy()
-    users = user_vectors(windows, exported.input_embeddings, exported.position_weights)
-    np_scores = candidate_scores(users, candidates, exported.output_embeddings, exported.scorable)
+    users = [user_vector(w, exported.input_embeddings, exported.position_weights) for w in windows]
+    np_scores = case_scores(
+        windows,
+        candidates,
+        exported.input_embeddings,
+        exported.output_embeddings,
+        exported.position_weights,
+        exported.scorable,
+    )
     np.testing.assert_allclose(model.user_vectors(windows).numpy(), users, rtol=1e-5, atol=1e-6)
     assert np.array_equal(np.isinf(tf_scores), np.isinf(np_scores))
     finite = np.isfinite(np_scores)
@@ -160,8 +167,14 @@ def test_learns_the_next_item_rule() -> None:
     for k in range(n_items):
         others = [i for i in range(n_items) if i not in (k, (k + 1) % n_items)]
         candidates[k] = [(k + 1) % n_items, *rng.choice(others, size=19, replace=False)]
-    users = user_vectors(windows, weights.input_embeddings, weights.position_weights)
-    scores = candidate_scores(users, candidates, weights.output_embeddings, weights.scorable)
+    scores = case_scores(
+        windows,
+        candidates,
+        weights.input_embeddings,
+        weights.output_embeddings,
+        weights.position_weights,
+        weights.scorable,
+    )
     assert (scores.argmax(axis=1) == 0).mean() >= 0.9
 
 

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_bundle_arrays
 
 from recsvc.bundle import load_bundle, write_bundle
 from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
@@ -39,8 +40,6 @@ def test_falls_back_to_the_offline_order(tiny_bundle: Path) -> None:
 
 
 def test_items_the_model_never_saw(tmp_path: Path) -> None:
-    from helpers import tiny_bundle_arrays
-
     arrays = tiny_bundle_arrays()
     arrays["models/personalized/known"][:] = [False, False, True, True, True]
     ranker = Ranker(load_bundle(write_bundle(tmp_path, arrays, {})))
@@ -57,6 +56,13 @@ def test_errors(tiny_bundle: Path) -> None:
         ranker.rank("a", 0)
     with pytest.raises(BundleError, match="no model 'personalized_cart'"):
         Ranker(load_bundle(tiny_bundle), "personalized_cart")
+
+
+def test_a_bundle_with_an_item_id_twice_is_refused(tmp_path: Path) -> None:
+    arrays = tiny_bundle_arrays()
+    arrays["item_ids"] = np.array(["a", "b", "c", "d", "a"])
+    with pytest.raises(BundleError, match="more than once"):
+        Ranker(load_bundle(write_bundle(tmp_path, arrays, {})))
 
 
 def test_a_bundle_without_models_serves_the_offline_order(tmp_path: Path) -> None:

@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
-from helpers import check_store_contract
+import pytest
+from helpers import check_grouped_append, check_store_contract
 
-from recsvc.sessions import InMemorySessionStore
+from recsvc.events import Event
+from recsvc.sessions import InMemorySessionStore, _member
 
 
 def test_in_memory_store_keeps_the_contract() -> None:
     asyncio.run(check_store_contract(InMemorySessionStore(length=8)))
+
+
+def test_in_memory_store_groups_a_batch_like_one_by_one() -> None:
+    asyncio.run(check_grouped_append(InMemorySessionStore(length=8)))
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ("e1", "i1", "click"),
+        ("ev-9 x", "1234567", "buy"),
+        ('quo"te', "i", "cart"),
+        ("back\\slash", "i", "fav"),
+        ("caf\u00e9", "\u5546\u54c1", "click"),
+        ("tab\there", "i", "click"),
+        ("~!#$%&'()*+,-./:;<=>?@[]^_`{|}", "i", "buy"),
+    ],
+)
+def test_session_members_are_the_compact_json_of_the_event(ids: tuple[str, str, str]) -> None:
+    event_id, item_id, kind = ids
+    member = _member(Event(event_id, "u", item_id, kind, 1.0))
+    assert member == json.dumps([event_id, item_id, kind], separators=(",", ":"))

@@ -42,6 +42,8 @@ def test_defaults_then_environment_then_flags() -> None:
         ({"RECSVC_METRICS_PORT": "50051"}, "must differ from the gRPC port"),
         ({"RECSVC_STORE_COOLDOWN_S": "nan"}, "must be a finite number, got 'nan'"),
         ({"RECSVC_BUDGET_MS": "inf"}, "must be a finite number"),
+        ({"RECSVC_WORKERS": "0"}, "--workers / RECSVC_WORKERS: must be at least 1"),
+        ({"RECSVC_WORKERS": "2", "RECSVC_PORT": "0"}, "needs a fixed --port"),
     ],
 )
 def test_bad_values_fail_with_the_setting_named(env: dict[str, str], words: str) -> None:

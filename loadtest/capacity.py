@@ -1,0 +1,356 @@
+"""Capacity: the highest Recommend rate whose p99 stays under a target, against the ceiling.
+
+One run does everything, on this machine's loopback:
+
+1. sessions for ``--users`` shoppers are produced to Kafka (a topic of the run's own) and
+   a real ``recsvc ingest`` writes them to Redis, so the server's personalized path is
+   what gets measured;
+2. ``recsvc serve --workers N`` is started, and an open-loop generator
+   (:mod:`loadtest.openloop`) searches for the highest rate at which p99 < ``--p99-ms``
+   with no errors (rates rise by ``--growth`` until a step fails, then bisect);
+3. the same search runs against an empty handler served the same way (same process
+   model, same generator): the ceiling of gRPC and Python here;
+4. it prints one JSON line: ``{"rps", "p50_ms", "p99_ms", "ceiling_rps", "ratio",
+   "errors", ...}`` with the server's CPU per request, and removes what it created.
+
+    python -m loadtest.capacity --bundle .local/bundles/taobao --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from loadtest.openloop import LoadGenerator, StepResult
+from recsvc.client import popular_items, wait_serving
+from recsvc.events import Event
+from recsvc.v1 import recommender_pb2 as pb
+
+METHOD = "/recsvc.v1.Recommender/Recommend"
+SESSION_CLICKS = 8
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def personalized(reply: bytes) -> bool:
+    """Whether a sampled Recommend reply was personalized (runs in the client processes)."""
+    return pb.RecommendResponse.FromString(reply).personalized
+
+
+@dataclass
+class Step:
+    """One step of the search, with the server's CPU time over it."""
+
+    result: StepResult
+    server_cpu_s: float
+    p99_target_ms: float
+
+    @property
+    def passed(self) -> bool:
+        return self.result.errors == 0 and self.result.percentile(99) < self.p99_target_ms
+
+    def summary(self) -> dict[str, float]:
+        r = self.result
+        return {
+            "rate": round(r.rate, 1),
+            "p50_ms": round(r.percentile(50), 2),
+            "p99_ms": round(r.percentile(99), 2),
+            "errors": r.errors,
+            "server_cpu_ms_per_request": round(1000 * self.server_cpu_s / max(r.requests, 1), 3),
+        }
+
+
+class Process:
+    """A process tree started here, logging to a file, with its CPU time."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self._log = log.open("w")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        with suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.proc.pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with suppress(psutil.NoSuchProcess):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+class Server(Process):
+    """A gRPC server process, started and waited for until its health check says SERVING."""
+
+    def __init__(self, args: list[str], target: str, log: Path) -> None:
+        super().__init__(args, log)
+        if not wait_serving(target, 60):
+            self.stop()
+            raise SystemExit(f"{' '.join(args)} did not start; see {log}")
+
+
+def timed_step(
+    generator: LoadGenerator, server: Process, rate: float, duration_s: float, p99_ms: float
+) -> Step:
+    before = server.cpu_seconds()
+    result = generator.step(rate, duration_s)
+    return Step(result, server.cpu_seconds() - before, p99_ms)
+
+
+def search(
+    generator: LoadGenerator,
+    server: Server,
+    p99_ms: float,
+    start_rate: float,
+    growth: float,
+    refine: int,
+    duration_s: float,
+    say: Callable[[str], None],
+) -> tuple[Step | None, list[Step]]:
+    """The best passing step and every step run (grow until a failure, then bisect)."""
+    steps: list[Step] = []
+
+    def run(rate: float) -> Step:
+        step = timed_step(generator, server, rate, duration_s, p99_ms)
+        steps.append(step)
+        say(f"  {'pass' if step.passed else 'FAIL'} {json.dumps(step.summary())}")
+        return step
+
+    best: Step | None = None
+    failed_at: float | None = None
+    rate = start_rate
+    while failed_at is None:
+        step = run(rate)
+        if step.passed:
+            best, rate = step, rate * growth
+        elif best is None and rate > 50:
+            rate /= growth * growth  # the first rate was already too high
+        else:
+            failed_at = rate
+    if best is None:
+        return None, steps
+    low, high = best.result.rate, failed_at
+    for _ in range(refine):
+        step = run((low + high) / 2)
+        if step.passed:
+            best, low = step, step.result.rate
+        else:
+            high = step.result.rate
+    return best, steps
+
+
+@contextmanager
+def sessions_through_kafka(
+    args: argparse.Namespace, users: list[str], items: list[str], workdir: Path
+) -> Iterator[None]:
+    """Produce each user's clicks to a fresh topic and run ingest until Redis has them all."""
+    import redis
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    run = uuid.uuid4().hex[:8]
+    topic, dlq = f"recsvc.capacity.{run}", f"recsvc.capacity.{run}.dlq"
+    admin = KafkaAdminClient(bootstrap_servers=args.kafka)
+    admin.create_topics([NewTopic(topic, 2, 1), NewTopic(dlq, 1, 1)])
+    client = redis.Redis.from_url(args.redis_url)
+    ingest = None
+    try:
+        producer = KafkaProducer(bootstrap_servers=args.kafka, linger_ms=20, acks=1)
+        rng = np.random.default_rng(args.seed)
+        now = time.time()
+        for user in users:
+            for n, item in enumerate(rng.choice(items, size=SESSION_CLICKS)):
+                event = Event(f"{user}-{n}", user, str(item), "click", now - 60 + n)
+                producer.send(topic, key=user.encode(), value=event.to_json())
+        producer.flush()
+        producer.close()
+        ingest = Process(
+            [
+                sys.executable, "-m", "recsvc.cli", "ingest", "--bundle", args.bundle,
+                "--kafka-bootstrap", args.kafka, "--events-topic", topic, "--dlq-topic", dlq,
+                "--group-id", f"recsvc-capacity-{run}", "--redis-url", args.redis_url,
+                "--metrics-port", "0", "--watch-interval-s", "0", "--log-level", "warning",
+            ],
+            workdir / "ingest.log",
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        keys = [f"recsvc:session:{u}" for u in users]
+        while True:
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.zcard(key)
+            if all(n >= SESSION_CLICKS for n in pipe.execute()):
+                break
+            if time.monotonic() > deadline or ingest.proc.poll() is not None:
+                raise SystemExit(f"sessions did not reach Redis; see {ingest.log}")
+            time.sleep(0.5)
+        ingest.stop()
+        ingest = None
+        yield
+    finally:
+        if ingest is not None:
+            ingest.stop()
+        for start in range(0, len(users), 1000):
+            client.delete(*[f"recsvc:session:{u}" for u in users[start : start + 1000]])
+        with suppress(Exception):
+            admin.delete_topics([topic, dlq])
+        admin.close()
+        client.close()
+
+
+def measure(
+    args: argparse.Namespace, name: str, command: list[str], port: int, requests: list[bytes]
+) -> tuple[Step | None, list[Step]]:
+    """Search ``command``'s best rate, then run that rate again for ``--confirm-s``.
+
+    Returns the confirmation step (None when no rate passed) and the search's steps.
+    """
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    say(f"{name}: {' '.join(command)}")
+    server = Server(command, f"127.0.0.1:{port}", Path(args.workdir) / f"{name}.log")
+    generator = None
+    try:
+        generator = LoadGenerator(
+            f"127.0.0.1:{port}",
+            METHOD,
+            requests,
+            args.clients,
+            personalized,
+            timeout_s=1.0,
+            connections=args.connections,
+        )
+        generator.step(args.start_rate / 2, 2.0, warmup_s=0.0)  # warm both ends up
+        best, steps = search(
+            generator,
+            server,
+            args.p99_ms,
+            args.start_rate,
+            args.growth,
+            args.refine,
+            args.step_s,
+            say,
+        )
+        if best is None:
+            return None, steps
+        confirm = timed_step(generator, server, best.result.rate, args.confirm_s, args.p99_ms)
+        say(f"  confirm {'pass' if confirm.passed else 'FAIL'} {json.dumps(confirm.summary())}")
+        return confirm, steps
+    finally:
+        if generator is not None:
+            generator.close()
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", default=".local/bundles/taobao", help="bundle to serve")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--kafka", default="127.0.0.1:9092", help="Kafka bootstrap server")
+    parser.add_argument("--workers", type=int, default=2, help="server processes (both runs)")
+    parser.add_argument("--clients", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--connections", type=int, default=8, help="TCP connections per generator process"
+    )
+    parser.add_argument("--users", type=int, default=2000, help="shoppers with sessions")
+    parser.add_argument("--p99-ms", type=float, default=20.0, help="p99 target (ms)")
+    parser.add_argument("--start-rate", type=float, default=500.0, help="first rate tried")
+    parser.add_argument("--growth", type=float, default=1.4, help="rate factor per step")
+    parser.add_argument("--refine", type=int, default=4, help="bisection steps after")
+    parser.add_argument("--step-s", type=float, default=5.0, help="measured seconds per step")
+    parser.add_argument(
+        "--confirm-s", type=float, default=15.0, help="seconds of the final run at the best rate"
+    )
+    parser.add_argument("--k", type=int, default=30, help="items per Recommend")
+    parser.add_argument("--workdir", default=".local/capacity", help="logs of the servers")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if min(args.workers, args.clients, args.connections, args.users, args.refine + 1) < 1:
+        parser.error("--workers, --clients, --connections and --users must be >= 1")
+    if args.growth <= 1:
+        parser.error("--growth must be more than 1")
+    if min(args.p99_ms, args.start_rate, args.step_s, args.confirm_s) <= 0:
+        parser.error("--p99-ms, --start-rate, --step-s and --confirm-s must be positive")
+    if not Path(args.bundle).exists():
+        parser.error(f"no bundle at {args.bundle} (make bundle builds one)")
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+
+    items = popular_items(args.bundle, 1000)
+    run = uuid.uuid4().hex[:8]
+    users = [f"capacity-{run}-{n}" for n in range(args.users)]
+    rng = np.random.default_rng(args.seed + 1)
+    requests = [
+        pb.RecommendRequest(
+            user_id=str(rng.choice(users)), item_id=str(rng.choice(items)), k=args.k
+        ).SerializeToString()
+        for _ in range(20000)
+    ]
+    recsvc_port, empty_port = free_port(), free_port()
+    serve = [
+        sys.executable, "-m", "recsvc.cli", "serve", "--bundle", args.bundle,
+        "--port", str(recsvc_port), "--metrics-port", str(free_port()),
+        "--workers", str(args.workers), "--redis-url", args.redis_url,
+        "--watch-interval-s", "0", "--log-level", "warning",
+    ]  # fmt: skip
+    empty = [
+        sys.executable, "-m", "loadtest.empty_server",
+        "--port", str(empty_port), "--workers", str(args.workers),
+    ]  # fmt: skip
+    with sessions_through_kafka(args, users, items, Path(args.workdir)):
+        best, steps = measure(args, "recsvc", serve, recsvc_port, requests)
+    ceiling, ceiling_steps = measure(args, "empty", empty, empty_port, requests)
+    if best is None or ceiling is None:
+        raise SystemExit("no rate met the target; try a lower --start-rate")
+    shares = [bool(x) for x in best.result.inspected]
+    report = {
+        "rps": round(best.result.rate, 1),
+        "p50_ms": round(best.result.percentile(50), 2),
+        "p99_ms": round(best.result.percentile(99), 2),
+        "ceiling_rps": round(ceiling.result.rate, 1),
+        "ratio": round(best.result.rate / ceiling.result.rate, 3),
+        "errors": best.result.errors,
+        "confirmed": best.passed and ceiling.passed,
+        "server_cpu_ms_per_request": best.summary()["server_cpu_ms_per_request"],
+        "ceiling_cpu_ms_per_request": ceiling.summary()["server_cpu_ms_per_request"],
+        "personalized_share": round(sum(shares) / max(len(shares), 1), 3),
+        "p99_target_ms": args.p99_ms,
+        "workers": args.workers,
+        "clients": args.clients,
+        "connections": args.clients * args.connections,
+        "steps": len(steps) + len(ceiling_steps),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{platform.node()} cpus={os.cpu_count()}",
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Scaling curve of the offline pipeline: time and peak memory per stage against log size.
+
+    nice -n 10 python -m offline.scaling_bench --sizes 1M,4M,16M
+
+For every size N (events) it writes a synthetic Taobao-format log with
+:mod:`offline.synthetic` at the paper's ratios (N / 100 users, N * 0.0035 items, items / 200
+categories: 200M clicks, 2M users and 700k items scaled down), runs ``recsvc pipeline`` on it
+in a child process, and records the manifest's per-stage seconds (``timings``) and peak
+resident MiB (``peak_mib``), plus the child's wall time and peak RSS sampled from outside.
+
+Training runs a bounded budget so that its cost grows with the data only through one pass:
+``--param`` defaults to one epoch of item2vec and of each personalized model, larger
+batches and 256 sampled negatives (see ``BUDGET``); give ``--param`` to override
+(repeatable).
+
+Each size appends a JSON line to ``<workdir>/results.jsonl``; the end prints a Markdown
+table. Logs are kept (``--keep-data`` keeps the CSV and bundle too) under ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+from tqdm import tqdm
+
+from offline.peak_memory import MIB, rss_bytes
+from offline.synthetic import SyntheticSpec, default_sizes, write_log
+from recsvc.bundle import load_bundle
+from recsvc.exceptions import RecsvcError
+
+#: Training budget of the curve: one pass over the data, large batches, and 256 shared
+#: sampled negatives (not 1024) per personalized batch.
+BUDGET = (
+    "item2vec.epochs=1",
+    "item2vec.batch_size=8192",
+    "personalized.epochs=1",
+    "personalized.batch_size=4096",
+    "personalized.negatives=256",
+)
+SUFFIXES = {"K": 1_000, "M": 1_000_000, "G": 1_000_000_000}
+
+
+def parse_size(text: str) -> int:
+    """``"16M"`` -> 16000000; plain integers too."""
+    text = text.strip().upper()
+    factor = SUFFIXES.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in SUFFIXES else text
+    try:
+        value = int(float(digits) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1M, 250K)") from None
+    if value < 1000:
+        raise argparse.ArgumentTypeError(f"size {text!r} is below 1000 events")
+    return value
+
+
+def _sizes(text: str) -> list[int]:
+    return [parse_size(part) for part in text.split(",") if part.strip()]
+
+
+def label(events: int) -> str:
+    for suffix, factor in reversed(SUFFIXES.items()):
+        if events % factor == 0 and events >= factor:
+            return f"{events // factor}{suffix}"
+    return str(events)
+
+
+def run_pipeline(
+    csv: Path, out: Path, params: Sequence[str], log: Path, interval: float = 0.2
+) -> dict[str, Any]:
+    """``recsvc pipeline`` on ``csv`` in a child process; wall seconds and peak RSS MiB.
+
+    Raises
+    ------
+    RecsvcError
+        The pipeline exited with an error (its log says why).
+    """
+    command = [sys.executable, "-m", "recsvc.cli", "pipeline", "--format", "taobao"]
+    command += ["--events", str(csv), "--out", str(out)]
+    for param in params:
+        command += ["--param", param]
+    started = time.perf_counter()
+    peak = 0
+    with log.open("w") as handle:
+        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        process = psutil.Process(child.pid)
+        while child.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, rss_bytes(process))
+            time.sleep(interval)
+    wall = time.perf_counter() - started
+    if child.returncode != 0:
+        raise RecsvcError(f"pipeline exited with {child.returncode}; see {log}")
+    return {"wall_s": round(wall, 1), "peak_mib": round(peak / MIB, 1), "command": command}
+
+
+def bench_size(
+    events: int, workdir: Path, params: Sequence[str], seed: int, keep: bool
+) -> dict[str, Any]:
+    """Generate the log of ``events`` events, run the pipeline, return the figures."""
+    name = label(events)
+    sizes = default_sizes(events)
+    spec = SyntheticSpec(events=events, seed=seed, **sizes)
+    csv = workdir / f"synthetic_{name}.csv"
+    started = time.perf_counter()
+    if not csv.is_file():
+        write_log(spec, csv, progress=False)
+    generate_s = time.perf_counter() - started
+    bundles = workdir / "bundles" / name
+    run = run_pipeline(csv, bundles, params, workdir / f"pipeline_{name}.log")
+    bundle = load_bundle(bundles, verify=False)
+    on_disk = sum(f.stat().st_size for f in bundle.path.rglob("*") if f.is_file())
+    result = {
+        "events": events,
+        **sizes,
+        "items_in_bundle": bundle.n_items,
+        "csv_mib": round(csv.stat().st_size / MIB, 1),
+        "generate_s": round(generate_s, 1),
+        "stage_s": bundle.manifest["timings"],
+        "stage_peak_mib": bundle.manifest.get("peak_mib", {}),
+        "pipeline_wall_s": run["wall_s"],
+        "pipeline_peak_mib": run["peak_mib"],
+        "bundle_mib": round(on_disk / MIB, 1),
+        "params": list(params),
+    }
+    if not keep:
+        csv.unlink(missing_ok=True)
+        shutil.rmtree(bundles, ignore_errors=True)
+    return result
+
+
+def markdown(results: Sequence[dict[str, Any]]) -> str:
+    """Per-stage seconds and peak MiB, one column pair per size."""
+    names = [label(r["events"]) for r in results]
+    lines = [
+        "| | " + " | ".join(f"{n} s | {n} MiB" for n in names) + " |",
+        "|---" + "|---:|---:" * len(results) + "|",
+    ]
+    for key in ("users", "items_in_bundle", "csv_mib"):
+        lines.append(f"| {key} | " + " | ".join(f"{r[key]} | " for r in results) + " |")
+    stages = list(dict.fromkeys(s for r in results for s in r["stage_s"]))
+    for stage in stages:
+        cells = [
+            f"{r['stage_s'].get(stage, '')} | {r['stage_peak_mib'].get(stage, '')}" for r in results
+        ]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    cells = [f"{r['pipeline_wall_s']} | {r['pipeline_peak_mib']}" for r in results]
+    lines.append("| whole pipeline (wall, peak RSS) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m offline.scaling_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--sizes", type=_sizes, default=[1_000_000, 4_000_000, 16_000_000])
+    parser.add_argument("--workdir", type=Path, default=Path(".local/scaling"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help=f"pipeline parameter, repeatable (default: {' '.join(BUDGET)})",
+    )
+    parser.add_argument(
+        "--keep-data", action="store_true", help="keep the CSVs and bundles (default: delete)"
+    )
+    args = parser.parse_args(argv)
+    params = args.param if args.param is not None else list(BUDGET)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    try:
+        for events in tqdm(args.sizes, desc="sizes", unit="size"):
+            result = bench_size(events, args.workdir, params, args.seed, args.keep_data)
+            results.append(result)
+            line = json.dumps(result)
+            print(line, flush=True)
+            with (args.workdir / "results.jsonl").open("a") as handle:
+                handle.write(line + "\n")
+    except RecsvcError as exc:
+        print(f"scaling_bench: error: {exc}", file=sys.stderr)
+        return 1
+    if results:
+        print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The pipelined ingest loop, with in-memory stand-ins for the Kafka clients and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from kafka import TopicPartition
+
+from recsvc import settings
+from recsvc.events import Event
+from recsvc.exceptions import ConfigError, SessionStoreError
+from recsvc.ingest import Ingestor
+from recsvc.metrics import Metrics
+from recsvc.retry import Backoff
+from recsvc.sessions import InMemorySessionStore
+
+TP = TopicPartition("events", 0)
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class FakeConsumer:
+    """Hands out ``batches`` one per poll, then stops the ingestor; logs every call."""
+
+    def __init__(self, batches: list[list[Record]], log: list[tuple], stopping: asyncio.Event):
+        self.batches = batches
+        self.log = log
+        self.stopping = stopping
+        self.loop = asyncio.get_running_loop()
+
+    def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
+        if not self.batches:
+            self.loop.call_soon_threadsafe(self.stopping.set)
+            return {}
+        batch = self.batches.pop(0)
+        self.log.append(("poll", batch[-1].offset))
+        return {TP: batch}
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.log.append(("commit", offsets[TP].offset))
+
+    def assignment(self) -> set[TopicPartition]:
+        return set()
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: list) -> Any:
+        self.sent.append((topic, value))
+        return type("Done", (), {"get": lambda self, timeout: None})()
+
+    def flush(self, timeout: float) -> None:
+        return None
+
+
+class LoggingStore(InMemorySessionStore):
+    def __init__(self, log: list[tuple], fail: bool = False) -> None:
+        super().__init__(length=50)
+        self.log = log
+        self.fail = fail
+
+    async def append(self, events: Sequence[Event]) -> int:
+        await asyncio.sleep(0.01)  # the next poll overlaps this write
+        if self.fail:
+            raise SessionStoreError("Redis is down")
+        self.log.append(("append", events[-1].event_id))
+        return await super().append(events)
+
+
+def records(start: int, count: int, bad: tuple[int, ...] = ()) -> list[Record]:
+    out = []
+    for offset in range(start, start + count):
+        event = Event(f"e{offset}", f"u{offset % 3}", "i1", "click", 1000.0 + offset)
+        value = b"{broken" if offset in bad else event.to_json()
+        out.append(Record("events", 0, offset, None, value))
+    return out
+
+
+def run_ingestor(batches: list[list[Record]], fail: bool = False) -> tuple[list, Any, Any]:
+    log: list[tuple] = []
+
+    async def scenario() -> tuple[Any, Any]:
+        stopping = asyncio.Event()
+        store = LoggingStore(log, fail)
+        producer = FakeProducer()
+        metrics = Metrics()
+        ingestor = Ingestor(
+            FakeConsumer(batches, log, stopping),  # type: ignore[arg-type]
+            producer,  # type: ignore[arg-type]
+            store,
+            {"i1"}.__contains__,
+            metrics,
+            "events.dlq",
+            backoff=lambda: Backoff(base_s=0.01, cap_s=0.01),
+            stopping=stopping,
+        )
+        if fail:  # as on SIGTERM while Redis is down
+            asyncio.get_running_loop().call_later(0.3, stopping.set)
+        await ingestor.run()
+        return store, producer, metrics
+
+    store, producer, metrics = asyncio.run(scenario())
+    return log, (store, producer), metrics
+
+
+def counter(metrics: Metrics, result: str) -> float:
+    return metrics.registry.get_sample_value("recsvc_ingest_events_total", {"result": result})
+
+
+def test_each_batch_is_committed_after_it_is_stored_while_the_next_is_polled() -> None:
+    log, (store, producer), metrics = run_ingestor(
+        [records(0, 4, bad=(2,)), records(4, 3), records(7, 5)]
+    )
+    assert log == [
+        ("poll", 3),
+        ("poll", 6),  # polled while the first batch is written
+        ("append", "e3"),
+        ("commit", 4),
+        ("poll", 11),
+        ("append", "e6"),
+        ("commit", 7),
+        ("append", "e11"),
+        ("commit", 12),
+    ]
+    assert [topic for topic, _ in producer.sent] == ["events.dlq"]
+    assert counter(metrics, "applied") == 11
+    assert counter(metrics, "dead_lettered") == 1
+    stored = [asyncio.run(store.recent(f"u{n}")) for n in range(3)]
+    assert sorted(e.event_id for session in stored for e in session) == sorted(
+        f"e{n}" for n in range(12) if n != 2
+    )
+
+
+def test_a_batch_redis_never_takes_is_not_committed_when_stopping() -> None:
+    log, _, metrics = run_ingestor([records(0, 3), records(3, 3)], fail=True)
+    assert not [entry for entry in log if entry[0] in ("commit", "append")]
+    assert counter(metrics, "applied") is None
+    assert metrics.registry.get_sample_value("recsvc_ingest_retries_total", {"dependency": "redis"})
+
+
+def test_ingest_settings_are_checked() -> None:
+    assert settings.load(environ={}).ingest_check_crcs == 1  # cheap with crc32c installed
+    loaded = settings.load(environ={"RECSVC_INGEST_MAX_POLL_RECORDS": "5000"})
+    assert loaded.ingest_max_poll_records == 5000
+    for name, value in [("INGEST_CHECK_CRCS", "2"), ("INGEST_MAX_POLL_RECORDS", "0")]:
+        with pytest.raises(ConfigError, match=f"RECSVC_{name}"):
+            settings.load(environ={f"RECSVC_{name}": value})

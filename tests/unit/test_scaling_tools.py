@@ -1,0 +1,81 @@
+"""Per-stage peak memory, the scaling bench's helpers and the paper-scale bundle writer."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offline.peak_memory import PeakMemory
+from offline.pipeline import Timings
+from offline.scaling_bench import label, markdown, parse_size
+from recsvc.bundle import load_bundle
+from recsvc.ranking import Ranker
+
+
+def test_peak_memory_sees_an_allocation_that_is_freed_again():
+    with PeakMemory() as before:
+        pass
+    with PeakMemory(interval=0.01) as peak:
+        block = np.ones(100 << 20, dtype=np.uint8)  # 100 MiB, touched
+        del block
+    assert peak.mib > before.mib + 80
+
+
+def test_pipeline_stages_record_seconds_and_peak_memory():
+    timings = Timings()
+    with timings.stage("load"):
+        np.ones(50 << 20, dtype=np.uint8).sum()
+    assert set(timings.seconds) == set(timings.peak_mib) == {"load"}
+    assert timings.peak_mib["load"] > 50
+
+
+@pytest.mark.parametrize(("text", "value"), [("1M", 1_000_000), ("250k", 250_000), ("4000", 4000)])
+def test_sizes_parse_and_label_back(text, value):
+    assert parse_size(text) == value
+    assert parse_size(label(value)) == value
+
+
+@pytest.mark.parametrize("text", ["lots", "10", "1.5X"])
+def test_bad_sizes_are_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size(text)
+
+
+def test_markdown_has_a_row_per_stage_and_a_column_pair_per_size():
+    result = {
+        "users": 10,
+        "items_in_bundle": 35,
+        "csv_mib": 1.0,
+        "stage_s": {"load": 1.0, "itemcf": 2.0},
+        "stage_peak_mib": {"load": 100.0, "itemcf": 120.0},
+        "pipeline_wall_s": 5.0,
+        "pipeline_peak_mib": 130.0,
+    }
+    text = markdown([{**result, "events": 1_000_000}, {**result, "events": 4_000_000}])
+    lines = text.splitlines()
+    assert lines[0].count("MiB") == 2 and "4M s" in lines[0]
+    assert any(line.startswith("| itemcf | 2.0 | 120.0 | 2.0 | 120.0") for line in lines)
+
+
+def _bundle_memory_module():
+    # loadtest/ is a folder of scripts, not an installed package: load it by path.
+    path = Path(__file__).resolve().parents[2] / "loadtest" / "bundle_memory.py"
+    spec = importlib.util.spec_from_file_location("bundle_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_synthetic_bundle_loads_verified_and_ranks(tmp_path):
+    version = _bundle_memory_module().write_synthetic_bundle(
+        tmp_path / "b", n_items=300, pool=20, dim=8, seed=1
+    )
+    bundle = load_bundle(version)  # checksums, shapes and per-item consistency
+    assert bundle["pools"].shape == (300, 20)
+    assert bundle["models/personalized/input_embeddings"].shape == (300, 8)
+    ranking = Ranker(bundle).rank("7", k=5)
+    assert len(ranking.items) == 5

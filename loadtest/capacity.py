@@ -5,12 +5,13 @@ One run does everything, on this machine's loopback:
 1. sessions for ``--users`` shoppers are produced to Kafka (a topic of the run's own) and
    a real ``recsvc ingest`` writes them to Redis, so the server's personalized path is
    what gets measured;
-2. ``recsvc serve --workers N`` is started, and an open-loop generator
-   (:mod:`loadtest.openloop`) searches for the highest rate at which p99 < ``--p99-ms``
-   with no errors (rates rise by ``--growth`` until a step fails, then bisect);
-3. the same search runs against an empty handler served the same way (same process
-   model, same generator): the ceiling of gRPC and Python here;
-4. it prints one JSON line: ``{"rps", "p50_ms", "p99_ms", "ceiling_rps", "ratio",
+2. ``recsvc serve --workers N`` and an empty handler served the same way (same process
+   model, same generator: the ceiling of gRPC and Python here) are started, and an
+   open-loop generator (:mod:`loadtest.openloop`) searches each for the highest rate at
+   which p99 < ``--p99-ms`` with no errors (rates rise by ``--growth`` until a step
+   fails twice, then bisect), one step of each in turn so that both see the same
+   spells of a shared machine; each best rate is then run again for ``--confirm-s``;
+3. it prints one JSON line: ``{"rps", "p50_ms", "p99_ms", "ceiling_rps", "ratio",
    "errors", ...}`` with the server's CPU per request, and removes what it created.
 
     python -m loadtest.capacity --bundle .local/bundles/taobao --workers 2
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,46 +125,42 @@ def timed_step(
     return Step(result, server.cpu_seconds() - before, p99_ms)
 
 
-def search(
-    generator: LoadGenerator,
-    server: Server,
-    p99_ms: float,
-    start_rate: float,
-    growth: float,
-    refine: int,
-    duration_s: float,
-    say: Callable[[str], None],
-) -> tuple[Step | None, list[Step]]:
-    """The best passing step and every step run (grow until a failure, then bisect)."""
-    steps: list[Step] = []
+class RateSearch:
+    """Raise the rate by ``growth`` until a step fails, then bisect ``refine`` times between
+    the best pass and the lowest failure. A step that fails is run once more before it
+    counts as failed, so one stall of a shared machine does not end the search."""
 
-    def run(rate: float) -> Step:
-        step = timed_step(generator, server, rate, duration_s, p99_ms)
-        steps.append(step)
-        say(f"  {'pass' if step.passed else 'FAIL'} {json.dumps(step.summary())}")
-        return step
+    def __init__(self, start: float, growth: float, refine: int) -> None:
+        self.rate = start
+        self.growth = growth
+        self.refine = refine
+        self.best: Step | None = None
+        self.failed_at: float | None = None
+        self.steps: list[Step] = []
+        self.done = False
+        self._retried = False
 
-    best: Step | None = None
-    failed_at: float | None = None
-    rate = start_rate
-    while failed_at is None:
-        step = run(rate)
+    def record(self, step: Step) -> None:
+        self.steps.append(step)
+        if not step.passed and not self._retried:
+            self._retried = True  # same rate once more
+            return
+        self._retried = False
         if step.passed:
-            best, rate = step, rate * growth
-        elif best is None and rate > 50:
-            rate /= growth * growth  # the first rate was already too high
-        else:
-            failed_at = rate
-    if best is None:
-        return None, steps
-    low, high = best.result.rate, failed_at
-    for _ in range(refine):
-        step = run((low + high) / 2)
-        if step.passed:
-            best, low = step, step.result.rate
-        else:
-            high = step.result.rate
-    return best, steps
+            self.best = step
+        if self.failed_at is None and step.passed:
+            self.rate *= self.growth
+            return
+        if self.failed_at is None and self.best is None and self.rate > 50:
+            self.rate /= self.growth**2  # the first rate was already too high
+            return
+        if not step.passed:
+            self.failed_at = self.rate if self.failed_at is None else min(self.failed_at, self.rate)
+        if self.best is None or self.refine == 0:
+            self.done = True
+            return
+        self.refine -= 1
+        self.rate = (self.best.result.rate + self.failed_at) / 2
 
 
 @contextmanager
@@ -225,47 +222,67 @@ def sessions_through_kafka(
         client.close()
 
 
-def measure(
-    args: argparse.Namespace, name: str, command: list[str], port: int, requests: list[bytes]
-) -> tuple[Step | None, list[Step]]:
-    """Search ``command``'s best rate, then run that rate again for ``--confirm-s``.
+@dataclass
+class Target:
+    """One server under test, its load generator and its search."""
 
-    Returns the confirmation step (None when no rate passed) and the search's steps.
+    name: str
+    server: Server
+    generator: LoadGenerator
+    search: RateSearch
+
+
+def measure_both(
+    args: argparse.Namespace, commands: dict[str, tuple[list[str], int]], requests: list[bytes]
+) -> dict[str, tuple[Step | None, list[Step]]]:
+    """Search every server's best rate, one step of each in turn, so that a slow spell of
+    the machine falls on all of them; then run each best rate again for ``--confirm-s``.
+
+    Returns, per name, the confirmation step (None when no rate passed) and all steps.
     """
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    say(f"{name}: {' '.join(command)}")
-    server = Server(command, f"127.0.0.1:{port}", Path(args.workdir) / f"{name}.log")
-    generator = None
+    targets: list[Target] = []
     try:
-        generator = LoadGenerator(
-            f"127.0.0.1:{port}",
-            METHOD,
-            requests,
-            args.clients,
-            personalized,
-            timeout_s=1.0,
-            connections=args.connections,
-        )
-        generator.step(args.start_rate / 2, 2.0, warmup_s=0.0)  # warm both ends up
-        best, steps = search(
-            generator,
-            server,
-            args.p99_ms,
-            args.start_rate,
-            args.growth,
-            args.refine,
-            args.step_s,
-            say,
-        )
-        if best is None:
-            return None, steps
-        confirm = timed_step(generator, server, best.result.rate, args.confirm_s, args.p99_ms)
-        say(f"  confirm {'pass' if confirm.passed else 'FAIL'} {json.dumps(confirm.summary())}")
-        return confirm, steps
+        for name, (command, port) in commands.items():
+            say(f"{name}: {' '.join(command)}")
+            server = Server(command, f"127.0.0.1:{port}", Path(args.workdir) / f"{name}.log")
+            generator = LoadGenerator(
+                f"127.0.0.1:{port}",
+                METHOD,
+                requests,
+                args.clients,
+                personalized,
+                timeout_s=1.0,
+                connections=args.connections,
+            )
+            targets.append(Target(name, server, generator, RateSearch(
+                args.start_rate, args.growth, args.refine
+            )))  # fmt: skip
+            generator.step(args.start_rate / 2, 2.0, warmup_s=0.0)  # warm both ends up
+        while not all(t.search.done for t in targets):
+            for t in targets:
+                if t.search.done:
+                    continue
+                step = timed_step(t.generator, t.server, t.search.rate, args.step_s, args.p99_ms)
+                say(f"  {t.name} {'pass' if step.passed else 'FAIL'} {json.dumps(step.summary())}")
+                t.search.record(step)
+        results: dict[str, tuple[Step | None, list[Step]]] = {}
+        for t in targets:
+            best = t.search.best
+            if best is None:
+                results[t.name] = (None, t.search.steps)
+                continue
+            confirm = timed_step(
+                t.generator, t.server, best.result.rate, args.confirm_s, args.p99_ms
+            )
+            verdict = "pass" if confirm.passed else "FAIL"
+            say(f"  {t.name} confirm {verdict} {json.dumps(confirm.summary())}")
+            results[t.name] = (confirm, t.search.steps)
+        return results
     finally:
-        if generator is not None:
-            generator.close()
-        server.stop()
+        for t in targets:
+            t.generator.close()
+            t.server.stop()
 
 
 def main() -> None:
@@ -325,8 +342,10 @@ def main() -> None:
         "--port", str(empty_port), "--workers", str(args.workers),
     ]  # fmt: skip
     with sessions_through_kafka(args, users, items, Path(args.workdir)):
-        best, steps = measure(args, "recsvc", serve, recsvc_port, requests)
-    ceiling, ceiling_steps = measure(args, "empty", empty, empty_port, requests)
+        results = measure_both(
+            args, {"recsvc": (serve, recsvc_port), "empty": (empty, empty_port)}, requests
+        )
+    (best, steps), (ceiling, ceiling_steps) = results["recsvc"], results["empty"]
     if best is None or ceiling is None:
         raise SystemExit("no rate met the target; try a lower --start-rate")
     shares = [bool(x) for x in best.result.inspected]

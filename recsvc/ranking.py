@@ -84,9 +84,6 @@ class Ranker:
         self._index = bundle.item_index()
         if len(self._index) != len(self.item_ids):
             raise BundleError(f"bundle {bundle.version} lists some item ids more than once")
-        # Python lists for the per-request lookups (a numpy call each costs more, cold).
-        self._ids = list(self._index)  # the dict's own strings, in index order
-        self._model_knows = self.model.known.tolist() if self.model is not None else []
         self.pools = np.asarray(bundle["pools"])
         self.pool_sources = np.asarray(bundle["pool_sources"])
         self.item_category = np.asarray(bundle["item_category"])
@@ -152,9 +149,8 @@ class Ranker:
         else:
             order = np.argsort(-scores, kind="stable")
         order = order[keep[order]][:k]
-        ids = self._ids
         return Ranking(
-            items=[ids[i] for i in pool[order].tolist()],
+            items=self.item_ids[pool[order]].tolist(),
             scores=scores[order].tolist(),
             sources=self.pool_sources[current, order].tolist(),
             personalized=fallback is None,
@@ -177,7 +173,7 @@ class Ranker:
         window = [-1] * width
         for slot, item in enumerate(session_window(item_id, history, width)):
             index = self._index.get(item, -1)
-            if index >= 0 and self._model_knows[index]:
+            if index >= 0 and self.model.known[index]:
                 window[slot] = index
         return window
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import signal
 import time
@@ -216,6 +217,10 @@ async def serve(settings: Settings, store: SessionStore) -> None:
     server = RecommendServer(settings, store, metrics)
     metrics.serve(settings.metrics_port, settings.host)
     await server.start()
+    # Everything loaded so far lives as long as the process: keep the cyclic GC from
+    # walking it again (a full collection of it took ~14 ms, a p99 of its own).
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)

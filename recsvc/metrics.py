@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from recsvc.exceptions import ConfigError
+
 #: Latency buckets around the 100 ms budget (seconds).
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1)
 
@@ -73,5 +75,10 @@ class Metrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose ``/metrics`` over HTTP (port 0: do nothing)."""
-        if port:
+        if not port:
+            return
+        try:
             start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            message = f"--metrics-port: cannot serve metrics on {host}:{port}: {exc}"
+            raise ConfigError(message) from exc

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from recsvc.exceptions import ConfigError
+
 log = logging.getLogger(__name__)
 #: prometheus_client reads this at import time; it must be set before a worker starts.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -79,14 +81,17 @@ def supervise(
                 "a worker exited; stopping the others",
                 extra={"pids": _pids(dead), "exitcodes": [p.exitcode for p in dead]},
             )
-            signal_all(signal.SIGTERM)
+        return 0 if stopping else 1
+    finally:
+        # Also when start-up failed (e.g. the metrics port is taken): leave no worker behind.
+        signal_all(signal.SIGTERM)
         for process in processes:
+            if process.pid is None:
+                continue
             process.join(stop_timeout_s)
             if process.is_alive():
                 process.kill()
                 process.join()
-        return 0 if stopping else 1
-    finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -99,7 +104,11 @@ def _serve_metrics(metrics_dir: str, port: int, host: str) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)
-    start_http_server(port, addr=host, registry=registry)
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        message = f"--metrics-port: cannot serve metrics on {host}:{port}: {exc}"
+        raise ConfigError(message) from exc
 
 
 def _pids(processes: list[Any]) -> list[int | None]:

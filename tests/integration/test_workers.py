@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import socket
+from contextlib import suppress
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -68,3 +70,26 @@ def test_a_worker_that_dies_stops_the_whole_server(
     assert server.proc.returncode == 1
     assert "a worker exited" in server.output()
     assert not second.is_running() or second.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_taken_metrics_port_is_a_clear_error_and_leaves_no_worker(
+    tiny_bundle: Path, redis_url: str, processes, tmp_path: Path
+) -> None:
+    seen: set[int] = set()
+
+    def exited() -> bool:
+        with suppress(psutil.NoSuchProcess):
+            seen.update(p.pid for p in workers_of(server))
+        return server.proc.poll() is not None
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        args = ["serve", "--bundle", str(tiny_bundle), "--redis-url", redis_url]
+        args += ["--port", str(free_port()), "--metrics-port", str(taken.getsockname()[1])]
+        server = processes([*args, "--workers", "2"], tmp_path / "serve.log")
+        wait_for(exited, timeout_s=30, what="the supervisor to exit")
+    assert server.proc.returncode == 2
+    assert "cannot serve metrics" in server.output()
+    for pid in seen:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

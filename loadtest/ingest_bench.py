@@ -77,7 +77,7 @@ class Run:
     users: list[str]
     valid: int = 0
     invalid: int = 0
-    lag: list[tuple[float, int]] = field(default_factory=list)
+    lag: list[tuple[float, int | None]] = field(default_factory=list)  # (s, behind)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -220,7 +220,8 @@ def watch(
             if now - last_lag >= 0.5:
                 last_lag = now
                 done = committed(admin, run.group)
-                run.lag.append((round(now - spawned, 2), total_lag - done if done >= 0 else -1))
+                # None: the broker could not say yet (e.g. no group coordinator on a new broker).
+                run.lag.append((round(now - spawned, 2), total_lag - done if done >= 0 else None))
             bar.update(int(handled) - bar.n)
             if handled >= args.events and first is not None:
                 break

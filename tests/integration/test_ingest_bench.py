@@ -40,7 +40,11 @@ def test_the_ingest_bench_accounts_for_every_event(tiny_bundle: Path, redis_url:
     assert summary["valid"] + summary["invalid"] == 3000
     assert 0 < summary["invalid"] == summary["dead_lettered"] == summary["dlq_topic_messages"]
     assert summary["in_redis_zcard_sum"] == summary["applied"] == summary["valid"]
-    assert lag["lag_series"][0][1] == 3000 and lag["lag_series"][-1][1] == 0
+    # Everything was produced first, so the lag only falls, to 0; a new broker may not know
+    # the group's offsets at first (null samples).
+    known = [behind for _, behind in lag["lag_series"] if behind is not None]
+    assert known and known[-1] == 0 and all(0 <= behind <= 3000 for behind in known)
+    assert known == sorted(known, reverse=True)
 
 
 def test_the_ingest_bench_rejects_bad_flags() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from recsvc.events import Event
@@ -101,3 +103,14 @@ async def check_grouped_append(store: SessionStore, user: str = "g") -> None:
     # Events older than a full session are counted, then trimmed away at once.
     assert await store.append([event(n, user) for n in range(30, 33)] + mine[:2]) == 5
     assert [e.event_id for e in await store.recent(user)] == [f"e{n}" for n in range(25, 33)]
+
+
+@dataclass(frozen=True)
+class Record:
+    """The fields of a kafka-python ConsumerRecord that ingest reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None

@@ -1,21 +1,11 @@
 """How ingest splits a polled batch (the Kafka round trips are in tests/integration)."""
 
 import json
-from dataclasses import dataclass
+
+from helpers import Record
 
 from recsvc.events import Event
 from recsvc.ingest import split_batch
-
-
-@dataclass(frozen=True)
-class Record:
-    """The fields of a kafka-python ConsumerRecord that ingest reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 def test_split_keeps_good_events_in_order_and_labels_the_bad() -> None:

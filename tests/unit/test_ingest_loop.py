@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from helpers import Record
 from kafka import TopicPartition
 
 from recsvc import settings
@@ -19,15 +19,6 @@ from recsvc.retry import Backoff
 from recsvc.sessions import InMemorySessionStore
 
 TP = TopicPartition("events", 0)
-
-
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 class FakeConsumer:

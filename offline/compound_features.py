@@ -56,6 +56,11 @@ class CompoundFeatures:
         raise KeyError(name)
 
 
+def part_mask(part: Part) -> np.ndarray:
+    """Items the part describes: flagged known and not an all-zero row."""
+    return np.asarray(part.known, dtype=bool) & np.any(part.vectors != 0, axis=1)
+
+
 def reduce_dimensions(vectors: np.ndarray, known: np.ndarray, size: int) -> np.ndarray:
     """PCA of the known rows to ``size`` columns (unchanged if already that narrow).
 
@@ -105,7 +110,7 @@ def compound_features(parts: Sequence[Part], size: int = 128) -> CompoundFeature
                 f"part {part.name!r} has shape {part.vectors.shape} and {len(part.known)} "
                 f"known flags; expected {n_items} rows"
             )
-        mask = np.asarray(part.known, dtype=bool) & np.any(part.vectors != 0, axis=1)
+        mask = part_mask(part)
         block = l2_normalise(reduce_dimensions(part.vectors, mask, size))
         blocks.append(block)
         layout.append((part.name, start, start + block.shape[1]))

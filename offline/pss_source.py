@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from offline.compound_features import CompoundFeatures, Part, compound_features
+from offline.compound_features import CompoundFeatures, Part, compound_features, part_mask
 from offline.interactions import CLICK, Catalogue, Interactions
 from offline.pss_metrics import verification_table
 from offline.pss_pairs import (
@@ -76,6 +76,10 @@ class PSSSettings:
     hrms_epsilons: str = "0.1,0.1"
     hrms_weights: str = "1,1"
     hrms_lambda: float = 0.5
+    #: Propose neighbours for items whose compound feature is their category alone. Off:
+    #: such an item (new, no image or title) has no more to go on than the category rule of
+    #: the pool merge, and its PSS neighbours took that rule's place (docs/RESULTS.md).
+    category_only_neighbours: bool = False
 
     def __post_init__(self) -> None:
         if self.feature_size < 1 or self.width < 1 or self.depth < 1:
@@ -121,7 +125,11 @@ class PSSSettings:
 
 @dataclass
 class PSSResult:
-    """What the stage produced, and the figures it measured."""
+    """What the stage produced, and the figures it measured.
+
+    ``known`` marks the items the PSS source proposes neighbours for and from; the other
+    rows of ``embeddings`` are zero (see ``PSSSettings.category_only_neighbours``).
+    """
 
     embeddings: np.ndarray
     known: np.ndarray
@@ -274,6 +282,11 @@ def build_pss(
     hierarchy = hrms_hierarchy(settings.levels(), train[behaviour.task], catalogue)
     embeddings, losses = train_pss(features.matrix, train, config, seed=seed, hierarchy=hierarchy)
     embeddings[~features.known] = 0.0
+    neighbour_items = features.known.copy()
+    if not settings.category_only_neighbours:
+        neighbour_items &= described_beyond_category(parts)
+    report["neighbour_items"] = int(neighbour_items.sum())
+    report["category_only_items"] = int((features.known & ~neighbour_items).sum())
     report["losses"] = losses
     report["pairs"] = {
         task: {"train": len(train[task]), "held_out": len(held[task])} for task in train
@@ -285,7 +298,21 @@ def build_pss(
         for task, pairs in held.items()
         if pairs.n_positive and pairs.n_negative
     }
-    return PSSResult(embeddings.astype(np.float32), features.known.copy(), features, report)
+    print(
+        f"pss neighbours: {report['neighbour_items']} items; "
+        f"{report['category_only_items']} with only a category left to the category rule"
+    )
+    embeddings[~neighbour_items] = 0.0
+    return PSSResult(embeddings.astype(np.float32), neighbour_items, features, report)
+
+
+def described_beyond_category(parts: list[Part]) -> np.ndarray:
+    """Items some part other than the category describes (behaviour, image or title)."""
+    described = np.zeros(len(parts[0].vectors), dtype=bool)
+    for part in parts:
+        if part.name != "category":
+            described |= part_mask(part)
+    return described
 
 
 def format_table(verification: dict[str, dict[str, dict[str, float]]]) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import SMALL
 
-from recsvc.bundle import load_bundle
+from recsvc.bundle import SOURCE_BITS, load_bundle
 from recsvc.cli import main
 
 pytestmark = pytest.mark.slow
@@ -84,6 +84,14 @@ def test_pipeline_and_eval_on_real_data_are_complete_and_repeatable(
         "catalogue_labelled",
     }
     assert "image" in bundle.manifest["sources_skipped"]
+    # No titles or images here: an item without behaviour is described by its category alone,
+    # and PSS leaves it to the category rule, as neither query nor candidate.
+    pss_known = np.asarray(bundle["embeddings/pss_known"])
+    behaviour_known = np.asarray(bundle["embeddings/item2vec_known"])
+    assert (~behaviour_known).any() and np.array_equal(pss_known, behaviour_known)
+    from_pss = (np.asarray(bundle["pool_sources"]) & SOURCE_BITS["pss"]) > 0
+    assert from_pss.any() and pss_known[pools[from_pss]].all()
+    assert not from_pss[~pss_known].any()
     assert 0.0 < bundle.manifest["metrics"]["annoy"]["item2vec"]["recall"] <= 1.0
     assert bundle.manifest["source"]["files"][0]["skipped"] == {"too few fields": 1}
 

@@ -1,8 +1,14 @@
 import numpy as np
 import pytest
 
+from offline.compound_features import Part
 from offline.pss_pairs import Pairs
-from offline.pss_source import PSSSettings, add_random_negatives, positive_groups
+from offline.pss_source import (
+    PSSSettings,
+    add_random_negatives,
+    described_beyond_category,
+    positive_groups,
+)
 from recsvc.exceptions import ConfigError
 
 
@@ -49,3 +55,19 @@ def test_hrms_settings_need_known_levels_and_one_value_per_level() -> None:
         one_level.validate()
     with pytest.raises(ConfigError, match="not comma-separated numbers"):
         PSSSettings(hrms_weights="1,x").validate()
+
+
+def test_items_described_beyond_category_have_a_nonzero_known_non_category_part() -> None:
+    category = Part("category", np.ones((4, 2), np.float32), np.ones(4, bool))
+    behaviour = Part(
+        "behaviour", np.array([[1, 0], [0, 0], [0, 1], [1, 1]], np.float32),
+        np.array([True, True, True, False]),
+    )  # fmt: skip
+    title = Part("title", np.array([[0, 0], [1, 0], [0, 0], [0, 0]], np.float32), np.ones(4, bool))
+    assert described_beyond_category([behaviour, category]).tolist() == [
+        True, False, True, False,
+    ]  # fmt: skip
+    assert described_beyond_category([behaviour, title, category]).tolist() == [
+        True, True, True, False,
+    ]  # fmt: skip
+    assert not described_beyond_category([category]).any()

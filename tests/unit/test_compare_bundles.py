@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import tiny_bundle_arrays
+
+from offline.compare_bundles import compare_bundles, main
+from offline.interactions import CART, CLICK
+from recsvc.bundle import load_bundle, write_bundle
+from recsvc.exceptions import RecsvcError
+
+
+def bundle_with_cases(root: Path, pool_of_a: list[int]) -> Path:
+    """The tiny bundle plus one held-out case: user 0 saw c (training), then a, then e.
+
+    The case's window is (a, c), so u = (1*[1,0] + 0.5*[1,1]) / 2 = [0.75, 0.25]; in a's
+    pool b, c, d, e score 0.25, 0.5, -0.5, 1.5 and the target e ranks first. User 1's case
+    (b, then a carted) has the target a at rank 1 of b's pool (a, c).
+    """
+    arrays = tiny_bundle_arrays()
+    arrays["pools"] = arrays["pools"].copy()
+    arrays["pools"][0] = pool_of_a
+    arrays.update(
+        {
+            "eval/users": np.array([0, 0, 0, 1, 1], np.int32),
+            "eval/items": np.array([2, 0, 4, 1, 0], np.int32),
+            "eval/types": np.array([CLICK, CLICK, CLICK, CLICK, CART], np.int8),
+            "eval/is_holdout": np.array([False, True, True, True, True]),
+        }
+    )
+    return write_bundle(root, arrays, {"source": "tests"})
+
+
+def test_the_target_dropped_from_a_pool_is_one_miss_in_two_cases(tmp_path: Path) -> None:
+    base = load_bundle(bundle_with_cases(tmp_path / "base", [1, 2, 3, 4]))
+    other = load_bundle(bundle_with_cases(tmp_path / "other", [1, 2, 3, -1]))
+    comparison = compare_bundles(base, other, "personalized")
+    assert comparison.cases == {"click": 2, "cart": 1}
+    assert comparison.base["click"]["hr@5"] == 1.0 and comparison.base["click"]["mrr@20"] == 1.0
+    assert comparison.other["click"]["hr@5"] == 0.5  # only user 1's case still hits
+    assert comparison.differences["click hr@10"][0] == -0.5
+    assert comparison.differences["cart hr@10"] == (0.0, 0.0, 0.0)
+
+
+def test_bundles_of_different_held_out_events_are_refused(tmp_path: Path, capsys) -> None:
+    base = bundle_with_cases(tmp_path / "base", [1, 2, 3, 4])
+    arrays = tiny_bundle_arrays()
+    arrays.update(
+        {
+            "eval/users": np.array([0, 0], np.int32),
+            "eval/items": np.array([2, 0], np.int32),
+            "eval/types": np.array([CLICK, CLICK], np.int8),
+            "eval/is_holdout": np.array([True, True]),
+        }
+    )
+    other = write_bundle(tmp_path / "other", arrays, {"source": "tests"})
+    assert main(["--base", str(base), "--other", str(other)]) == 2
+    assert "hold different held-out events" in capsys.readouterr().err
+    with pytest.raises(RecsvcError, match="no method 'pss'"):
+        compare_bundles(load_bundle(base), load_bundle(base), "pss")

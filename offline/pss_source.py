@@ -11,6 +11,10 @@ positives, other categories as negatives) standing in for the human labels these
 lack. Each task's pairs are split by anchor into training and held-out pairs; the held-out
 ones measure the raw parts, the compound feature and the trained embedding.
 
+The source proposes neighbours only for items that behaviour, an image or a title
+describes, and only such items: an item known by its category alone is left to the pool
+merge's category rule (``pss.category_only_neighbours=true`` lets it in).
+
 With ``pss.loss=hrms`` the tower is trained with the HRMS loss over the levels of
 ``pss.hrms_levels``: ``pairs`` (items joined by the behavioural task's training positives,
 as connected components) and ``category``, with one ``pss.hrms_alphas`` / ``_betas`` /
@@ -47,6 +51,8 @@ MIN_POSITIVES = 100
 #: HRMS hierarchy levels: "pairs" groups the items joined by the behavioural task's training
 #: positives (connected components), "category" is the item's category.
 HRMS_LEVELS = ("pairs", "category")
+#: Name of the compound feature's part built from the category (:func:`category_part`).
+CATEGORY_PART = "category"
 
 
 @dataclass(frozen=True)
@@ -76,9 +82,11 @@ class PSSSettings:
     hrms_epsilons: str = "0.1,0.1"
     hrms_weights: str = "1,1"
     hrms_lambda: float = 0.5
-    #: Propose neighbours for items whose compound feature is their category alone. Off:
-    #: such an item (new, no image or title) has no more to go on than the category rule of
-    #: the pool merge, and its PSS neighbours took that rule's place (docs/RESULTS.md).
+    #: Let items whose compound feature is their category alone into the PSS source, as
+    #: queries and as candidates. Off: such an item (new, no image or title) has no more to
+    #: go on than the pool merge's category rule, and its PSS neighbours took that rule's
+    #: place (docs/RESULTS.md); its PSS row is zero, and the ``pss`` eval method cannot
+    #: score it.
     category_only_neighbours: bool = False
 
     def __post_init__(self) -> None:
@@ -148,7 +156,7 @@ def category_part(catalogue: Catalogue, size: int, seed: int) -> Part:
     known = cats >= 0
     vectors = np.zeros((len(cats), size), dtype=np.float32)
     vectors[known] = by_category[cats[known]]
-    return Part("category", vectors, known)
+    return Part(CATEGORY_PART, vectors, known)
 
 
 def add_random_negatives(pairs: Pairs, candidates: np.ndarray, ratio: float, seed: int) -> Pairs:
@@ -282,9 +290,12 @@ def build_pss(
     hierarchy = hrms_hierarchy(settings.levels(), train[behaviour.task], catalogue)
     embeddings, losses = train_pss(features.matrix, train, config, seed=seed, hierarchy=hierarchy)
     embeddings[~features.known] = 0.0
-    neighbour_items = features.known.copy()
-    if not settings.category_only_neighbours:
-        neighbour_items &= described_beyond_category(parts)
+    neighbour_items = items_for_neighbours(parts, features.known, settings)
+    if not neighbour_items.any():
+        raise DataError(
+            "pss: no item has behaviour, an image or a title, so PSS has nothing to add to "
+            "the category rule (pss.category_only_neighbours=true uses the category alone)"
+        )
     report["neighbour_items"] = int(neighbour_items.sum())
     report["category_only_items"] = int((features.known & ~neighbour_items).sum())
     report["losses"] = losses
@@ -306,11 +317,20 @@ def build_pss(
     return PSSResult(embeddings.astype(np.float32), neighbour_items, features, report)
 
 
+def items_for_neighbours(parts: list[Part], known: np.ndarray, settings: PSSSettings) -> np.ndarray:
+    """The items the PSS source proposes neighbours for and from, of the ``known`` ones."""
+    if settings.category_only_neighbours:
+        return known.copy()
+    return known & described_beyond_category(parts)
+
+
 def described_beyond_category(parts: list[Part]) -> np.ndarray:
     """Items some part other than the category describes (behaviour, image or title)."""
+    if not parts:
+        raise DataError("compound features need at least one part")
     described = np.zeros(len(parts[0].vectors), dtype=bool)
     for part in parts:
-        if part.name != "category":
+        if part.name != CATEGORY_PART:
             described |= part_mask(part)
     return described
 

@@ -34,12 +34,16 @@ def bundle_with_cases(root: Path, pool_of_a: list[int]) -> Path:
 def test_the_target_dropped_from_a_pool_is_one_miss_in_two_cases(tmp_path: Path) -> None:
     base = load_bundle(bundle_with_cases(tmp_path / "base", [1, 2, 3, 4]))
     other = load_bundle(bundle_with_cases(tmp_path / "other", [1, 2, 3, -1]))
-    comparison = compare_bundles(base, other, "personalized")
-    assert comparison.cases == {"click": 2, "cart": 1}
-    assert comparison.base["click"]["hr@5"] == 1.0 and comparison.base["click"]["mrr@20"] == 1.0
-    assert comparison.other["click"]["hr@5"] == 0.5  # only user 1's case still hits
-    assert comparison.differences["click hr@10"][0] == -0.5
-    assert comparison.differences["cart hr@10"] == (0.0, 0.0, 0.0)
+    comparison = compare_bundles(base, other, "personalized", ("without", "with"))
+    assert comparison.result["cases"] == {"click": 2, "cart": 1}
+    without, with_ = (comparison.result["methods"][label] for label in ("without", "with"))
+    assert without["click"]["hr@5"] == 1.0 and without["click"]["mrr@20"] == 1.0
+    assert with_["click"]["hr@5"] == 0.5  # only user 1's case still hits
+    assert with_["cart"] == without["cart"]
+    click, cart = comparison.differences
+    assert (click.a, click.b, click.metric, click.cases) == ("with", "without", "click hr@10", 2)
+    assert click.value == -0.5
+    assert (cart.metric, cart.cases, cart.value, cart.low, cart.high) == ("cart hr@10", 1, 0, 0, 0)
 
 
 def test_bundles_of_different_held_out_events_are_refused(tmp_path: Path, capsys) -> None:
@@ -56,5 +60,26 @@ def test_bundles_of_different_held_out_events_are_refused(tmp_path: Path, capsys
     other = write_bundle(tmp_path / "other", arrays, {"source": "tests"})
     assert main(["--base", str(base), "--other", str(other)]) == 2
     assert "hold different held-out events" in capsys.readouterr().err
-    with pytest.raises(RecsvcError, match="no method 'pss'"):
+    with pytest.raises(RecsvcError, match="no method 'pss'; it has popular, personalized"):
         compare_bundles(load_bundle(base), load_bundle(base), "pss")
+
+
+def test_bundles_of_other_items_or_without_cases_are_refused(tmp_path: Path) -> None:
+    base = load_bundle(bundle_with_cases(tmp_path / "base", [1, 2, 3, 4]))
+    arrays = tiny_bundle_arrays()
+    arrays["item_ids"] = np.array(["a", "b", "c", "d", "z"])
+    renamed = load_bundle(write_bundle(tmp_path / "renamed", arrays, {"source": "tests"}))
+    with pytest.raises(RecsvcError, match="list different items"):
+        compare_bundles(base, renamed, "personalized")
+    arrays = tiny_bundle_arrays()
+    arrays.update(
+        {
+            "eval/users": np.array([0, 0], np.int32),
+            "eval/items": np.array([2, 0], np.int32),
+            "eval/types": np.array([CLICK, CLICK], np.int8),
+            "eval/is_holdout": np.array([False, False]),  # nothing held out: no case
+        }
+    )
+    empty = load_bundle(write_bundle(tmp_path / "empty", arrays, {"source": "tests"}))
+    with pytest.raises(RecsvcError, match="no held-out case"):
+        compare_bundles(empty, empty, "personalized")

@@ -7,6 +7,7 @@ from offline.pss_source import (
     PSSSettings,
     add_random_negatives,
     described_beyond_category,
+    items_for_neighbours,
     positive_groups,
 )
 from recsvc.exceptions import ConfigError
@@ -71,3 +72,13 @@ def test_items_described_beyond_category_have_a_nonzero_known_non_category_part(
         True, True, True, False,
     ]  # fmt: skip
     assert not described_beyond_category([category]).any()
+
+
+def test_category_only_items_join_the_source_only_when_asked() -> None:
+    category = Part("category", np.ones((3, 2), np.float32), np.ones(3, bool))
+    behaviour = Part("behaviour", np.array([[1, 0], [0, 0], [0, 1]], np.float32), np.ones(3, bool))
+    known = np.array([True, True, False])
+    parts = [behaviour, category]
+    assert items_for_neighbours(parts, known, PSSSettings()).tolist() == [True, False, False]
+    asked = PSSSettings(category_only_neighbours=True)
+    assert items_for_neighbours(parts, known, asked).tolist() == [True, True, False]

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import grpc
 import numpy as np
 import psutil
 
+from loadtest.processes import stop_process
 from recsvc.bundle import load_bundle, write_bundle
 from recsvc.client import recommend, wait_serving
 from recsvc.events import Event
@@ -179,12 +179,7 @@ def measure(version: Path, args: argparse.Namespace) -> dict[str, Any]:
     except grpc.RpcError as exc:
         raise RecsvcError(f"Recommend failed: {exc.code().name}: {exc.details()}") from exc
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, 30)
         log.close()
         asyncio.run(_delete_session(args.redis_url, user))
     return {

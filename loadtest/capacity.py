@@ -37,6 +37,7 @@ import numpy as np
 import psutil
 
 from loadtest.openloop import LoadGenerator, StepResult
+from loadtest.processes import stop_process
 from recsvc.client import popular_items, wait_serving
 from recsvc.events import Event
 from recsvc.v1 import recommender_pb2 as pb
@@ -98,12 +99,7 @@ class Process:
         return total
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 15)
         self._log.close()
 
 

@@ -30,7 +30,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from tqdm import tqdm
 
+from loadtest.processes import stop_process
 from recsvc.client import popular_items
 from recsvc.events import Event
 from recsvc.sessions import KEY_PREFIX
@@ -356,13 +356,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
         raise
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, 20)
         cleanup(args, run, client)
         client.close()
         shutil.rmtree(log_dir, ignore_errors=True)

@@ -123,6 +123,21 @@ def add_event_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_image_arguments(parser: argparse.ArgumentParser, title: str) -> None:
+    """``--item-vectors``, ``--item-images`` and ``--shared`` (where MobileNet is)."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--item-vectors", type=Path, help="item image vectors (.npz or .csv)")
+    group.add_argument(
+        "--item-images", type=Path, help="folder of <item_id>.jpg|png|bmp to embed with MobileNet"
+    )
+    group.add_argument(
+        "--shared",
+        type=Path,
+        default=Path(os.environ.get("RECSVC_SHARED", "../shared")),
+        help="shared folder with models/ (default $RECSVC_SHARED or ../shared)",
+    )
+
+
 def add_title_arguments(parser: argparse.ArgumentParser, default_cache: str, note: str) -> None:
     """``--item-titles`` and ``--feature-cache`` (PSS title features, cached extraction)."""
     group = parser.add_argument_group("PSS titles and feature cache (optional)")
@@ -175,17 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on the test day (fit on all before it) or on the "
         "validation day (fit on days before it; use this for tuning)",
     )
-    extra = pipe.add_argument_group("image source (optional)")
-    extra.add_argument("--item-vectors", type=Path, help="item image vectors (.npz or .csv)")
-    extra.add_argument(
-        "--item-images", type=Path, help="folder of <item_id>.jpg|png|bmp to embed with MobileNet"
-    )
-    extra.add_argument(
-        "--shared",
-        type=Path,
-        default=Path(os.environ.get("RECSVC_SHARED", "../shared")),
-        help="shared folder with models/ (default $RECSVC_SHARED or ../shared)",
-    )
+    add_image_arguments(pipe, "image source (optional)")
     add_title_arguments(pipe, "OUT/feature-cache.sqlite", " (used only with pss.enabled=true)")
     out = pipe.add_argument_group("output and model")
     out.add_argument(
@@ -239,19 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
         "it) or a version directory (the new version goes to its parent)",
     )
     add_event_arguments(pss)
-    images = pss.add_argument_group(
+    add_image_arguments(
+        pss,
         "image part of the PSS feature (optional; default: the bundle's image vectors; "
-        "the bundle's image source stays as it is)"
-    )
-    images.add_argument("--item-vectors", type=Path, help="item image vectors (.npz or .csv)")
-    images.add_argument(
-        "--item-images", type=Path, help="folder of <item_id>.jpg|png|bmp to embed with MobileNet"
-    )
-    images.add_argument(
-        "--shared",
-        type=Path,
-        default=Path(os.environ.get("RECSVC_SHARED", "../shared")),
-        help="shared folder with models/ (default $RECSVC_SHARED or ../shared)",
+        "the bundle's image source stays as it is)",
     )
     add_title_arguments(pss, "BUNDLE_ROOT/feature-cache.sqlite", "")
     model = pss.add_argument_group("model")

@@ -61,17 +61,20 @@ def test_markdown_has_a_row_per_stage_and_a_column_pair_per_size():
     assert any(line.startswith("| itemcf | 2.0 | 120.0 | 2.0 | 120.0") for line in lines)
 
 
-def _bundle_memory_module():
-    # loadtest/ is a folder of scripts, not an installed package: load it by path.
-    path = Path(__file__).resolve().parents[2] / "loadtest" / "bundle_memory.py"
+def _bundle_memory_module(monkeypatch: pytest.MonkeyPatch):
+    # loadtest/ is a folder of scripts run from the repository root, not an installed
+    # package: load it by path, with the root on sys.path for its loadtest.* imports.
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(root))
+    path = root / "loadtest" / "bundle_memory.py"
     spec = importlib.util.spec_from_file_location("bundle_memory", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_synthetic_bundle_loads_verified_and_ranks(tmp_path):
-    version = _bundle_memory_module().write_synthetic_bundle(
+def test_synthetic_bundle_loads_verified_and_ranks(tmp_path, monkeypatch):
+    version = _bundle_memory_module(monkeypatch).write_synthetic_bundle(
         tmp_path / "b", n_items=300, pool=20, dim=8, seed=1
     )
     bundle = load_bundle(version)  # checksums, shapes and per-item consistency

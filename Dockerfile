@@ -8,9 +8,12 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
+# gcc builds recsvc._scoring, the compiled scoring core; the runtime image needs no compiler.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir grpcio-tools==1.85.1 build==1.6.1
 COPY protos/ protos/
-COPY setup.cfg pyproject.toml README.md ./
+COPY setup.cfg setup.py pyproject.toml README.md ./
 COPY recsvc/ recsvc/
 COPY offline/ offline/
 COPY training/ training/

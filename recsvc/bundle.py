@@ -52,6 +52,17 @@ REQUIRED_ITEM_ARRAYS = (
     "pools",
     "pool_sources",
 )
+#: The types the server's compiled scoring reads arrays in, by name or name ending: it
+#: reads them where they are mapped, never from a converted copy.
+SERVING_DTYPES = {
+    "pools": np.int32,
+    "pool_sources": np.uint8,
+    "/input_embeddings": np.float32,
+    "/output_embeddings": np.float32,
+    "/position_weights": np.float32,
+    "/known": np.bool_,
+    "/scorable": np.bool_,
+}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -241,6 +252,15 @@ def _check_consistent(directory: Path, arrays: dict[str, np.ndarray]) -> None:
     for name, array in arrays.items():
         if name.startswith(("pool_sources", "pool_scores/")) and array.shape != pools_shape:
             raise BundleError(f"{directory}: {name} has shape {array.shape}, pools {pools_shape}")
+    for name, array in arrays.items():
+        wanted = SERVING_DTYPES.get(name) or next(
+            (t for end, t in SERVING_DTYPES.items() if end[0] == "/" and name.endswith(end)), None
+        )
+        if wanted is not None and (array.dtype != wanted or not array.flags.c_contiguous):
+            raise BundleError(
+                f"{directory}: {name} must be a C-ordered {np.dtype(wanted).name} array, "
+                f"got {array.dtype.name}{'' if array.flags.c_contiguous else ' (not C-ordered)'}"
+            )
     eval_lengths = {name: len(a) for name, a in arrays.items() if name.startswith("eval/")}
     if len(set(eval_lengths.values())) > 1:
         raise BundleError(f"{directory}: eval arrays differ in length: {eval_lengths}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from recsvc.bundle import Bundle
 from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
-from recsvc.scoring import pool_scores, session_window, user_vector
+from recsvc.scoring import session_window, top_positions, window_scores
 from recsvc.sessions import SessionEvent
 
 #: Session event types that are visits, as in the offline cases.
@@ -90,6 +90,9 @@ class Ranker:
         names = np.asarray(bundle["category_names"]).astype(str).tolist()
         self._category = {name: i for i, name in enumerate(names)}
         self.pool_size = self.pools.shape[1]
+        #: The offline order as scores, 1.0 for the first slot: the answer without a model.
+        self._offline_scores = (1.0 - np.arange(self.pool_size) / self.pool_size).astype(np.float32)
+        self._ids = list(self._index)  # index -> id, the dict's own strings
 
     def index(self, item_id: str) -> int:
         try:
@@ -122,19 +125,20 @@ class Ranker:
         if not 1 <= k <= self.pool_size:
             raise InvalidRequest(f"k must be in 1..{self.pool_size}, got {k}")
         pool = self.pools[current]
-        keep = pool >= 0
+        keep = None  # padding (-1) is always left out; keep narrows the pool further
         if category is not None:
             if category not in self._category:
                 raise InvalidRequest(f"category {category!r} is not in the catalogue")
-            keep &= self.item_category[np.maximum(pool, 0)] == self._category[category]
+            keep = self.item_category[np.maximum(pool, 0)] == self._category[category]
         session = session or ()
         if exclude_seen and session:
             seen = [self._index.get(e.item_id, -1) for e in session]
-            keep &= ~np.isin(pool, seen)
+            unseen = ~np.isin(pool, seen)
+            keep = unseen if keep is None else keep & unseen
 
         if fallback is None:
             fallback = self._why_not_personalized(session)
-        scores, used = None, 0
+        scores, used = self._offline_scores, 0
         if fallback is None:
             window = self._window(item_id, session)
             if any(item >= 0 for item in window):
@@ -142,17 +146,12 @@ class Ranker:
                 used = sum(item >= 0 for item in window[1:])
             else:
                 fallback = Fallback.ITEM_NOT_IN_MODEL
-        if scores is None:
-            # The offline order, scored so that it stays the order: 1.0 for the first.
-            order = np.arange(self.pool_size)
-            scores = 1.0 - order / self.pool_size
-        else:
-            order = np.argsort(-scores, kind="stable")
-        order = order[keep[order]][:k]
+        positions, items, values = top_positions(scores, pool, keep, k)
+        sources = self.pool_sources[current].tobytes()
         return Ranking(
-            items=self.item_ids[pool[order]].tolist(),
-            scores=scores[order].tolist(),
-            sources=self.pool_sources[current, order].tolist(),
+            items=[self._ids[item] for item in items],
+            scores=values,
+            sources=[sources[position] for position in positions],
             personalized=fallback is None,
             fallback=fallback,
             session_events_used=used,
@@ -180,5 +179,6 @@ class Ranker:
     def _scores(self, window: list[int], pool: np.ndarray) -> np.ndarray:
         assert self.model is not None
         m = self.model
-        user = user_vector(window, m.input_embeddings, m.position_weights)
-        return pool_scores(user, pool, m.output_embeddings, m.scorable)
+        return window_scores(
+            window, pool, m.input_embeddings, m.output_embeddings, m.position_weights, m.scorable
+        )

@@ -1,7 +1,8 @@
 """Weighted-pooling personalized scoring, shared by the server and offline evaluation.
 
-Both score one case at a time with the same two functions, so a served ranking equals the
-offline one to the last bit.
+Both score one case at a time with the same compiled function (:mod:`recsvc._scoring`),
+so a served ranking equals the offline one to the last bit. :func:`user_vector` is the
+same pooling in numpy: the readable definition, which tests hold the compiled one to.
 
 The user vector for a window of recent items ``v_0`` (the current item), ``v_1`` ... is
 ``u = (1/n) * sum_j w_j * v_j`` over the ``n`` valid slots, with learned position weights
@@ -15,7 +16,20 @@ from typing import TypeVar
 
 import numpy as np
 
+try:
+    from recsvc import _scoring
+except ImportError as exc:  # a source tree nobody built
+    raise ImportError(
+        "recsvc._scoring, the compiled scoring core, is not built: install recsvc with "
+        "`pip install -e .` (it needs a C compiler and Python's headers)"
+    ) from exc
+
 T = TypeVar("T")
+
+#: ``top_positions(scores, pool, keep, k) -> (positions, items, scores)``: the at most ``k``
+#: best pool slots that hold an item and that ``keep`` (a bool array, or None) allows,
+#: highest score first, ties in pool order, NaN last (numpy's stable argsort order).
+top_positions = _scoring.top_positions
 
 
 def user_vector(
@@ -43,22 +57,28 @@ def user_vector(
     return (pooled / np.float32(len(slots))).astype(np.float32, copy=False)
 
 
-def pool_scores(
-    user: np.ndarray,
+def window_scores(
+    window: Sequence[int],
     pool: np.ndarray,
+    input_embeddings: np.ndarray,
     output_embeddings: np.ndarray,
+    position_weights: np.ndarray,
     scorable: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Dot-product scores of one pool's candidates for a user vector.
+    """Scores of one pool's candidates for the user vector of one window.
 
-    Written for one request at a time, with as few numpy calls as the maths allows: on a
-    busy server each call runs with cold caches, so calls, not flops, are the cost.
+    The same maths as :func:`user_vector` followed by ``output_embeddings[pool] @ user``,
+    computed by the compiled core (:mod:`recsvc._scoring`) in one call: on a busy server
+    each numpy call runs with cold caches, so calls, not flops, were the cost. Its sums have
+    a fixed order, so the server and the offline evaluation get the same bits.
 
     Parameters
     ----------
-    user : float32 array, shape (d,)
-    pool : int array, shape (c,), -1 padded
-    output_embeddings : float32 array, shape (n_items, d)
+    window : ints
+        Item indices, slot 0 the current item, then older ones; -1 marks an empty slot.
+    pool : int32 array, shape (c,), -1 padded
+    input_embeddings, output_embeddings : float32 arrays, shape (n_items, d)
+    position_weights : float32 array, shape (w_max,) with ``w_max >= len(window)``
     scorable : bool array, shape (n_items,), optional
         Items the model can score; others get ``-inf``.
 
@@ -66,12 +86,10 @@ def pool_scores(
     -------
     float32 array, shape (c,); ``-inf`` for padding and unscorable items.
     """
-    valid = pool >= 0
-    safe = np.where(valid, pool, 0)
-    scores = (output_embeddings[safe] @ user).astype(np.float32, copy=False)
-    if scorable is not None:
-        valid &= scorable[safe]
-    scores[~valid] = -np.inf
+    scores = np.empty(len(pool), dtype=np.float32)
+    _scoring.pool_scores(
+        window, pool, input_embeddings, output_embeddings, position_weights, scorable, scores
+    )
     return scores
 
 
@@ -83,7 +101,7 @@ def case_scores(
     position_weights: np.ndarray,
     scorable: np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`pool_scores` of many cases, one by one, exactly as the server scores each.
+    """:func:`window_scores` of many cases, one by one, exactly as the server scores each.
 
     Parameters
     ----------
@@ -94,10 +112,16 @@ def case_scores(
     -------
     float32 array, shape (n, c)
     """
+    pools = np.ascontiguousarray(pools, dtype=np.int32)
+    arrays = [
+        np.ascontiguousarray(a, dtype=np.float32)
+        for a in (input_embeddings, output_embeddings, position_weights)
+    ]
+    if scorable is not None:
+        scorable = np.ascontiguousarray(scorable, dtype=bool)
     scores = np.empty(pools.shape, dtype=np.float32)
     for n, window in enumerate(np.asarray(windows).tolist()):
-        user = user_vector(window, input_embeddings, position_weights)
-        scores[n] = pool_scores(user, pools[n], output_embeddings, scorable)
+        _scoring.pool_scores(window, pools[n], *arrays, scorable, scores[n])
     return scores
 
 

@@ -42,6 +42,21 @@ def test_corrupted_file_is_refused(tmp_path):
         load_bundle(path)
 
 
+def test_arrays_the_server_reads_in_place_must_have_its_types(tmp_path):
+    wide = arrays()
+    wide["pools"] = wide["pools"].astype(np.int64)
+    with pytest.raises(BundleError, match="pools must be a C-ordered int32 array, got int64"):
+        load_bundle(write_bundle(tmp_path / "a", wide, {}))
+    doubles = arrays()
+    doubles["models/personalized/position_weights"] = np.ones(8)
+    with pytest.raises(BundleError, match="position_weights must be a C-ordered float32"):
+        load_bundle(write_bundle(tmp_path / "b", doubles, {}))
+    path = write_bundle(tmp_path / "c", arrays(), {})  # it writes C order; another tool may not
+    np.save(path / "pool_sources.npy", np.asfortranarray(np.zeros((4, 3), dtype=np.uint8)))
+    with pytest.raises(BundleError, match=r"pool_sources must .* uint8 array, got uint8 \(not C"):
+        load_bundle(path, verify=False)
+
+
 def test_mismatched_shapes_and_missing_files_are_refused(tmp_path):
     bad = arrays()
     bad["pool_sources"] = np.zeros((3, 3), dtype=np.uint8)

@@ -23,7 +23,7 @@ PROTOC := $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=.
 install: $(VENV)/.installed $(PROTO_PY)
 
 $(VENV)/.installed: requirements.txt requirements-serve.txt requirements-nodeps.txt setup.cfg \
-		pyproject.toml setup.py recsvc/_scoring.c
+		pyproject.toml setup.py recsvc/_scoring.c recsvc/_wire.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt

@@ -156,6 +156,19 @@ static PyObject *pool_scores(PyObject *self, PyObject *args) {
     const int32_t *p = pool.buf;
     const unsigned char *ok = have_scorable ? scorable.buf : NULL;
     float *s = out.buf;
+    /* Ask for every candidate's row before using any: they are scattered over the matrix,
+     * and on a busy server none is in cache, so waiting for them one at a time dominates. */
+    for (Py_ssize_t i = 0; i < c; i++) {
+        if (p[i] >= 0 && p[i] < n_items) {
+            if (ok != NULL) {
+                __builtin_prefetch(ok + p[i]);
+            }
+            const char *row = (const char *)(o + p[i] * d);
+            for (Py_ssize_t byte = 0; byte < d * (Py_ssize_t)sizeof(float); byte += 64) {
+                __builtin_prefetch(row + byte);
+            }
+        }
+    }
     for (Py_ssize_t i = 0; i < c; i++) {
         int32_t item = p[i];
         if (item >= n_items) {

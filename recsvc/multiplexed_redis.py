@@ -10,6 +10,11 @@ StackExchange.Redis use). Replies are parsed by hiredis.
 A caller that gives up (its deadline passed) just leaves; its reply is read and dropped
 when it comes, so the order stays right. A call that outlives the connection's own
 timeout means the connection is stuck, so it is closed and the next call opens a new one.
+
+The per-call costs are kept to the minimum a hot read needs: replies are parsed in the
+protocol's ``data_received`` callback (no reader task to wake), and the stuck-connection
+check is one timer per connection, re-armed for the oldest call only when it fires, not a
+timer per call.
 """
 
 from __future__ import annotations
@@ -40,6 +45,77 @@ def encode_command(args: tuple[str | bytes | int | float, ...]) -> bytes:
     return b"".join(parts)
 
 
+class _Connection(asyncio.Protocol):
+    """One connection's transport, parser and queue of waiting calls."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.transport: asyncio.Transport | None = None
+        self.lost: Exception | None = None
+        self._loop = asyncio.get_running_loop()
+        self._parser = hiredis.Reader(replyError=RedisReplyError)
+        #: (future, loop time it was sent), in send order: Redis replies in that order.
+        self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed(data)
+        try:
+            while (reply := self._parser.gets()) is not False:
+                waiter = self._pending.popleft()[0]
+                if waiter.done():  # its caller gave up
+                    continue
+                if isinstance(reply, RedisReplyError):
+                    waiter.set_exception(reply)
+                else:
+                    waiter.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:
+            self.close(RedisConnectionError(f"Redis connection lost: {exc!r}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(RedisConnectionError(f"Redis connection lost: {exc or 'closed by Redis'}"))
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Write one command; the future gets its reply."""
+        reply = self._loop.create_future()
+        if self.lost is not None or self.transport is None:
+            reply.set_exception(self.lost or RedisConnectionError("not connected"))
+            return reply
+        self._pending.append((reply, self._loop.time()))
+        self.transport.write(command)
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self.timeout_s, self._check_stuck)
+        return reply
+
+    def _check_stuck(self) -> None:
+        """Close the connection if its oldest unanswered call has waited ``timeout_s``."""
+        self._watchdog = None
+        if not self._pending:
+            return
+        waited = self._loop.time() - self._pending[0][1]
+        if waited >= self.timeout_s:
+            self.close(RedisConnectionError("no reply within the timeout"))
+        else:
+            self._watchdog = self._loop.call_later(self.timeout_s - waited, self._check_stuck)
+
+    def close(self, error: Exception) -> None:
+        """Close the connection and fail the calls waiting on it."""
+        if self.lost is not None:
+            return
+        self.lost = error
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+        while self._pending:
+            waiter = self._pending.popleft()[0]
+            if not waiter.done():
+                waiter.set_exception(error)
+
+
 class MultiplexedRedis:
     """Commands from any number of tasks over one connection (see the module docstring).
 
@@ -59,9 +135,7 @@ class MultiplexedRedis:
         self._password = options.get("password")
         self._tls = options.get("connection_class") is SSLConnection
         self.timeout_s = timeout_s
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._connection: _Connection | None = None
         self._connecting = asyncio.Lock()
 
     async def execute(self, *args: str | bytes | int | float) -> Any:
@@ -74,95 +148,47 @@ class MultiplexedRedis:
         RedisConnectionError
             No connection, or it broke or stalled before the reply.
         """
-        writer = self._writer if self._writer is not None else await self._connect()
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(reply)
-        writer.write(encode_command(args))
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return await reply
-        except TimeoutError:
-            self._drop(writer, RedisConnectionError("no reply within the timeout"))
-            raise RedisConnectionError(f"no reply from Redis within {self.timeout_s} s") from None
+        connection = self._connection
+        if connection is None or connection.lost is not None:
+            connection = await self._connect()
+        return await connection.send(encode_command(args))
 
     async def aclose(self) -> None:
-        if self._writer is not None:
-            self._drop(self._writer, RedisConnectionError("connection closed"))
-        if self._reader_task is not None:
-            await asyncio.gather(self._reader_task, return_exceptions=True)
+        if self._connection is not None:
+            self._connection.close(RedisConnectionError("connection closed"))
+            self._connection = None
 
-    async def _connect(self) -> asyncio.StreamWriter:
+    async def _connect(self) -> _Connection:
         async with self._connecting:
-            if self._writer is not None:  # another caller connected meanwhile
-                return self._writer
+            current = self._connection
+            if current is not None and current.lost is None:  # another caller connected
+                return current
+            loop = asyncio.get_running_loop()
+            connection = _Connection(self.timeout_s)
+            connected = False
             try:
                 async with asyncio.timeout(self.timeout_s):
                     if self._path:
-                        reader, writer = await asyncio.open_unix_connection(self._path)
+                        await loop.create_unix_connection(lambda: connection, self._path)
                     else:
                         context = ssl.create_default_context() if self._tls else None
-                        reader, writer = await asyncio.open_connection(
-                            self._host, self._port, ssl=context
+                        await loop.create_connection(
+                            lambda: connection, self._host, self._port, ssl=context
                         )
-                    await self._handshake(reader, writer)
+                    await self._handshake(connection)
+                connected = True
             except (OSError, TimeoutError, RedisReplyError) as exc:
                 raise RedisConnectionError(f"cannot connect to Redis: {exc!r}") from exc
-            self._pending.clear()
-            self._writer = writer
-            self._reader_task = asyncio.create_task(self._read_replies(reader, writer))
-            return writer
+            finally:
+                if not connected:  # also when the caller was cancelled meanwhile
+                    connection.close(RedisConnectionError("connection not completed"))
+            self._connection = connection
+            return connection
 
-    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handshake(self, connection: _Connection) -> None:
         """AUTH and SELECT, one at a time, before the connection is shared."""
-        commands: list[tuple[str | bytes | int | float, ...]] = []
         if self._password is not None:
             auth = ("AUTH", self._username) if self._username else ("AUTH",)
-            commands.append((*auth, self._password))
+            await connection.send(encode_command((*auth, self._password)))
         if self._db:
-            commands.append(("SELECT", self._db))
-        parser = hiredis.Reader(replyError=RedisReplyError)
-        for command in commands:
-            writer.write(encode_command(command))
-            reply = False
-            while reply is False:
-                data = await reader.read(4096)
-                if not data:
-                    raise RedisConnectionError("Redis closed the connection")
-                parser.feed(data)
-                reply = parser.gets()
-            if isinstance(reply, RedisReplyError):
-                raise reply
-
-    async def _read_replies(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        parser = hiredis.Reader(replyError=RedisReplyError)
-        try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    raise RedisConnectionError("Redis closed the connection")
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    waiter = self._pending.popleft()
-                    if waiter.done():  # its caller gave up
-                        continue
-                    if isinstance(reply, RedisReplyError):
-                        waiter.set_exception(reply)
-                    else:
-                        waiter.set_result(reply)
-        except (OSError, hiredis.ProtocolError, IndexError) as exc:
-            self._drop(writer, RedisConnectionError(f"Redis connection lost: {exc!r}"))
-
-    def _drop(self, writer: asyncio.StreamWriter, error: Exception) -> None:
-        """Close ``writer``'s connection and fail the calls waiting on it."""
-        if self._writer is not writer:
-            return
-        self._writer = None
-        writer.close()
-        if self._reader_task is not None and self._reader_task is not asyncio.current_task():
-            self._reader_task.cancel()
-        while self._pending:
-            waiter = self._pending.popleft()
-            if not waiter.done():
-                waiter.set_exception(error)
+            await connection.send(encode_command(("SELECT", self._db)))

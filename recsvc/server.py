@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recsvc._wire import ranked_items
 from recsvc.bundle import SOURCE_BITS
 from recsvc.exceptions import InvalidRequest, ItemNotFound, SessionStoreError
 from recsvc.metrics import Metrics
@@ -43,12 +44,16 @@ FALLBACK_PROTO = {
     if not name.startswith("_")
 }
 SOURCE_PROTO = {bit: pb.Source.Value(f"SOURCE_{name.upper()}") for name, bit in SOURCE_BITS.items()}
-#: Pool source flags -> the proto enums they stand for, for every combination of bits.
-SOURCES_OF_FLAGS = [
-    [proto for bit, proto in SOURCE_PROTO.items() if flags & bit]
-    for flags in range(2 * max(SOURCE_BITS.values()))
+#: Pool source flags -> the proto enums they stand for, for every value a uint8 can hold
+#: (bits no source has are ignored).
+SOURCES_BY_FLAGS = [
+    tuple(proto for bit, proto in SOURCE_PROTO.items() if flags & bit) for flags in range(256)
 ]
-SOURCE_MASK = len(SOURCES_OF_FLAGS) - 1  # bits no source has are ignored, as before
+#: Field numbers for :func:`recsvc._wire.ranked_items`, read from the generated code.
+ITEM_FIELDS = (
+    pb.RecommendResponse.DESCRIPTOR.fields_by_name["items"].number,
+    *(pb.RankedItem.DESCRIPTOR.fields_by_name[f].number for f in ("item_id", "score", "sources")),
+)
 
 
 class RecommenderService(pb_grpc.RecommenderServicer):
@@ -150,9 +155,13 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             fallback_reason=FALLBACK_PROTO.get(ranking.fallback, 0),
             session_events_used=ranking.session_events_used,
         )
-        add = response.items.add  # in place: no separate RankedItem messages to copy
-        for item, score, flags in zip(ranking.items, ranking.scores, ranking.sources, strict=True):
-            add(item_id=item, score=score, sources=SOURCES_OF_FLAGS[flags & SOURCE_MASK])
+        # The items as wire bytes, written in C and parsed by upb: a tenth of the cost of
+        # adding 30 RankedItem messages one by one.
+        response.MergeFromString(
+            ranked_items(
+                ranking.items, ranking.scores, ranking.sources, SOURCES_BY_FLAGS, ITEM_FIELDS
+            )
+        )
         return response
 
 

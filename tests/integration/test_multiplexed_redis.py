@@ -133,3 +133,26 @@ def test_reconnects_after_a_restart(private_redis: PrivateRedis) -> None:
             await client.aclose()
 
     assert run(scenario()) == b"PONG"
+
+
+def test_a_busy_connection_that_keeps_answering_is_kept(redis_url: str) -> None:
+    """The stuck check looks at the oldest unanswered call, not at how long the
+    connection has been busy: calls for three times the timeout never close it."""
+
+    async def calls() -> tuple[int, int]:
+        client = MultiplexedRedis(redis_url, timeout_s=0.2)
+        try:
+            await client.execute("PING")
+            first = client._connection
+            loop = asyncio.get_running_loop()
+            end, answered = loop.time() + 0.6, 0
+            while loop.time() < end:
+                replies = await asyncio.gather(*(client.execute("PING") for _ in range(20)))
+                answered += replies.count(b"PONG")
+                await asyncio.sleep(0.01)
+            return answered, int(client._connection is first)
+        finally:
+            await client.aclose()
+
+    answered, same_connection = run(calls())
+    assert answered > 200 and same_connection == 1

@@ -1,0 +1,58 @@
+"""The compiled reply-items encoder writes what protobuf itself writes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from recsvc._wire import ranked_items
+from recsvc.server import ITEM_FIELDS, SOURCES_BY_FLAGS
+from recsvc.v1 import recommender_pb2 as pb
+
+
+def protobuf_bytes(ids: list[str], scores: list[float], flags: list[int]) -> bytes:
+    items = [
+        pb.RankedItem(item_id=i, score=s, sources=SOURCES_BY_FLAGS[f])
+        for i, s, f in zip(ids, scores, flags, strict=True)
+    ]
+    return pb.RecommendResponse(items=items).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("ids", "scores", "flags"),
+    [
+        ([], [], []),
+        (["1000001", "7"], [0.8125, -3.5], [1, 0]),
+        (["a" * 300, "b"], [1e-30, 123456.789], [255, 6]),  # a length of two varint bytes
+        (["tête-à-tête", "商品"], [0.0, -0.0], [3, 12]),  # UTF-8; the zeros protobuf omits
+        (["x"], [math.inf], [2]),
+        ([""], [0.25], [0]),
+    ],
+)
+def test_the_bytes_are_protobufs_own(ids: list[str], scores: list[float], flags: list[int]) -> None:
+    assert ranked_items(ids, scores, flags, SOURCES_BY_FLAGS, ITEM_FIELDS) == protobuf_bytes(
+        ids, scores, flags
+    )
+
+
+def test_a_nan_score_survives_the_round_trip() -> None:
+    wire = ranked_items(["x"], [math.nan], [1], SOURCES_BY_FLAGS, ITEM_FIELDS)
+    assert math.isnan(pb.RecommendResponse.FromString(wire).items[0].score)
+
+
+def test_bad_arguments_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        ranked_items(["a", "b"], [1.0], [0, 0], SOURCES_BY_FLAGS, ITEM_FIELDS)
+    with pytest.raises(TypeError, match=r"item_ids\[0\] must be a str"):
+        ranked_items([b"a"], [1.0], [0], SOURCES_BY_FLAGS, ITEM_FIELDS)
+    with pytest.raises(IndexError, match="flags\\[0\\] = 256 has no entry"):
+        ranked_items(["a"], [1.0], [256], SOURCES_BY_FLAGS, ITEM_FIELDS)
+    with pytest.raises(TypeError, match="must be lists"):
+        ranked_items(("a",), [1.0], [0], SOURCES_BY_FLAGS, ITEM_FIELDS)
+    with pytest.raises(TypeError, match="tuples of ints"):
+        ranked_items(["a"], [1.0], [0], [b""], ITEM_FIELDS)
+    with pytest.raises(TypeError):
+        ranked_items(["a"], ["high"], [0], SOURCES_BY_FLAGS, ITEM_FIELDS)
+    with pytest.raises(ValueError, match="field numbers"):
+        ranked_items(["a"], [1.0], [0], SOURCES_BY_FLAGS, (0, 1, 2, 3))

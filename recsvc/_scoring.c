@@ -17,6 +17,10 @@
  *       score, highest first; equal scores keep pool order and NaN comes last, as
  *       numpy's argsort(-scores, kind="stable") orders them.
  *
+ *   rank_pool(window, pool, input_embeddings, output_embeddings, position_weights,
+ *             scorable, keep, k) -> (positions, items, scores)
+ *       Both at once, for the server: no scores array to allocate, one call to pay for.
+ *
  * Arrays come in through the buffer protocol (numpy arrays, memory-mapped bundle arrays),
  * so no numpy headers are needed to build.  Floating-point sums have a fixed order (eight
  * lanes, then a fixed pairing), so a result does not depend on compiler flags and the
@@ -78,48 +82,62 @@ static float dot(const float *a, const float *b, Py_ssize_t d) {
            tail;
 }
 
-static PyObject *pool_scores(PyObject *self, PyObject *args) {
-    PyObject *window_obj, *pool_obj, *input_obj, *output_obj, *weights_obj, *scorable_obj,
-        *out_obj;
-    if (!PyArg_ParseTuple(args, "OOOOOOO:pool_scores", &window_obj, &pool_obj, &input_obj,
-                          &output_obj, &weights_obj, &scorable_obj, &out_obj)) {
-        return NULL;
-    }
-    Py_buffer pool = {0}, input = {0}, output = {0}, weights = {0}, scorable = {0}, out = {0};
-    PyObject *window = NULL, *result = NULL;
-    float *user = NULL;
-    int have_scorable = scorable_obj != Py_None;
+/* The arrays of one scoring call, acquired through the buffer protocol. */
+typedef struct {
+    Py_buffer pool, input, output, weights, scorable;
+    int have_scorable;
+    Py_ssize_t n_items, d, c;
+} Arrays;
 
-    if (get_array(pool_obj, &pool, "pool", "i", 4, 1, 0) ||
-        get_array(input_obj, &input, "input_embeddings", "f", 4, 2, 0) ||
-        get_array(output_obj, &output, "output_embeddings", "f", 4, 2, 0) ||
-        get_array(weights_obj, &weights, "position_weights", "f", 4, 1, 0) ||
-        (have_scorable && get_array(scorable_obj, &scorable, "scorable", "?B", 1, 1, 0)) ||
-        get_array(out_obj, &out, "out", "f", 4, 1, 1)) {
-        goto done;
+static void release_arrays(Arrays *a) {
+    PyBuffer_Release(&a->pool);
+    PyBuffer_Release(&a->input);
+    PyBuffer_Release(&a->output);
+    PyBuffer_Release(&a->weights);
+    PyBuffer_Release(&a->scorable);
+}
+
+/* Fills ``a`` (zeroed by the caller) and checks the shapes agree; releases on failure. */
+static int acquire_arrays(Arrays *a, PyObject *pool, PyObject *input, PyObject *output,
+                          PyObject *weights, PyObject *scorable) {
+    a->have_scorable = scorable != Py_None;
+    if (get_array(pool, &a->pool, "pool", "i", 4, 1, 0) ||
+        get_array(input, &a->input, "input_embeddings", "f", 4, 2, 0) ||
+        get_array(output, &a->output, "output_embeddings", "f", 4, 2, 0) ||
+        get_array(weights, &a->weights, "position_weights", "f", 4, 1, 0) ||
+        (a->have_scorable && get_array(scorable, &a->scorable, "scorable", "?B", 1, 1, 0))) {
+        release_arrays(a);
+        return -1;
     }
-    Py_ssize_t n_items = input.shape[0], d = input.shape[1], c = pool.shape[0];
-    if (output.shape[0] != n_items || output.shape[1] != d) {
+    a->n_items = a->input.shape[0];
+    a->d = a->input.shape[1];
+    a->c = a->pool.shape[0];
+    if (a->output.shape[0] != a->n_items || a->output.shape[1] != a->d) {
         PyErr_SetString(PyExc_ValueError,
                         "input_embeddings and output_embeddings must have the same shape");
-        goto done;
-    }
-    if (have_scorable && scorable.shape[0] != n_items) {
+    } else if (a->have_scorable && a->scorable.shape[0] != a->n_items) {
         PyErr_SetString(PyExc_ValueError, "scorable must have one entry per item");
-        goto done;
+    } else {
+        return 0;
     }
-    if (out.shape[0] != c) {
-        PyErr_SetString(PyExc_ValueError, "out must have one entry per pool slot");
-        goto done;
-    }
-    window = PySequence_Fast(window_obj, "window must be a sequence of item indices");
+    release_arrays(a);
+    return -1;
+}
+
+/* Writes the score of each of the ``a->c`` pool slots into ``out``; -1 with an exception
+ * set on a bad window or pool entry. */
+static int score_pool(const Arrays *a, PyObject *window_obj, float *out) {
+    PyObject *window = PySequence_Fast(window_obj, "window must be a sequence of item indices");
     if (window == NULL) {
-        goto done;
+        return -1;
     }
+    int status = -1;
+    Py_ssize_t n_items = a->n_items, d = a->d, c = a->c;
+    float *user = NULL;
     Py_ssize_t width = PySequence_Fast_GET_SIZE(window);
-    if (width > weights.shape[0]) {
+    if (width > a->weights.shape[0]) {
         PyErr_Format(PyExc_ValueError, "window has %zd slots, position_weights only %zd", width,
-                     weights.shape[0]);
+                     a->weights.shape[0]);
         goto done;
     }
     user = PyMem_Calloc(d > 0 ? d : 1, sizeof(float));
@@ -127,7 +145,22 @@ static PyObject *pool_scores(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    const float *in = input.buf, *o = output.buf, *w = weights.buf;
+    const float *in = a->input.buf, *o = a->output.buf, *w = a->weights.buf;
+    const int32_t *p = a->pool.buf;
+    const unsigned char *ok = a->have_scorable ? a->scorable.buf : NULL;
+    /* Ask for every candidate's row before using any: they are scattered over the matrix,
+     * and on a busy server none is in cache, so waiting for them one at a time dominates. */
+    for (Py_ssize_t i = 0; i < c; i++) {
+        if (p[i] >= 0 && p[i] < n_items) {
+            if (ok != NULL) {
+                __builtin_prefetch(ok + p[i]);
+            }
+            const char *row = (const char *)(o + p[i] * d);
+            for (Py_ssize_t byte = 0; byte < d * (Py_ssize_t)sizeof(float); byte += 64) {
+                __builtin_prefetch(row + byte);
+            }
+        }
+    }
     Py_ssize_t valid = 0;
     for (Py_ssize_t slot = 0; slot < width; slot++) {
         Py_ssize_t item = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(window, slot));
@@ -153,22 +186,6 @@ static PyObject *pool_scores(PyObject *self, PyObject *args) {
             user[j] /= (float)valid;
         }
     }
-    const int32_t *p = pool.buf;
-    const unsigned char *ok = have_scorable ? scorable.buf : NULL;
-    float *s = out.buf;
-    /* Ask for every candidate's row before using any: they are scattered over the matrix,
-     * and on a busy server none is in cache, so waiting for them one at a time dominates. */
-    for (Py_ssize_t i = 0; i < c; i++) {
-        if (p[i] >= 0 && p[i] < n_items) {
-            if (ok != NULL) {
-                __builtin_prefetch(ok + p[i]);
-            }
-            const char *row = (const char *)(o + p[i] * d);
-            for (Py_ssize_t byte = 0; byte < d * (Py_ssize_t)sizeof(float); byte += 64) {
-                __builtin_prefetch(row + byte);
-            }
-        }
-    }
     for (Py_ssize_t i = 0; i < c; i++) {
         int32_t item = p[i];
         if (item >= n_items) {
@@ -176,21 +193,13 @@ static PyObject *pool_scores(PyObject *self, PyObject *args) {
                          n_items);
             goto done;
         }
-        s[i] = (item < 0 || (ok != NULL && !ok[item])) ? -INFINITY : dot(o + item * d, user, d);
+        out[i] = (item < 0 || (ok != NULL && !ok[item])) ? -INFINITY : dot(o + item * d, user, d);
     }
-    result = Py_NewRef(Py_None);
+    status = 0;
 done:
     PyMem_Free(user);
-    Py_XDECREF(window);
-    PyBuffer_Release(&pool);
-    PyBuffer_Release(&input);
-    PyBuffer_Release(&output);
-    PyBuffer_Release(&weights);
-    if (have_scorable) {
-        PyBuffer_Release(&scorable);
-    }
-    PyBuffer_Release(&out);
-    return result;
+    Py_DECREF(window);
+    return status;
 }
 
 /* Does score ``a`` of a later slot go before score ``b`` of an earlier one? Only when it is
@@ -199,42 +208,16 @@ static inline int goes_before(float a, float b) {
     return a > b || (isnan(b) && !isnan(a));
 }
 
-static PyObject *top_positions(PyObject *self, PyObject *args) {
-    PyObject *scores_obj, *pool_obj, *keep_obj;
-    Py_ssize_t k;
-    if (!PyArg_ParseTuple(args, "OOOn:top_positions", &scores_obj, &pool_obj, &keep_obj, &k)) {
-        return NULL;
-    }
-    if (k < 0) {
-        PyErr_SetString(PyExc_ValueError, "k must not be negative");
-        return NULL;
-    }
-    Py_buffer scores = {0}, pool = {0}, keep = {0};
-    int have_keep = keep_obj != Py_None;
-    Py_ssize_t *best = NULL;
-    PyObject *positions = NULL, *items = NULL, *values = NULL, *result = NULL;
-
-    if (get_array(scores_obj, &scores, "scores", "f", 4, 1, 0) ||
-        get_array(pool_obj, &pool, "pool", "i", 4, 1, 0) ||
-        (have_keep && get_array(keep_obj, &keep, "keep", "?B", 1, 1, 0))) {
-        goto done;
-    }
-    Py_ssize_t c = scores.shape[0];
-    if (pool.shape[0] != c || (have_keep && keep.shape[0] != c)) {
-        PyErr_SetString(PyExc_ValueError, "scores, pool and keep must have the same length");
-        goto done;
-    }
+/* (positions, items, scores) of the at most k best of c slots (see top_positions). */
+static PyObject *select_top(const float *s, const int32_t *p, const unsigned char *allowed,
+                            Py_ssize_t c, Py_ssize_t k) {
     if (k > c) {
         k = c;
     }
-    best = PyMem_Malloc((k > 0 ? k : 1) * sizeof(Py_ssize_t));
+    Py_ssize_t *best = PyMem_Malloc((k > 0 ? k : 1) * sizeof(Py_ssize_t));
     if (best == NULL) {
-        PyErr_NoMemory();
-        goto done;
+        return PyErr_NoMemory();
     }
-    const float *s = scores.buf;
-    const int32_t *p = pool.buf;
-    const unsigned char *allowed = have_keep ? keep.buf : NULL;
     Py_ssize_t count = 0;
     for (Py_ssize_t i = 0; i < c && k > 0; i++) {
         if (p[i] < 0 || (allowed != NULL && !allowed[i])) {
@@ -260,9 +243,9 @@ static PyObject *top_positions(PyObject *self, PyObject *args) {
             count++;
         }
     }
-    positions = PyList_New(count);
-    items = PyList_New(count);
-    values = PyList_New(count);
+    PyObject *result = NULL;
+    PyObject *positions = PyList_New(count), *items = PyList_New(count),
+             *values = PyList_New(count);
     if (positions == NULL || items == NULL || values == NULL) {
         goto done;
     }
@@ -286,11 +269,112 @@ done:
     Py_XDECREF(items);
     Py_XDECREF(values);
     PyMem_Free(best);
-    PyBuffer_Release(&scores);
-    PyBuffer_Release(&pool);
-    if (have_keep) {
+    return result;
+}
+
+/* ``keep`` as a byte per slot, or NULL for None; -1 with an exception on a bad one. */
+static int acquire_keep(PyObject *keep_obj, Py_buffer *keep, Py_ssize_t c,
+                        const unsigned char **allowed) {
+    *allowed = NULL;
+    if (keep_obj == Py_None) {
+        return 0;
+    }
+    if (get_array(keep_obj, keep, "keep", "?B", 1, 1, 0)) {
+        return -1;
+    }
+    if (keep->shape[0] != c) {
+        PyErr_SetString(PyExc_ValueError, "scores, pool and keep must have the same length");
+        PyBuffer_Release(keep);
+        return -1;
+    }
+    *allowed = keep->buf;
+    return 0;
+}
+
+static PyObject *pool_scores(PyObject *self, PyObject *args) {
+    PyObject *window, *pool, *input, *output, *weights, *scorable, *out_obj;
+    if (!PyArg_ParseTuple(args, "OOOOOOO:pool_scores", &window, &pool, &input, &output,
+                          &weights, &scorable, &out_obj)) {
+        return NULL;
+    }
+    Arrays a = {0};
+    Py_buffer out = {0};
+    if (acquire_arrays(&a, pool, input, output, weights, scorable)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (get_array(out_obj, &out, "out", "f", 4, 1, 1) == 0) {
+        if (out.shape[0] != a.c) {
+            PyErr_SetString(PyExc_ValueError, "out must have one entry per pool slot");
+        } else if (score_pool(&a, window, out.buf) == 0) {
+            result = Py_NewRef(Py_None);
+        }
+        PyBuffer_Release(&out);
+    }
+    release_arrays(&a);
+    return result;
+}
+
+static PyObject *top_positions(PyObject *self, PyObject *args) {
+    PyObject *scores_obj, *pool_obj, *keep_obj;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "OOOn:top_positions", &scores_obj, &pool_obj, &keep_obj, &k)) {
+        return NULL;
+    }
+    if (k < 0) {
+        PyErr_SetString(PyExc_ValueError, "k must not be negative");
+        return NULL;
+    }
+    Py_buffer scores = {0}, pool = {0}, keep = {0};
+    const unsigned char *allowed = NULL;
+    PyObject *result = NULL;
+    if (get_array(scores_obj, &scores, "scores", "f", 4, 1, 0) ||
+        get_array(pool_obj, &pool, "pool", "i", 4, 1, 0)) {
+        goto done;
+    }
+    if (pool.shape[0] != scores.shape[0]) {
+        PyErr_SetString(PyExc_ValueError, "scores, pool and keep must have the same length");
+        goto done;
+    }
+    if (acquire_keep(keep_obj, &keep, scores.shape[0], &allowed) == 0) {
+        result = select_top(scores.buf, pool.buf, allowed, scores.shape[0], k);
         PyBuffer_Release(&keep);
     }
+done:
+    PyBuffer_Release(&scores);
+    PyBuffer_Release(&pool);
+    return result;
+}
+
+static PyObject *rank_pool(PyObject *self, PyObject *args) {
+    PyObject *window, *pool, *input, *output, *weights, *scorable, *keep_obj;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "OOOOOOOn:rank_pool", &window, &pool, &input, &output, &weights,
+                          &scorable, &keep_obj, &k)) {
+        return NULL;
+    }
+    if (k < 0) {
+        PyErr_SetString(PyExc_ValueError, "k must not be negative");
+        return NULL;
+    }
+    Arrays a = {0};
+    if (acquire_arrays(&a, pool, input, output, weights, scorable)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_buffer keep = {0};
+    const unsigned char *allowed = NULL;
+    float *scores = PyMem_Malloc((a.c > 0 ? a.c : 1) * sizeof(float));
+    if (scores == NULL) {
+        PyErr_NoMemory();
+    } else if (acquire_keep(keep_obj, &keep, a.c, &allowed) == 0) {
+        if (score_pool(&a, window, scores) == 0) {
+            result = select_top(scores, a.pool.buf, allowed, a.c, k);
+        }
+        PyBuffer_Release(&keep);
+    }
+    PyMem_Free(scores);
+    release_arrays(&a);
     return result;
 }
 
@@ -300,6 +384,10 @@ static PyMethodDef methods[] = {
      "scorable, out)\n--\n\n"
      "Write the personalized score of each pool slot into out (-inf for padding and\n"
      "unscorable items). window: item indices, current item first, -1 for empty slots."},
+    {"rank_pool", rank_pool, METH_VARARGS,
+     "rank_pool(window, pool, input_embeddings, output_embeddings, position_weights, "
+     "scorable, keep, k)\n--\n\n"
+     "top_positions of pool_scores, in one call: (positions, items, scores)."},
     {"top_positions", top_positions, METH_VARARGS,
      "top_positions(scores, pool, keep, k)\n--\n\n"
      "(positions, items, scores) of the at most k best slots holding an item that keep\n"

@@ -13,7 +13,7 @@ import numpy as np
 
 from recsvc.bundle import Bundle
 from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
-from recsvc.scoring import session_window, top_positions, window_scores
+from recsvc.scoring import rank_pool, session_window, top_positions
 from recsvc.sessions import SessionEvent
 
 #: Session event types that are visits, as in the offline cases.
@@ -93,6 +93,10 @@ class Ranker:
         #: The offline order as scores, 1.0 for the first slot: the answer without a model.
         self._offline_scores = (1.0 - np.arange(self.pool_size) / self.pool_size).astype(np.float32)
         self._ids = list(self._index)  # index -> id, the dict's own strings
+        # Per-request lookups from Python objects: indexing bytes is a tenth of the cost of
+        # indexing a numpy array.
+        self._known = self.model.known.tobytes() if self.model is not None else b""
+        self._width = len(self.model.position_weights) if self.model is not None else 0
 
     def index(self, item_id: str) -> int:
         try:
@@ -136,17 +140,31 @@ class Ranker:
             unseen = ~np.isin(pool, seen)
             keep = unseen if keep is None else keep & unseen
 
+        history = [e.item_id for e in session if e.type in VISIT_TYPES]
         if fallback is None:
-            fallback = self._why_not_personalized(session)
-        scores, used = self._offline_scores, 0
+            fallback = self._why_not_personalized(history)
+        window = None
         if fallback is None:
-            window = self._window(item_id, session)
-            if any(item >= 0 for item in window):
-                scores = self._scores(window, pool)
-                used = sum(item >= 0 for item in window[1:])
-            else:
-                fallback = Fallback.ITEM_NOT_IN_MODEL
-        positions, items, values = top_positions(scores, pool, keep, k)
+            window = self._window(item_id, history)
+            if all(item < 0 for item in window):
+                fallback, window = Fallback.ITEM_NOT_IN_MODEL, None
+        if window is None:
+            used = 0
+            positions, items, values = top_positions(self._offline_scores, pool, keep, k)
+        else:
+            m = self.model
+            assert m is not None
+            used = sum(item >= 0 for item in window[1:])
+            positions, items, values = rank_pool(
+                window,
+                pool,
+                m.input_embeddings,
+                m.output_embeddings,
+                m.position_weights,
+                m.scorable,
+                keep,
+                k,
+            )
         sources = self.pool_sources[current].tobytes()
         return Ranking(
             items=[self._ids[item] for item in items],
@@ -157,28 +175,19 @@ class Ranker:
             session_events_used=used,
         )
 
-    def _why_not_personalized(self, session: Sequence[SessionEvent]) -> str | None:
+    def _why_not_personalized(self, history: list[str]) -> str | None:
         if self.model is None:
             return Fallback.NO_MODEL
-        if not any(e.type in VISIT_TYPES for e in session):
+        if not history:
             return Fallback.NO_SESSION
         return None
 
-    def _window(self, item_id: str, session: Sequence[SessionEvent]) -> list[int]:
+    def _window(self, item_id: str, history: list[str]) -> list[int]:
         """Window indices, -1 for empty slots and items the model does not know."""
-        assert self.model is not None
-        width = len(self.model.position_weights)
-        history = [e.item_id for e in session if e.type in VISIT_TYPES]
+        width = self._width
         window = [-1] * width
         for slot, item in enumerate(session_window(item_id, history, width)):
             index = self._index.get(item, -1)
-            if index >= 0 and self.model.known[index]:
+            if index >= 0 and self._known[index]:
                 window[slot] = index
         return window
-
-    def _scores(self, window: list[int], pool: np.ndarray) -> np.ndarray:
-        assert self.model is not None
-        m = self.model
-        return window_scores(
-            window, pool, m.input_embeddings, m.output_embeddings, m.position_weights, m.scorable
-        )

@@ -30,6 +30,9 @@ T = TypeVar("T")
 #: best pool slots that hold an item and that ``keep`` (a bool array, or None) allows,
 #: highest score first, ties in pool order, NaN last (numpy's stable argsort order).
 top_positions = _scoring.top_positions
+#: ``rank_pool(window, pool, input_embeddings, output_embeddings, position_weights, scorable,
+#: keep, k)``: :func:`top_positions` of :func:`window_scores`, in one call (the server's).
+rank_pool = _scoring.rank_pool
 
 
 def user_vector(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recsvc import _scoring
-from recsvc.scoring import case_scores, user_vector, window_scores
+from recsvc.scoring import case_scores, rank_pool, user_vector, window_scores
 
 N_ITEMS, DIM, WIDTH, POOL = 50, 13, 8, 40  # a dimension that is no multiple of the lanes
 
@@ -113,3 +113,21 @@ def test_bad_arguments_are_clear_errors() -> None:
         _scoring.top_positions(out, pool, None, -1)
     with pytest.raises(ValueError, match="same length"):
         _scoring.top_positions(out, pool[:3], None, 2)
+
+
+def test_rank_pool_is_top_positions_of_the_window_scores() -> None:
+    inputs, outputs, weights, scorable = model()
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        pool = rng.integers(-1, N_ITEMS, size=POOL).astype(np.int32)
+        window = rng.integers(-1, N_ITEMS, size=WIDTH).tolist()
+        keep = rng.random(POOL) < 0.7
+        scores = window_scores(window, pool, inputs, outputs, weights, scorable)
+        for k in (1, 10, POOL):
+            expected = _scoring.top_positions(scores, pool, keep, k)
+            got = rank_pool(window, pool, inputs, outputs, weights, scorable, keep, k)
+            assert got == expected
+    with pytest.raises(ValueError, match="k must not be negative"):
+        rank_pool([1], pool, inputs, outputs, weights, scorable, None, -1)
+    with pytest.raises(ValueError, match="same length"):
+        rank_pool([1], pool, inputs, outputs, weights, scorable, keep[:3], 2)

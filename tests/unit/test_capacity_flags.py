@@ -1,0 +1,28 @@
+"""The capacity benchmark refuses flags it cannot run with, before it starts anything."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]  # loadtest/ is run from here, not installed
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--confirm-tries", "0"], "--confirm-tries must be at least 1"),
+        (["--confirm-backoff", "1.0"], "--confirm-backoff must be between 0 and 1"),
+        (["--confirm-s", "0"], "must be positive"),
+    ],
+)
+def test_bad_flags_are_refused(flags: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.capacity", *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]

@@ -3,7 +3,7 @@
  *
  * A served ranking is about twenty small numpy operations when written in numpy, and on a
  * busy server each of them runs with cold caches, so their dispatch, not their flops, was
- * the largest cost of a Recommend.  Here the same maths is two calls:
+ * the largest cost of a Recommend.  Here the same maths is one call:
  *
  *   pool_scores(window, pool, input_embeddings, output_embeddings, position_weights,
  *               scorable, out)
@@ -17,9 +17,12 @@
  *       score, highest first; equal scores keep pool order and NaN comes last, as
  *       numpy's argsort(-scores, kind="stable") orders them.
  *
- *   rank_pool(window, pool, input_embeddings, output_embeddings, position_weights,
- *             scorable, keep, k) -> (positions, items, scores)
- *       Both at once, for the server: no scores array to allocate, one call to pay for.
+ *   PoolRanker(pools, pool_sources, item_ids, input_embeddings, output_embeddings,
+ *              position_weights, scorable).rank(row, window, keep, k)
+ *       -> (item ids, scores, source flags)
+ *       Both at once for one pool of a bundle, for the server: it holds the bundle's
+ *       arrays from its creation, so a request pays for no buffer, view or scores array;
+ *       window None ranks the pool in its offline order, scored 1 - slot / pool size.
  *
  * Arrays come in through the buffer protocol (numpy arrays, memory-mapped bundle arrays),
  * so no numpy headers are needed to build.  Floating-point sums have a fixed order (eight
@@ -58,7 +61,11 @@ static int get_array(PyObject *obj, Py_buffer *view, const char *name, const cha
     if (view->ndim != ndim || view->itemsize != itemsize || strlen(format) != 1 ||
         strchr(kinds, format[0]) == NULL) {
         PyErr_Format(PyExc_TypeError, "%s must be a %d-d array of %s, got format %s ndim %d",
-                     name, ndim, kinds[0] == 'f' ? "float32" : kinds[0] == '?' ? "bool" : "int32",
+                     name, ndim,
+                     kinds[0] == 'f'   ? "float32"
+                     : kinds[0] == '?' ? "bool"
+                     : kinds[0] == 'B' ? "uint8"
+                                       : "int32",
                      view->format ? view->format : "B", view->ndim);
         PyBuffer_Release(view);
         return -1;
@@ -82,62 +89,60 @@ static float dot(const float *a, const float *b, Py_ssize_t d) {
            tail;
 }
 
-/* The arrays of one scoring call, acquired through the buffer protocol. */
+/* A model's arrays, acquired through the buffer protocol. */
 typedef struct {
-    Py_buffer pool, input, output, weights, scorable;
+    Py_buffer input, output, weights, scorable;
     int have_scorable;
-    Py_ssize_t n_items, d, c;
-} Arrays;
+    Py_ssize_t n_items, d;
+} Model;
 
-static void release_arrays(Arrays *a) {
-    PyBuffer_Release(&a->pool);
-    PyBuffer_Release(&a->input);
-    PyBuffer_Release(&a->output);
-    PyBuffer_Release(&a->weights);
-    PyBuffer_Release(&a->scorable);
+static void release_model(Model *m) {
+    PyBuffer_Release(&m->input);
+    PyBuffer_Release(&m->output);
+    PyBuffer_Release(&m->weights);
+    PyBuffer_Release(&m->scorable);
 }
 
-/* Fills ``a`` (zeroed by the caller) and checks the shapes agree; releases on failure. */
-static int acquire_arrays(Arrays *a, PyObject *pool, PyObject *input, PyObject *output,
-                          PyObject *weights, PyObject *scorable) {
-    a->have_scorable = scorable != Py_None;
-    if (get_array(pool, &a->pool, "pool", "i", 4, 1, 0) ||
-        get_array(input, &a->input, "input_embeddings", "f", 4, 2, 0) ||
-        get_array(output, &a->output, "output_embeddings", "f", 4, 2, 0) ||
-        get_array(weights, &a->weights, "position_weights", "f", 4, 1, 0) ||
-        (a->have_scorable && get_array(scorable, &a->scorable, "scorable", "?B", 1, 1, 0))) {
-        release_arrays(a);
+/* Fills ``m`` (zeroed by the caller) and checks the shapes agree; releases on failure. */
+static int acquire_model(Model *m, PyObject *input, PyObject *output, PyObject *weights,
+                         PyObject *scorable) {
+    m->have_scorable = scorable != Py_None;
+    if (get_array(input, &m->input, "input_embeddings", "f", 4, 2, 0) ||
+        get_array(output, &m->output, "output_embeddings", "f", 4, 2, 0) ||
+        get_array(weights, &m->weights, "position_weights", "f", 4, 1, 0) ||
+        (m->have_scorable && get_array(scorable, &m->scorable, "scorable", "?B", 1, 1, 0))) {
+        release_model(m);
         return -1;
     }
-    a->n_items = a->input.shape[0];
-    a->d = a->input.shape[1];
-    a->c = a->pool.shape[0];
-    if (a->output.shape[0] != a->n_items || a->output.shape[1] != a->d) {
+    m->n_items = m->input.shape[0];
+    m->d = m->input.shape[1];
+    if (m->output.shape[0] != m->n_items || m->output.shape[1] != m->d) {
         PyErr_SetString(PyExc_ValueError,
                         "input_embeddings and output_embeddings must have the same shape");
-    } else if (a->have_scorable && a->scorable.shape[0] != a->n_items) {
+    } else if (m->have_scorable && m->scorable.shape[0] != m->n_items) {
         PyErr_SetString(PyExc_ValueError, "scorable must have one entry per item");
     } else {
         return 0;
     }
-    release_arrays(a);
+    release_model(m);
     return -1;
 }
 
-/* Writes the score of each of the ``a->c`` pool slots into ``out``; -1 with an exception
- * set on a bad window or pool entry. */
-static int score_pool(const Arrays *a, PyObject *window_obj, float *out) {
+/* Writes the score of each of the ``c`` slots of pool ``p`` into ``out``; -1 with an
+ * exception set on a bad window or pool entry. */
+static int score_pool(const Model *m, PyObject *window_obj, const int32_t *p, Py_ssize_t c,
+                      float *out) {
     PyObject *window = PySequence_Fast(window_obj, "window must be a sequence of item indices");
     if (window == NULL) {
         return -1;
     }
     int status = -1;
-    Py_ssize_t n_items = a->n_items, d = a->d, c = a->c;
+    Py_ssize_t n_items = m->n_items, d = m->d;
     float *user = NULL;
     Py_ssize_t width = PySequence_Fast_GET_SIZE(window);
-    if (width > a->weights.shape[0]) {
+    if (width > m->weights.shape[0]) {
         PyErr_Format(PyExc_ValueError, "window has %zd slots, position_weights only %zd", width,
-                     a->weights.shape[0]);
+                     m->weights.shape[0]);
         goto done;
     }
     user = PyMem_Calloc(d > 0 ? d : 1, sizeof(float));
@@ -145,9 +150,8 @@ static int score_pool(const Arrays *a, PyObject *window_obj, float *out) {
         PyErr_NoMemory();
         goto done;
     }
-    const float *in = a->input.buf, *o = a->output.buf, *w = a->weights.buf;
-    const int32_t *p = a->pool.buf;
-    const unsigned char *ok = a->have_scorable ? a->scorable.buf : NULL;
+    const float *in = m->input.buf, *o = m->output.buf, *w = m->weights.buf;
+    const unsigned char *ok = m->have_scorable ? m->scorable.buf : NULL;
     /* Ask for every candidate's row before using any: they are scattered over the matrix,
      * and on a busy server none is in cache, so waiting for them one at a time dominates. */
     for (Py_ssize_t i = 0; i < c; i++) {
@@ -208,16 +212,10 @@ static inline int goes_before(float a, float b) {
     return a > b || (isnan(b) && !isnan(a));
 }
 
-/* (positions, items, scores) of the at most k best of c slots (see top_positions). */
-static PyObject *select_top(const float *s, const int32_t *p, const unsigned char *allowed,
-                            Py_ssize_t c, Py_ssize_t k) {
-    if (k > c) {
-        k = c;
-    }
-    Py_ssize_t *best = PyMem_Malloc((k > 0 ? k : 1) * sizeof(Py_ssize_t));
-    if (best == NULL) {
-        return PyErr_NoMemory();
-    }
+/* Writes the at most k best of c slots (holding an item, and allowed) into ``best``, best
+ * first; returns how many. ``best`` has room for k. */
+static Py_ssize_t select_top(const float *s, const int32_t *p, const unsigned char *allowed,
+                             Py_ssize_t c, Py_ssize_t k, Py_ssize_t *best) {
     Py_ssize_t count = 0;
     for (Py_ssize_t i = 0; i < c && k > 0; i++) {
         if (p[i] < 0 || (allowed != NULL && !allowed[i])) {
@@ -243,9 +241,93 @@ static PyObject *select_top(const float *s, const int32_t *p, const unsigned cha
             count++;
         }
     }
+    return count;
+}
+
+/* ``keep`` as a byte per slot, or NULL for None; -1 with an exception on a bad one. */
+static int acquire_keep(PyObject *keep_obj, Py_buffer *keep, Py_ssize_t c,
+                        const unsigned char **allowed) {
+    *allowed = NULL;
+    if (keep_obj == Py_None) {
+        return 0;
+    }
+    if (get_array(keep_obj, keep, "keep", "?B", 1, 1, 0)) {
+        return -1;
+    }
+    if (keep->shape[0] != c) {
+        PyErr_SetString(PyExc_ValueError, "keep must have one entry per pool slot");
+        PyBuffer_Release(keep);
+        return -1;
+    }
+    *allowed = keep->buf;
+    return 0;
+}
+
+static PyObject *pool_scores(PyObject *self, PyObject *args) {
+    PyObject *window, *pool_obj, *input, *output, *weights, *scorable, *out_obj;
+    if (!PyArg_ParseTuple(args, "OOOOOOO:pool_scores", &window, &pool_obj, &input, &output,
+                          &weights, &scorable, &out_obj)) {
+        return NULL;
+    }
+    Model m = {0};
+    Py_buffer pool = {0}, out = {0};
     PyObject *result = NULL;
-    PyObject *positions = PyList_New(count), *items = PyList_New(count),
-             *values = PyList_New(count);
+    if (get_array(pool_obj, &pool, "pool", "i", 4, 1, 0)) {
+        return NULL;
+    }
+    if (acquire_model(&m, input, output, weights, scorable) == 0) {
+        if (get_array(out_obj, &out, "out", "f", 4, 1, 1) == 0) {
+            if (out.shape[0] != pool.shape[0]) {
+                PyErr_SetString(PyExc_ValueError, "out must have one entry per pool slot");
+            } else if (score_pool(&m, window, pool.buf, pool.shape[0], out.buf) == 0) {
+                result = Py_NewRef(Py_None);
+            }
+            PyBuffer_Release(&out);
+        }
+        release_model(&m);
+    }
+    PyBuffer_Release(&pool);
+    return result;
+}
+
+static PyObject *top_positions(PyObject *self, PyObject *args) {
+    PyObject *scores_obj, *pool_obj, *keep_obj;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "OOOn:top_positions", &scores_obj, &pool_obj, &keep_obj, &k)) {
+        return NULL;
+    }
+    if (k < 0) {
+        PyErr_SetString(PyExc_ValueError, "k must not be negative");
+        return NULL;
+    }
+    Py_buffer scores = {0}, pool = {0}, keep = {0};
+    const unsigned char *allowed = NULL;
+    Py_ssize_t *best = NULL;
+    PyObject *positions = NULL, *items = NULL, *values = NULL, *result = NULL;
+    if (get_array(scores_obj, &scores, "scores", "f", 4, 1, 0) ||
+        get_array(pool_obj, &pool, "pool", "i", 4, 1, 0)) {
+        goto done;
+    }
+    Py_ssize_t c = scores.shape[0];
+    if (pool.shape[0] != c) {
+        PyErr_SetString(PyExc_ValueError, "scores and pool must have the same length");
+        goto done;
+    }
+    if (acquire_keep(keep_obj, &keep, c, &allowed)) {
+        goto done;
+    }
+    k = k < c ? k : c;
+    best = PyMem_Malloc((k > 0 ? k : 1) * sizeof(Py_ssize_t));
+    if (best == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const float *s = scores.buf;
+    const int32_t *p = pool.buf;
+    Py_ssize_t count = select_top(s, p, allowed, c, k, best);
+    positions = PyList_New(count);
+    items = PyList_New(count);
+    values = PyList_New(count);
     if (positions == NULL || items == NULL || values == NULL) {
         goto done;
     }
@@ -269,114 +351,200 @@ done:
     Py_XDECREF(items);
     Py_XDECREF(values);
     PyMem_Free(best);
+    PyBuffer_Release(&scores);
+    PyBuffer_Release(&pool);
+    PyBuffer_Release(&keep);
     return result;
 }
 
-/* ``keep`` as a byte per slot, or NULL for None; -1 with an exception on a bad one. */
-static int acquire_keep(PyObject *keep_obj, Py_buffer *keep, Py_ssize_t c,
-                        const unsigned char **allowed) {
-    *allowed = NULL;
-    if (keep_obj == Py_None) {
-        return 0;
+/* ---- PoolRanker: one bundle's pools, ranked per request ---------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer pools, sources; /* int32 and uint8, both (n_items, c) */
+    PyObject *item_ids;       /* list of str, item index -> id */
+    Model model;
+    int has_model;
+    float *offline; /* 1 - slot / c: the offline order as scores */
+} PoolRanker;
+
+static void PoolRanker_dealloc(PoolRanker *self) {
+    PyBuffer_Release(&self->pools);
+    PyBuffer_Release(&self->sources);
+    Py_XDECREF(self->item_ids);
+    if (self->has_model) {
+        release_model(&self->model);
     }
-    if (get_array(keep_obj, keep, "keep", "?B", 1, 1, 0)) {
+    PyMem_Free(self->offline);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int PoolRanker_init(PoolRanker *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"pools", "pool_sources", "item_ids", "input_embeddings",
+                            "output_embeddings", "position_weights", "scorable", NULL};
+    PyObject *pools, *sources, *ids, *input = Py_None, *output = Py_None, *weights = Py_None,
+                                     *scorable = Py_None;
+    if (self->pools.obj != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "a PoolRanker is initialised once");
         return -1;
     }
-    if (keep->shape[0] != c) {
-        PyErr_SetString(PyExc_ValueError, "scores, pool and keep must have the same length");
-        PyBuffer_Release(keep);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOOO:PoolRanker", names, &pools,
+                                     &sources, &ids, &input, &output, &weights, &scorable)) {
         return -1;
     }
-    *allowed = keep->buf;
+    if (!PyList_Check(ids)) {
+        PyErr_SetString(PyExc_TypeError, "item_ids must be a list of str");
+        return -1;
+    }
+    if (get_array(pools, &self->pools, "pools", "i", 4, 2, 0)) {
+        return -1;
+    }
+    if (get_array(sources, &self->sources, "pool_sources", "B", 1, 2, 0)) {
+        return -1;
+    }
+    Py_ssize_t n_items = self->pools.shape[0], c = self->pools.shape[1];
+    if (self->sources.shape[0] != n_items || self->sources.shape[1] != c) {
+        PyErr_SetString(PyExc_ValueError, "pool_sources must have the shape of pools");
+        return -1;
+    }
+    if (PyList_GET_SIZE(ids) != n_items) {
+        PyErr_SetString(PyExc_ValueError, "item_ids must have one id per row of pools");
+        return -1;
+    }
+    self->item_ids = Py_NewRef(ids);
+    if (input != Py_None) {
+        if (acquire_model(&self->model, input, output, weights, scorable)) {
+            return -1;
+        }
+        self->has_model = 1;
+        if (self->model.n_items != n_items) {
+            PyErr_SetString(PyExc_ValueError, "the model must have one embedding per item");
+            return -1;
+        }
+    }
+    self->offline = PyMem_Malloc((c > 0 ? c : 1) * sizeof(float));
+    if (self->offline == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t j = 0; j < c; j++) {
+        self->offline[j] = (float)(1.0 - (double)j / (double)c);
+    }
     return 0;
 }
 
-static PyObject *pool_scores(PyObject *self, PyObject *args) {
-    PyObject *window, *pool, *input, *output, *weights, *scorable, *out_obj;
-    if (!PyArg_ParseTuple(args, "OOOOOOO:pool_scores", &window, &pool, &input, &output,
-                          &weights, &scorable, &out_obj)) {
-        return NULL;
-    }
-    Arrays a = {0};
-    Py_buffer out = {0};
-    if (acquire_arrays(&a, pool, input, output, weights, scorable)) {
-        return NULL;
-    }
-    PyObject *result = NULL;
-    if (get_array(out_obj, &out, "out", "f", 4, 1, 1) == 0) {
-        if (out.shape[0] != a.c) {
-            PyErr_SetString(PyExc_ValueError, "out must have one entry per pool slot");
-        } else if (score_pool(&a, window, out.buf) == 0) {
-            result = Py_NewRef(Py_None);
-        }
-        PyBuffer_Release(&out);
-    }
-    release_arrays(&a);
-    return result;
-}
+#define STACK_SLOTS 1024
 
-static PyObject *top_positions(PyObject *self, PyObject *args) {
-    PyObject *scores_obj, *pool_obj, *keep_obj;
-    Py_ssize_t k;
-    if (!PyArg_ParseTuple(args, "OOOn:top_positions", &scores_obj, &pool_obj, &keep_obj, &k)) {
+static PyObject *PoolRanker_rank(PoolRanker *self, PyObject *args) {
+    Py_ssize_t row, k;
+    PyObject *window, *keep_obj;
+    if (!PyArg_ParseTuple(args, "nOOn:rank", &row, &window, &keep_obj, &k)) {
+        return NULL;
+    }
+    if (self->offline == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the PoolRanker was not initialised");
+        return NULL;
+    }
+    Py_ssize_t n_items = self->pools.shape[0], c = self->pools.shape[1];
+    if (row < 0 || row >= n_items) {
+        PyErr_Format(PyExc_IndexError, "row %zd is out of range for %zd items", row, n_items);
         return NULL;
     }
     if (k < 0) {
         PyErr_SetString(PyExc_ValueError, "k must not be negative");
         return NULL;
     }
-    Py_buffer scores = {0}, pool = {0}, keep = {0};
-    const unsigned char *allowed = NULL;
-    PyObject *result = NULL;
-    if (get_array(scores_obj, &scores, "scores", "f", 4, 1, 0) ||
-        get_array(pool_obj, &pool, "pool", "i", 4, 1, 0)) {
-        goto done;
-    }
-    if (pool.shape[0] != scores.shape[0]) {
-        PyErr_SetString(PyExc_ValueError, "scores, pool and keep must have the same length");
-        goto done;
-    }
-    if (acquire_keep(keep_obj, &keep, scores.shape[0], &allowed) == 0) {
-        result = select_top(scores.buf, pool.buf, allowed, scores.shape[0], k);
-        PyBuffer_Release(&keep);
-    }
-done:
-    PyBuffer_Release(&scores);
-    PyBuffer_Release(&pool);
-    return result;
-}
-
-static PyObject *rank_pool(PyObject *self, PyObject *args) {
-    PyObject *window, *pool, *input, *output, *weights, *scorable, *keep_obj;
-    Py_ssize_t k;
-    if (!PyArg_ParseTuple(args, "OOOOOOOn:rank_pool", &window, &pool, &input, &output, &weights,
-                          &scorable, &keep_obj, &k)) {
+    if (window != Py_None && !self->has_model) {
+        PyErr_SetString(PyExc_ValueError, "a window needs a model; this PoolRanker has none");
         return NULL;
     }
-    if (k < 0) {
-        PyErr_SetString(PyExc_ValueError, "k must not be negative");
-        return NULL;
-    }
-    Arrays a = {0};
-    if (acquire_arrays(&a, pool, input, output, weights, scorable)) {
-        return NULL;
-    }
-    PyObject *result = NULL;
+    k = k < c ? k : c;
+    const int32_t *p = (const int32_t *)self->pools.buf + row * c;
+    const unsigned char *row_sources = (const unsigned char *)self->sources.buf + row * c;
     Py_buffer keep = {0};
     const unsigned char *allowed = NULL;
-    float *scores = PyMem_Malloc((a.c > 0 ? a.c : 1) * sizeof(float));
-    if (scores == NULL) {
-        PyErr_NoMemory();
-    } else if (acquire_keep(keep_obj, &keep, a.c, &allowed) == 0) {
-        if (score_pool(&a, window, scores) == 0) {
-            result = select_top(scores, a.pool.buf, allowed, a.c, k);
-        }
-        PyBuffer_Release(&keep);
+    float stack_scores[STACK_SLOTS];
+    Py_ssize_t stack_best[STACK_SLOTS];
+    float *scores = self->offline;
+    Py_ssize_t *best = stack_best;
+    float *heap_scores = NULL;
+    Py_ssize_t *heap_best = NULL;
+    PyObject *ids = NULL, *values = NULL, *flags = NULL, *result = NULL;
+    if (acquire_keep(keep_obj, &keep, c, &allowed)) {
+        return NULL;
     }
-    PyMem_Free(scores);
-    release_arrays(&a);
+    if (c > STACK_SLOTS) {
+        heap_scores = PyMem_Malloc(c * sizeof(float));
+        heap_best = PyMem_Malloc(c * sizeof(Py_ssize_t));
+        if (heap_scores == NULL || heap_best == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        best = heap_best;
+    }
+    if (window != Py_None) {
+        scores = heap_scores != NULL ? heap_scores : stack_scores;
+        if (score_pool(&self->model, window, p, c, scores)) {
+            goto done;
+        }
+    }
+    Py_ssize_t count = select_top(scores, p, allowed, c, k, best);
+    Py_ssize_t n_ids = PyList_GET_SIZE(self->item_ids);
+    ids = PyList_New(count);
+    values = PyList_New(count);
+    flags = PyList_New(count);
+    if (ids == NULL || values == NULL || flags == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < count; r++) {
+        int32_t item = p[best[r]];
+        if (item >= n_ids) {
+            PyErr_Format(PyExc_IndexError, "pool item %d has no id", item);
+            goto done;
+        }
+        PyObject *value = PyFloat_FromDouble(scores[best[r]]);
+        PyObject *flag = PyLong_FromLong(row_sources[best[r]]);
+        if (value == NULL || flag == NULL) {
+            Py_XDECREF(value);
+            Py_XDECREF(flag);
+            goto done;
+        }
+        PyList_SET_ITEM(ids, r, Py_NewRef(PyList_GET_ITEM(self->item_ids, item)));
+        PyList_SET_ITEM(values, r, value);
+        PyList_SET_ITEM(flags, r, flag);
+    }
+    result = PyTuple_Pack(3, ids, values, flags);
+done:
+    Py_XDECREF(ids);
+    Py_XDECREF(values);
+    Py_XDECREF(flags);
+    PyMem_Free(heap_scores);
+    PyMem_Free(heap_best);
+    PyBuffer_Release(&keep);
     return result;
 }
+
+static PyMethodDef PoolRanker_methods[] = {
+    {"rank", (PyCFunction)PoolRanker_rank, METH_VARARGS,
+     "rank(row, window, keep, k)\n--\n\n"
+     "(item ids, scores, source flags) of the at most k best slots of pool ``row`` that\n"
+     "hold an item and that keep (a bool array, or None) allows. window: item indices,\n"
+     "current item first, -1 for empty slots; None keeps the offline order."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject PoolRankerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "recsvc._scoring.PoolRanker",
+    .tp_doc = PyDoc_STR("PoolRanker(pools, pool_sources, item_ids, input_embeddings=None, "
+                        "output_embeddings=None, position_weights=None, scorable=None)\n--\n\n"
+                        "One bundle's pools, ranked per request (see recsvc/_scoring.c)."),
+    .tp_basicsize = sizeof(PoolRanker),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)PoolRanker_init,
+    .tp_dealloc = (destructor)PoolRanker_dealloc,
+    .tp_methods = PoolRanker_methods,
+};
 
 static PyMethodDef methods[] = {
     {"pool_scores", pool_scores, METH_VARARGS,
@@ -384,10 +552,6 @@ static PyMethodDef methods[] = {
      "scorable, out)\n--\n\n"
      "Write the personalized score of each pool slot into out (-inf for padding and\n"
      "unscorable items). window: item indices, current item first, -1 for empty slots."},
-    {"rank_pool", rank_pool, METH_VARARGS,
-     "rank_pool(window, pool, input_embeddings, output_embeddings, position_weights, "
-     "scorable, keep, k)\n--\n\n"
-     "top_positions of pool_scores, in one call: (positions, items, scores)."},
     {"top_positions", top_positions, METH_VARARGS,
      "top_positions(scores, pool, keep, k)\n--\n\n"
      "(positions, items, scores) of the at most k best slots holding an item that keep\n"
@@ -401,4 +565,17 @@ static struct PyModuleDef module = {
     methods,
 };
 
-PyMODINIT_FUNC PyInit__scoring(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__scoring(void) {
+    if (PyType_Ready(&PoolRankerType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "PoolRanker", (PyObject *)&PoolRankerType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

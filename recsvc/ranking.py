@@ -13,7 +13,7 @@ import numpy as np
 
 from recsvc.bundle import Bundle
 from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
-from recsvc.scoring import rank_pool, session_window, top_positions
+from recsvc.scoring import PoolRanker, session_window
 from recsvc.sessions import SessionEvent
 
 #: Session event types that are visits, as in the offline cases.
@@ -80,9 +80,8 @@ class Ranker:
         self.model = PersonalizedModel.from_bundle(bundle, model)
         if self.model is None and any(k.startswith("models/") for k in bundle.arrays):
             raise BundleError(f"bundle {bundle.version} has no model {model!r}")
-        self.item_ids = np.asarray(bundle["item_ids"]).astype(str)
         self._index = bundle.item_index()
-        if len(self._index) != len(self.item_ids):
+        if len(self._index) != len(bundle["item_ids"]):
             raise BundleError(f"bundle {bundle.version} lists some item ids more than once")
         self.pools = np.asarray(bundle["pools"])
         self.pool_sources = np.asarray(bundle["pool_sources"])
@@ -90,9 +89,13 @@ class Ranker:
         names = np.asarray(bundle["category_names"]).astype(str).tolist()
         self._category = {name: i for i, name in enumerate(names)}
         self.pool_size = self.pools.shape[1]
-        #: The offline order as scores, 1.0 for the first slot: the answer without a model.
-        self._offline_scores = (1.0 - np.arange(self.pool_size) / self.pool_size).astype(np.float32)
-        self._ids = list(self._index)  # index -> id, the dict's own strings
+        m = self.model
+        model_arrays = (
+            (m.input_embeddings, m.output_embeddings, m.position_weights, m.scorable) if m else ()
+        )
+        # The compiled ranking holds the arrays from here on: a request creates no views.
+        ids = list(self._index)  # index -> id, the dict's own strings
+        self._pools = PoolRanker(self.pools, self.pool_sources, ids, *model_arrays)
         # Per-request lookups from Python objects: indexing bytes is a tenth of the cost of
         # indexing a numpy array.
         self._known = self.model.known.tobytes() if self.model is not None else b""
@@ -128,51 +131,36 @@ class Ranker:
         current = self.index(item_id)
         if not 1 <= k <= self.pool_size:
             raise InvalidRequest(f"k must be in 1..{self.pool_size}, got {k}")
-        pool = self.pools[current]
         keep = None  # padding (-1) is always left out; keep narrows the pool further
         if category is not None:
             if category not in self._category:
                 raise InvalidRequest(f"category {category!r} is not in the catalogue")
+            pool = self.pools[current]
             keep = self.item_category[np.maximum(pool, 0)] == self._category[category]
         session = session or ()
         if exclude_seen and session:
             seen = [self._index.get(e.item_id, -1) for e in session]
-            unseen = ~np.isin(pool, seen)
+            unseen = ~np.isin(self.pools[current], seen)
             keep = unseen if keep is None else keep & unseen
 
         history = [e.item_id for e in session if e.type in VISIT_TYPES]
         if fallback is None:
             fallback = self._why_not_personalized(history)
-        window = None
+        window, used = None, 0
         if fallback is None:
             window = self._window(item_id, history)
-            if all(item < 0 for item in window):
-                fallback, window = Fallback.ITEM_NOT_IN_MODEL, None
-        if window is None:
-            used = 0
-            positions, items, values = top_positions(self._offline_scores, pool, keep, k)
-        else:
-            m = self.model
-            assert m is not None
             used = sum(item >= 0 for item in window[1:])
-            positions, items, values = rank_pool(
-                window,
-                pool,
-                m.input_embeddings,
-                m.output_embeddings,
-                m.position_weights,
-                m.scorable,
-                keep,
-                k,
-            )
-        sources = self.pool_sources[current].tobytes()
+            if window[0] < 0 and not used:
+                fallback, window = Fallback.ITEM_NOT_IN_MODEL, None
+        # window None: the pool in its offline order, scored 1 - slot / pool size.
+        items, scores, sources = self._pools.rank(current, window, keep, k)
         return Ranking(
-            items=[self._ids[item] for item in items],
-            scores=values,
-            sources=[sources[position] for position in positions],
+            items=items,
+            scores=scores,
+            sources=sources,
             personalized=fallback is None,
             fallback=fallback,
-            session_events_used=used,
+            session_events_used=used if window is not None else 0,
         )
 
     def _why_not_personalized(self, history: list[str]) -> str | None:

@@ -30,9 +30,11 @@ T = TypeVar("T")
 #: best pool slots that hold an item and that ``keep`` (a bool array, or None) allows,
 #: highest score first, ties in pool order, NaN last (numpy's stable argsort order).
 top_positions = _scoring.top_positions
-#: ``rank_pool(window, pool, input_embeddings, output_embeddings, position_weights, scorable,
-#: keep, k)``: :func:`top_positions` of :func:`window_scores`, in one call (the server's).
-rank_pool = _scoring.rank_pool
+#: ``PoolRanker(pools, pool_sources, item_ids, input_embeddings=None, ...).rank(row, window,
+#: keep, k) -> (item ids, scores, source flags)``: :func:`top_positions` of
+#: :func:`window_scores` for one pool of a bundle whose arrays it holds (the server's call);
+#: ``window=None`` keeps the offline order, scored ``1 - slot / pool size``.
+PoolRanker = _scoring.PoolRanker
 
 
 def user_vector(

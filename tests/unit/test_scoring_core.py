@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recsvc import _scoring
-from recsvc.scoring import case_scores, rank_pool, user_vector, window_scores
+from recsvc.scoring import PoolRanker, case_scores, user_vector, window_scores
 
 N_ITEMS, DIM, WIDTH, POOL = 50, 13, 8, 40  # a dimension that is no multiple of the lanes
 
@@ -115,19 +115,61 @@ def test_bad_arguments_are_clear_errors() -> None:
         _scoring.top_positions(out, pool[:3], None, 2)
 
 
-def test_rank_pool_is_top_positions_of_the_window_scores() -> None:
+def pools_of(seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    pools = rng.integers(-1, N_ITEMS, size=(N_ITEMS, POOL)).astype(np.int32)
+    sources = rng.integers(0, 256, size=(N_ITEMS, POOL)).astype(np.uint8)
+    return pools, sources, [f"item-{n}" for n in range(N_ITEMS)]
+
+
+def test_pool_ranker_is_top_positions_of_the_window_scores() -> None:
     inputs, outputs, weights, scorable = model()
-    rng = np.random.default_rng(7)
-    for _ in range(20):
-        pool = rng.integers(-1, N_ITEMS, size=POOL).astype(np.int32)
+    pools, sources, ids = pools_of(7)
+    ranker = PoolRanker(pools, sources, ids, inputs, outputs, weights, scorable)
+    rng = np.random.default_rng(8)
+    for row in rng.integers(0, N_ITEMS, size=20).tolist():
         window = rng.integers(-1, N_ITEMS, size=WIDTH).tolist()
         keep = rng.random(POOL) < 0.7
-        scores = window_scores(window, pool, inputs, outputs, weights, scorable)
+        scores = window_scores(window, pools[row], inputs, outputs, weights, scorable)
         for k in (1, 10, POOL):
-            expected = _scoring.top_positions(scores, pool, keep, k)
-            got = rank_pool(window, pool, inputs, outputs, weights, scorable, keep, k)
-            assert got == expected
+            positions, items, values = _scoring.top_positions(scores, pools[row], keep, k)
+            expected = ([ids[i] for i in items], values, sources[row, positions].tolist())
+            assert ranker.rank(row, window, keep, k) == expected
+
+
+def test_pool_ranker_without_a_window_keeps_the_offline_order() -> None:
+    pools, sources, ids = pools_of(9)
+    ranker = PoolRanker(pools, sources, ids)  # no model: only the offline order
+    slots = np.flatnonzero(pools[3] >= 0)[:5]
+    items, scores, flags = ranker.rank(3, None, None, 5)
+    assert items == [ids[i] for i in pools[3, slots]]
+    assert scores == (1 - slots / POOL).astype(np.float32).tolist()
+    assert flags == sources[3, slots].tolist()
+
+
+def test_pool_ranker_errors() -> None:
+    inputs, outputs, weights, scorable = model()
+    pools, sources, ids = pools_of(10)
+    ranker = PoolRanker(pools, sources, ids, inputs, outputs, weights, scorable)
+    with pytest.raises(IndexError, match="row 50 is out of range"):
+        ranker.rank(N_ITEMS, None, None, 3)
     with pytest.raises(ValueError, match="k must not be negative"):
-        rank_pool([1], pool, inputs, outputs, weights, scorable, None, -1)
-    with pytest.raises(ValueError, match="same length"):
-        rank_pool([1], pool, inputs, outputs, weights, scorable, keep[:3], 2)
+        ranker.rank(0, None, None, -1)
+    with pytest.raises(ValueError, match="keep must have one entry per pool slot"):
+        ranker.rank(0, None, np.ones(3, bool), 3)
+    with pytest.raises(ValueError, match="window has 9 slots"):
+        ranker.rank(0, [1] * 9, None, 3)
+    with pytest.raises(RuntimeError, match="initialised once"):
+        ranker.__init__(pools, sources, ids)
+    with pytest.raises(ValueError, match="a window needs a model"):
+        PoolRanker(pools, sources, ids).rank(0, [1], None, 3)
+    with pytest.raises(ValueError, match="shape of pools"):
+        PoolRanker(pools, np.ascontiguousarray(sources[:, :3]), ids)
+    with pytest.raises(ValueError, match="one id per row"):
+        PoolRanker(pools, sources, ids[:-1])
+    with pytest.raises(TypeError, match="list of str"):
+        PoolRanker(pools, sources, tuple(ids))
+    with pytest.raises(TypeError, match="pool_sources must be a 2-d array of uint8"):
+        PoolRanker(pools, sources.astype(np.int32), ids)
+    with pytest.raises(ValueError, match="one embedding per item"):
+        PoolRanker(pools[:10], sources[:10], ids[:10], inputs, outputs, weights, scorable)

@@ -3,7 +3,7 @@
  *
  * A served ranking is about twenty small numpy operations when written in numpy, and on a
  * busy server each of them runs with cold caches, so their dispatch, not their flops, was
- * the largest cost of a Recommend.  Here the same maths is one call:
+ * the largest cost of a Recommend.  Here the same maths is compiled:
  *
  *   pool_scores(window, pool, input_embeddings, output_embeddings, position_weights,
  *               scorable, out)
@@ -21,13 +21,16 @@
  *              position_weights, scorable).rank(row, window, keep, k)
  *       -> (item ids, scores, source flags)
  *       Both at once for one pool of a bundle, for the server: it holds the bundle's
- *       arrays from its creation, so a request pays for no buffer, view or scores array;
+ *       arrays from its creation, so a request without a ``keep`` filter pays for no
+ *       buffer, view or scores array;
  *       window None ranks the pool in its offline order, scored 1 - slot / pool size.
  *
  * Arrays come in through the buffer protocol (numpy arrays, memory-mapped bundle arrays),
  * so no numpy headers are needed to build.  Floating-point sums have a fixed order (eight
- * lanes, then a fixed pairing), so a result does not depend on compiler flags and the
- * offline evaluation, which calls the same functions, reproduces a served score bit for bit.
+ * lanes, then a fixed pairing; setup.py builds with -ffp-contract=off, so no fused
+ * multiply-add changes the rounding), so a result does not depend on the CPU, and the
+ * offline evaluation (pool_scores) and the server (PoolRanker) share one scoring function
+ * (score_pool), so a served score is the offline one bit for bit.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -167,7 +170,8 @@ static int score_pool(const Model *m, PyObject *window_obj, const int32_t *p, Py
     }
     Py_ssize_t valid = 0;
     for (Py_ssize_t slot = 0; slot < width; slot++) {
-        Py_ssize_t item = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(window, slot));
+        Py_ssize_t item = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(window, slot),
+                                             PyExc_OverflowError);  /* numpy ints too */
         if (item == -1 && PyErr_Occurred()) {
             goto done;
         }

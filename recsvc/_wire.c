@@ -90,13 +90,26 @@ static PyObject *ranked_items(PyObject *self, PyObject *args) {
         if (item->id == NULL) {
             goto done;
         }
-        double score = PyFloat_AsDouble(PyList_GET_ITEM(scores_obj, i));
+        /* Exact types only, from here to the end: no __float__ or __index__ of a caller's
+         * can run and change the lists while this holds pointers into them. */
+        PyObject *score_obj = PyList_GET_ITEM(scores_obj, i);
+        if (!PyFloat_Check(score_obj) && !PyLong_Check(score_obj)) {
+            PyErr_Format(PyExc_TypeError, "scores[%zd] must be a float", i);
+            goto done;
+        }
+        double score = PyFloat_Check(score_obj) ? PyFloat_AS_DOUBLE(score_obj)
+                                                : PyLong_AsDouble(score_obj);
         if (score == -1.0 && PyErr_Occurred()) {
             goto done;
         }
         float as_float = (float)score;
         memcpy(&item->score_bits, &as_float, sizeof(as_float));
-        Py_ssize_t flags = PyLong_AsSsize_t(PyList_GET_ITEM(flags_obj, i));
+        PyObject *flags_item = PyList_GET_ITEM(flags_obj, i);
+        if (!PyLong_Check(flags_item)) {
+            PyErr_Format(PyExc_TypeError, "flags[%zd] must be an int", i);
+            goto done;
+        }
+        Py_ssize_t flags = PyLong_AsSsize_t(flags_item);
         if (flags == -1 && PyErr_Occurred()) {
             goto done;
         }
@@ -113,7 +126,11 @@ static PyObject *ranked_items(PyObject *self, PyObject *args) {
         item->sources = sources;
         item->sources_size = 0;
         for (Py_ssize_t s = 0; s < PyTuple_GET_SIZE(sources); s++) {
-            long long value = PyLong_AsLongLong(PyTuple_GET_ITEM(sources, s));
+            PyObject *source = PyTuple_GET_ITEM(sources, s);
+            long long value = PyLong_Check(source) ? PyLong_AsLongLong(source) : -1;
+            if (!PyLong_Check(source)) {
+                PyErr_SetString(PyExc_TypeError, "sources_by_flags must hold tuples of ints");
+            }
             if (value == -1 && PyErr_Occurred()) {
                 goto done;
             }
@@ -158,7 +175,9 @@ static PyObject *ranked_items(PyObject *self, PyObject *args) {
             out = put_varint(out, (sources_field << 3) | WIRE_LEN);
             out = put_varint(out, item->sources_size);
             for (Py_ssize_t s = 0; s < PyTuple_GET_SIZE(item->sources); s++) {
-                out = put_varint(out, (uint64_t)PyLong_AsLongLong(PyTuple_GET_ITEM(item->sources, s)));
+                /* Checked in the first pass: ints that fit, and no Python code ran since. */
+                long long value = PyLong_AsLongLong(PyTuple_GET_ITEM(item->sources, s));
+                out = put_varint(out, (uint64_t)value);
             }
         }
     }

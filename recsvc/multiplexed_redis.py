@@ -3,9 +3,9 @@
 redis-py checks a connection out of a pool for each command, which costs more CPU than the
 server's whole ranking step. Redis answers the commands of one connection in the order it
 received them, so one connection can carry any number of calls at once: each call writes
-its command and waits on a future queued in send order, and a single reader task hands
-each reply to the oldest waiting future (the multiplexing that redis-rs and
-StackExchange.Redis use). Replies are parsed by hiredis.
+its command and waits on a future queued in send order, and each reply, as it arrives, goes
+to the oldest waiting future (the multiplexing that redis-rs and StackExchange.Redis use).
+Replies are parsed by hiredis.
 
 A caller that gives up (its deadline passed) just leaves; its reply is read and dropped
 when it comes, so the order stays right. A call that outlives the connection's own

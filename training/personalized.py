@@ -12,8 +12,9 @@ Model
 -----
 ``u = (1/n) Σ_j w_j V[window_j]`` over the ``n`` valid slots with trainable position weights
 ``w`` (initialised to 1) and input embeddings ``V``; a candidate ``c`` scores ``u · O[c]``
-with separate output embeddings ``O`` -- exactly :func:`recsvc.scoring.user_vector` and
-:func:`recsvc.scoring.pool_scores`, so exported weights score identically online.
+with separate output embeddings ``O`` -- the maths of :func:`recsvc.scoring.user_vector` and
+:func:`recsvc.scoring.window_scores`, so exported weights score the same online (to float32
+rounding; a unit test holds the two together).
 
 Loss
 ----

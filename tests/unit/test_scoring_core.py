@@ -51,6 +51,8 @@ def test_scores_are_the_numpy_maths(seed: int) -> None:
 def test_a_window_with_no_item_scores_zero_and_a_short_window_is_fine() -> None:
     inputs, outputs, weights, _ = model()
     pool = np.arange(10, dtype=np.int32)
+    numpy_ints = window_scores(list(np.array([3, -1])), pool, inputs, outputs, weights)
+    assert numpy_ints.tobytes() == window_scores([3, -1], pool, inputs, outputs, weights).tobytes()
     assert (window_scores([-1] * WIDTH, pool, inputs, outputs, weights) == 0).all()
     short = window_scores([3], pool, inputs, outputs, weights)
     np.testing.assert_allclose(short, outputs[:10] @ (weights[0] * inputs[3]), rtol=1e-5)

@@ -52,7 +52,26 @@ def test_bad_arguments_are_clear_errors() -> None:
         ranked_items(("a",), [1.0], [0], SOURCES_BY_FLAGS, ITEM_FIELDS)
     with pytest.raises(TypeError, match="tuples of ints"):
         ranked_items(["a"], [1.0], [0], [b""], ITEM_FIELDS)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"scores\[0\] must be a float"):
         ranked_items(["a"], ["high"], [0], SOURCES_BY_FLAGS, ITEM_FIELDS)
+    with pytest.raises(TypeError, match=r"flags\[0\] must be an int"):
+        ranked_items(["a"], [1.0], [1.0], SOURCES_BY_FLAGS, ITEM_FIELDS)
+    with pytest.raises(TypeError, match="tuples of ints"):
+        ranked_items(["a"], [1.0], [0], [("1",)], ITEM_FIELDS)
+
+
+def test_a_caller_object_cannot_change_the_lists_mid_call() -> None:
+    """Only exact numbers are taken: an object's __float__ (which could empty the id list
+    while the encoder holds pointers into it) is refused, never called."""
+    ids = ["a", "b"]
+
+    class Sneaky:
+        def __float__(self) -> float:
+            ids.clear()
+            return 1.0
+
+    with pytest.raises(TypeError, match="must be a float"):
+        ranked_items(ids, [1.0, Sneaky()], [0, 0], SOURCES_BY_FLAGS, ITEM_FIELDS)
+    assert ids == ["a", "b"]
     with pytest.raises(ValueError, match="field numbers"):
         ranked_items(["a"], [1.0], [0], SOURCES_BY_FLAGS, (0, 1, 2, 3))

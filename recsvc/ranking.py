@@ -160,7 +160,7 @@ class Ranker:
             sources=sources,
             personalized=fallback is None,
             fallback=fallback,
-            session_events_used=used if window is not None else 0,
+            session_events_used=used,
         )
 
     def _why_not_personalized(self, history: list[str]) -> str | None:

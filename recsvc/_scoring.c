@@ -12,18 +12,15 @@
  *       u = (1/n) * sum_j w_j * v_j  over the n valid window slots j,
  *       or -inf for padding (-1) and for items ``scorable`` marks false.
  *
- *   top_positions(scores, pool, keep, k) -> (positions, items, scores)
- *       The at most k best pool slots that hold an item and that ``keep`` allows, by
- *       score, highest first; equal scores keep pool order and NaN comes last, as
- *       numpy's argsort(-scores, kind="stable") orders them.
- *
  *   PoolRanker(pools, pool_sources, item_ids, input_embeddings, output_embeddings,
  *              position_weights, scorable).rank(row, window, keep, k)
  *       -> (item ids, scores, source flags)
- *       Both at once for one pool of a bundle, for the server: it holds the bundle's
- *       arrays from its creation, so a request without a ``keep`` filter pays for no
- *       buffer, view or scores array;
- *       window None ranks the pool in its offline order, scored 1 - slot / pool size.
+ *       The at most k best slots of pool ``row`` that hold an item and that ``keep``
+ *       allows, scored as pool_scores scores them, highest first; equal scores keep pool
+ *       order and NaN comes last, as numpy's argsort(-scores, kind="stable") orders them.
+ *       For the server: it holds the bundle's arrays from its creation, so a request
+ *       without a ``keep`` filter pays for no buffer, view or scores array; window None
+ *       ranks the pool in its offline order, scored 1 - slot / pool size.
  *
  * Arrays come in through the buffer protocol (numpy arrays, memory-mapped bundle arrays),
  * so no numpy headers are needed to build.  Floating-point sums have a fixed order (eight
@@ -217,7 +214,7 @@ static inline int goes_before(float a, float b) {
 }
 
 /* Writes the at most k best of c slots (holding an item, and allowed) into ``best``, best
- * first; returns how many. ``best`` has room for k. */
+ * first (see PoolRanker.rank for the order); returns how many. ``best`` has room for k. */
 static Py_ssize_t select_top(const float *s, const int32_t *p, const unsigned char *allowed,
                              Py_ssize_t c, Py_ssize_t k, Py_ssize_t *best) {
     Py_ssize_t count = 0;
@@ -291,73 +288,6 @@ static PyObject *pool_scores(PyObject *self, PyObject *args) {
         release_model(&m);
     }
     PyBuffer_Release(&pool);
-    return result;
-}
-
-static PyObject *top_positions(PyObject *self, PyObject *args) {
-    PyObject *scores_obj, *pool_obj, *keep_obj;
-    Py_ssize_t k;
-    if (!PyArg_ParseTuple(args, "OOOn:top_positions", &scores_obj, &pool_obj, &keep_obj, &k)) {
-        return NULL;
-    }
-    if (k < 0) {
-        PyErr_SetString(PyExc_ValueError, "k must not be negative");
-        return NULL;
-    }
-    Py_buffer scores = {0}, pool = {0}, keep = {0};
-    const unsigned char *allowed = NULL;
-    Py_ssize_t *best = NULL;
-    PyObject *positions = NULL, *items = NULL, *values = NULL, *result = NULL;
-    if (get_array(scores_obj, &scores, "scores", "f", 4, 1, 0) ||
-        get_array(pool_obj, &pool, "pool", "i", 4, 1, 0)) {
-        goto done;
-    }
-    Py_ssize_t c = scores.shape[0];
-    if (pool.shape[0] != c) {
-        PyErr_SetString(PyExc_ValueError, "scores and pool must have the same length");
-        goto done;
-    }
-    if (acquire_keep(keep_obj, &keep, c, &allowed)) {
-        goto done;
-    }
-    k = k < c ? k : c;
-    best = PyMem_Malloc((k > 0 ? k : 1) * sizeof(Py_ssize_t));
-    if (best == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    const float *s = scores.buf;
-    const int32_t *p = pool.buf;
-    Py_ssize_t count = select_top(s, p, allowed, c, k, best);
-    positions = PyList_New(count);
-    items = PyList_New(count);
-    values = PyList_New(count);
-    if (positions == NULL || items == NULL || values == NULL) {
-        goto done;
-    }
-    for (Py_ssize_t r = 0; r < count; r++) {
-        PyObject *position = PyLong_FromSsize_t(best[r]);
-        PyObject *item = PyLong_FromLong(p[best[r]]);
-        PyObject *value = PyFloat_FromDouble(s[best[r]]);
-        if (position == NULL || item == NULL || value == NULL) {
-            Py_XDECREF(position);
-            Py_XDECREF(item);
-            Py_XDECREF(value);
-            goto done;
-        }
-        PyList_SET_ITEM(positions, r, position);
-        PyList_SET_ITEM(items, r, item);
-        PyList_SET_ITEM(values, r, value);
-    }
-    result = PyTuple_Pack(3, positions, items, values);
-done:
-    Py_XDECREF(positions);
-    Py_XDECREF(items);
-    Py_XDECREF(values);
-    PyMem_Free(best);
-    PyBuffer_Release(&scores);
-    PyBuffer_Release(&pool);
-    PyBuffer_Release(&keep);
     return result;
 }
 
@@ -556,10 +486,6 @@ static PyMethodDef methods[] = {
      "scorable, out)\n--\n\n"
      "Write the personalized score of each pool slot into out (-inf for padding and\n"
      "unscorable items). window: item indices, current item first, -1 for empty slots."},
-    {"top_positions", top_positions, METH_VARARGS,
-     "top_positions(scores, pool, keep, k)\n--\n\n"
-     "(positions, items, scores) of the at most k best slots holding an item that keep\n"
-     "(None: all) allows; highest score first, ties in pool order, NaN last."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,14 +26,11 @@ except ImportError as exc:  # a source tree nobody built
 
 T = TypeVar("T")
 
-#: ``top_positions(scores, pool, keep, k) -> (positions, items, scores)``: the at most ``k``
-#: best pool slots that hold an item and that ``keep`` (a bool array, or None) allows,
-#: highest score first, ties in pool order, NaN last (numpy's stable argsort order).
-top_positions = _scoring.top_positions
 #: ``PoolRanker(pools, pool_sources, item_ids, input_embeddings=None, ...).rank(row, window,
-#: keep, k) -> (item ids, scores, source flags)``: :func:`top_positions` of
-#: :func:`window_scores` for one pool of a bundle whose arrays it holds (the server's call);
-#: ``window=None`` keeps the offline order, scored ``1 - slot / pool size``.
+#: keep, k) -> (item ids, scores, source flags)``: the at most ``k`` best slots of one pool
+#: of a bundle whose arrays it holds, by :func:`window_scores`, ties in pool order and NaN
+#: last (numpy's stable argsort order); ``window=None`` keeps the offline order, scored
+#: ``1 - slot / pool size``. The server's call.
 PoolRanker = _scoring.PoolRanker
 
 
@@ -126,7 +123,7 @@ def case_scores(
         scorable = np.ascontiguousarray(scorable, dtype=bool)
     scores = np.empty(pools.shape, dtype=np.float32)
     for n, window in enumerate(np.asarray(windows).tolist()):
-        _scoring.pool_scores(window, pools[n], *arrays, scorable, scores[n])
+        scores[n] = window_scores(window, pools[n], *arrays, scorable)
     return scores
 
 

@@ -33,6 +33,13 @@ def numpy_top(scores, pool, keep, k) -> list[int]:
     return order[allowed[order]][:k].tolist()
 
 
+def pools_of(seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    pools = rng.integers(-1, N_ITEMS, size=(N_ITEMS, POOL)).astype(np.int32)
+    sources = rng.integers(0, 256, size=(N_ITEMS, POOL)).astype(np.uint8)
+    return pools, sources, [f"item-{n}" for n in range(N_ITEMS)]
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_scores_are_the_numpy_maths(seed: int) -> None:
     inputs, outputs, weights, scorable = model(seed)
@@ -70,18 +77,24 @@ def test_case_scores_are_the_served_scores_bit_for_bit() -> None:
 
 
 @pytest.mark.parametrize("k", [0, 1, 5, POOL, POOL + 10])
-def test_top_positions_orders_like_a_stable_argsort(k: int) -> None:
+def test_pool_ranker_orders_like_a_stable_argsort(k: int) -> None:
+    """Output rows drawn from three vectors give exact ties; NaN rows give NaN scores and
+    unscorable items -inf: the order must still be numpy's stable argsort of -scores."""
     rng = np.random.default_rng(k)
-    for _ in range(20):
-        scores = rng.integers(0, 6, size=POOL).astype(np.float32)  # many ties
-        scores[rng.random(POOL) < 0.1] = -np.inf
-        scores[rng.random(POOL) < 0.05] = np.nan
-        pool = rng.integers(-1, N_ITEMS, size=POOL).astype(np.int32)
+    inputs, _, weights, scorable = model(k)
+    outputs = rng.normal(size=(3, DIM)).astype(np.float32)[rng.integers(0, 3, N_ITEMS)]
+    outputs[rng.random(N_ITEMS) < 0.1] = np.nan
+    pools, sources, ids = pools_of(k)
+    ranker = PoolRanker(pools, sources, ids, inputs, outputs, weights, scorable)
+    for row in range(20):
+        window = rng.integers(-1, N_ITEMS, size=WIDTH).tolist()
+        scores = window_scores(window, pools[row], inputs, outputs, weights, scorable)
         for keep in (None, rng.random(POOL) < 0.6):
-            positions, items, values = _scoring.top_positions(scores, pool, keep, k)
-            assert positions == numpy_top(scores, pool, keep, k)
-            assert items == pool[positions].tolist()
+            positions = numpy_top(scores, pools[row], keep, k)
+            items, values, flags = ranker.rank(row, window, keep, k)
+            assert items == [ids[i] for i in pools[row, positions]]
             np.testing.assert_array_equal(values, scores[positions])
+            assert flags == sources[row, positions].tolist()
 
 
 def test_bad_arguments_are_clear_errors() -> None:
@@ -111,32 +124,6 @@ def test_bad_arguments_are_clear_errors() -> None:
         score([1], np.array([N_ITEMS], np.int32), inputs, outputs, weights, None, out[:1])
     with pytest.raises(TypeError, match="sequence"):
         score(7, pool, inputs, outputs, weights, None, out)
-    with pytest.raises(ValueError, match="k must not be negative"):
-        _scoring.top_positions(out, pool, None, -1)
-    with pytest.raises(ValueError, match="same length"):
-        _scoring.top_positions(out, pool[:3], None, 2)
-
-
-def pools_of(seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    rng = np.random.default_rng(seed)
-    pools = rng.integers(-1, N_ITEMS, size=(N_ITEMS, POOL)).astype(np.int32)
-    sources = rng.integers(0, 256, size=(N_ITEMS, POOL)).astype(np.uint8)
-    return pools, sources, [f"item-{n}" for n in range(N_ITEMS)]
-
-
-def test_pool_ranker_is_top_positions_of_the_window_scores() -> None:
-    inputs, outputs, weights, scorable = model()
-    pools, sources, ids = pools_of(7)
-    ranker = PoolRanker(pools, sources, ids, inputs, outputs, weights, scorable)
-    rng = np.random.default_rng(8)
-    for row in rng.integers(0, N_ITEMS, size=20).tolist():
-        window = rng.integers(-1, N_ITEMS, size=WIDTH).tolist()
-        keep = rng.random(POOL) < 0.7
-        scores = window_scores(window, pools[row], inputs, outputs, weights, scorable)
-        for k in (1, 10, POOL):
-            positions, items, values = _scoring.top_positions(scores, pools[row], keep, k)
-            expected = ([ids[i] for i in items], values, sources[row, positions].tolist())
-            assert ranker.rank(row, window, keep, k) == expected
 
 
 def test_pool_ranker_without_a_window_keeps_the_offline_order() -> None:

@@ -11,16 +11,22 @@
  *   fields[1]: item_ids[i]                    (string, UTF-8)
  *   fields[2]: scores[i]                      (float, fixed 32-bit little-endian)
  *   fields[3]: sources_by_flags[flags[i]]     (a tuple of enum values, written packed)
- * Fields at their proto3 default (empty string, +0.0, no sources) are left out, as
+ *   fields[4]: true when scores[i] is not finite (bool)
+ * A score that is not finite (-inf: the model cannot score the item) is written as the
+ * lowest float, -FLT_MAX, so that every score on the wire is a number and none is above
+ * the one before it, and the bool field marks the item unscored.
+ * Fields at their proto3 default (empty string, +0.0, no sources, false) are left out, as
  * protobuf's own serializer leaves them out.  The field numbers come from the generated
  * descriptors, so this file knows no schema.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-enum { WIRE_I32 = 5, WIRE_LEN = 2 };
+enum { WIRE_VARINT = 0, WIRE_I32 = 5, WIRE_LEN = 2 };
 
 static Py_ssize_t varint_size(uint64_t value) {
     Py_ssize_t size = 1;
@@ -44,6 +50,7 @@ typedef struct {
     const char *id;
     Py_ssize_t id_size;
     uint32_t score_bits;
+    int unscored;
     PyObject *sources; /* tuple of ints, borrowed from the table */
     Py_ssize_t sources_size;
     Py_ssize_t body_size; /* the RankedItem's own bytes */
@@ -51,15 +58,18 @@ typedef struct {
 
 static PyObject *ranked_items(PyObject *self, PyObject *args) {
     PyObject *ids_obj, *scores_obj, *flags_obj, *table_obj;
-    unsigned int outer, id_field, score_field, sources_field;
-    if (!PyArg_ParseTuple(args, "OOOO(IIII):ranked_items", &ids_obj, &scores_obj, &flags_obj,
-                          &table_obj, &outer, &id_field, &score_field, &sources_field)) {
+    unsigned int outer, id_field, score_field, sources_field, unscored_field;
+    if (!PyArg_ParseTuple(args, "OOOO(IIIII):ranked_items", &ids_obj, &scores_obj, &flags_obj,
+                          &table_obj, &outer, &id_field, &score_field, &sources_field,
+                          &unscored_field)) {
         return NULL;
     }
-    if (!outer || !id_field || !score_field || !sources_field || outer >= (1u << 29) ||
-        id_field >= (1u << 29) || score_field >= (1u << 29) || sources_field >= (1u << 29)) {
-        PyErr_SetString(PyExc_ValueError, "field numbers must be in 1..2**29-1");
-        return NULL;
+    const unsigned int numbers[] = {outer, id_field, score_field, sources_field, unscored_field};
+    for (size_t f = 0; f < sizeof(numbers) / sizeof(numbers[0]); f++) {
+        if (numbers[f] == 0 || numbers[f] >= (1u << 29)) {
+            PyErr_SetString(PyExc_ValueError, "field numbers must be in 1..2**29-1");
+            return NULL;
+        }
     }
     if (!PyList_Check(ids_obj) || !PyList_Check(scores_obj) || !PyList_Check(flags_obj) ||
         !PyList_Check(table_obj)) {
@@ -103,6 +113,10 @@ static PyObject *ranked_items(PyObject *self, PyObject *args) {
             goto done;
         }
         float as_float = (float)score;
+        item->unscored = !isfinite(as_float);
+        if (item->unscored) {
+            as_float = -FLT_MAX;
+        }
         memcpy(&item->score_bits, &as_float, sizeof(as_float));
         PyObject *flags_item = PyList_GET_ITEM(flags_obj, i);
         if (!PyLong_Check(flags_item)) {
@@ -147,6 +161,9 @@ static PyObject *ranked_items(PyObject *self, PyObject *args) {
             body += varint_size(sources_field << 3) + varint_size(item->sources_size) +
                     item->sources_size;
         }
+        if (item->unscored) {
+            body += varint_size(unscored_field << 3) + 1;
+        }
         item->body_size = body;
         total += varint_size(outer << 3) + varint_size(body) + body;
     }
@@ -180,6 +197,10 @@ static PyObject *ranked_items(PyObject *self, PyObject *args) {
                 out = put_varint(out, (uint64_t)value);
             }
         }
+        if (item->unscored) {
+            out = put_varint(out, (unscored_field << 3) | WIRE_VARINT);
+            *out++ = 1;
+        }
     }
 done:
     PyMem_Free(items);
@@ -190,8 +211,9 @@ static PyMethodDef methods[] = {
     {"ranked_items", ranked_items, METH_VARARGS,
      "ranked_items(item_ids, scores, flags, sources_by_flags, fields)\n--\n\n"
      "Wire bytes of a repeated message field: one (item id, float score, packed enum\n"
-     "sources) message per item; sources_by_flags[flags[i]] is item i's tuple of enum\n"
-     "values. fields: (repeated field, id field, score field, sources field) numbers."},
+     "sources, bool unscored) message per item; sources_by_flags[flags[i]] is item i's\n"
+     "tuple of enum values; a score that is not finite is sent as -FLT_MAX, unscored.\n"
+     "fields: (repeated, id, score, sources, unscored) field numbers."},
     {NULL, NULL, 0, NULL},
 };
 

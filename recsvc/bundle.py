@@ -189,8 +189,8 @@ def load_bundle(path: str | Path, *, verify: bool = True, mmap: bool = True) -> 
     ------
     BundleError
         Missing or unreadable manifest, unknown format, a missing file, a checksum,
-        shape or dtype that differs from the manifest, or arrays that disagree on the
-        number of items.
+        shape or dtype that differs from the manifest, arrays that disagree on the
+        number of items, or values the server cannot serve (see :func:`_check_values`).
     """
     directory = resolve(path)
     try:
@@ -210,6 +210,7 @@ def load_bundle(path: str | Path, *, verify: bool = True, mmap: bool = True) -> 
     except OSError as exc:
         raise BundleError(f"{directory}: cannot read the bundle: {exc}") from exc
     _check_consistent(directory, arrays)
+    _check_values(directory, arrays)
     return Bundle(directory, manifest, arrays)
 
 
@@ -267,3 +268,62 @@ def _check_consistent(directory: Path, arrays: dict[str, np.ndarray]) -> None:
     pools = arrays["pools"]
     if pools.size and (pools.max() >= n_items or pools.min() < -1):
         raise BundleError(f"{directory}: pools reference items outside 0..{n_items - 1}")
+
+
+#: Rows of the pool arrays checked at a time, so checking a large bundle's values needs
+#: little memory beyond the mapped arrays.
+CHECK_ROWS = 1 << 16
+#: Largest score magnitude a model may be able to reach: far below float32's 3.4e38.
+MAX_SCORE_BOUND = 1e30
+
+
+def _check_values(directory: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse values that a checksum cannot catch because they were written that way.
+
+    Embeddings and weights must be finite, and small enough that no score overflows;
+    a pool slot holds an item exactly when it has a source flag, and only known flags.
+    """
+    for name, array in arrays.items():
+        checked = name.startswith(("models/", "embeddings/")) and array.dtype.kind == "f"
+        if checked and not all(np.isfinite(block).all() for block in _row_blocks(array)):
+            raise BundleError(f"{directory}: {name} holds NaN or infinite values")
+    for name in arrays:
+        if name.endswith("/position_weights"):
+            _check_score_bound(directory, name.removesuffix("/position_weights"), arrays)
+    known_bits = np.uint8(sum(SOURCE_BITS.values()))
+    for pools, flags in zip(
+        _row_blocks(arrays["pools"]), _row_blocks(arrays["pool_sources"]), strict=True
+    ):
+        padding = pools < 0
+        if flags[padding].any():
+            raise BundleError(f"{directory}: pool_sources flags empty (-1) pool slots")
+        if not flags[~padding].all():
+            raise BundleError(f"{directory}: a pool candidate has no source flag")
+        if (np.bitwise_or.reduce(flags, axis=None) if flags.size else 0) & ~known_bits:
+            raise BundleError(f"{directory}: pool_sources has flags no source is assigned")
+
+
+def _check_score_bound(directory: Path, prefix: str, arrays: dict[str, np.ndarray]) -> None:
+    """|u . o| <= d * |window| * max|w| * max|v| * max|o| must stay far from overflow.
+
+    A model that lacks one of its arrays is left to :class:`~recsvc.ranking.Ranker`, which
+    names the missing one.
+    """
+    largest = {
+        part: max((float(np.abs(b).max()) for b in _row_blocks(arrays[name]) if b.size), default=0)
+        for part in ("input_embeddings", "output_embeddings", "position_weights")
+        if (name := f"{prefix}/{part}") in arrays
+    }
+    if len(largest) < 3:
+        return
+    dims = arrays[f"{prefix}/input_embeddings"].shape[-1]
+    bound = dims * len(arrays[f"{prefix}/position_weights"]) * np.prod(list(largest.values()))
+    if not bound < MAX_SCORE_BOUND:
+        raise BundleError(
+            f"{directory}: {prefix} has values so large that its scores could overflow "
+            f"(largest |value|: {', '.join(f'{k} {v:.3g}' for k, v in largest.items())})"
+        )
+
+
+def _row_blocks(array: np.ndarray) -> list[np.ndarray]:
+    return [array[start : start + CHECK_ROWS] for start in range(0, max(len(array), 1), CHECK_ROWS)]

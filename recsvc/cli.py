@@ -17,6 +17,7 @@ from pathlib import Path
 
 from recsvc import settings
 from recsvc.exceptions import ConfigError, RecsvcError
+from recsvc.redact import scrub_credentials
 
 EPILOG_PIPELINE = """\
 examples:
@@ -330,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _run_online(args)
     except RecsvcError as exc:
-        print(f"recsvc {args.command}: error: {exc}", file=sys.stderr)
+        print(f"recsvc {args.command}: error: {scrub_credentials(str(exc))}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         print(f"recsvc {args.command}: interrupted", file=sys.stderr)

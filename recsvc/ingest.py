@@ -1,8 +1,9 @@
 """``recsvc ingest``: events from Kafka into the users' Redis sessions, nothing lost.
 
 Each polled batch is handled in three steps, each retried with backoff until it succeeds:
-invalid messages are sent to the dead-letter topic with their reason; valid events are
-appended to the session store; then the batch's offsets are committed. Offsets are committed
+invalid messages are sent to the dead-letter topic with their reason (:mod:`recsvc.dead_letters`;
+one the topic can never take is skipped, counted and logged); valid events are appended to the
+session store; then the batch's offsets are committed. Offsets are committed
 only after Redis (and the DLQ) hold the batch, so a crash replays at most the two batches in
 hand (the one being written and the next one, polled meanwhile), and the session store's
 idempotent append makes a replayed event count once.
@@ -11,7 +12,6 @@ idempotent append makes a replayed event count once.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import time
@@ -23,6 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from recsvc.dead_letters import DeadLetterQueue, Rejected
 from recsvc.events import Event, parse_event
 from recsvc.exceptions import InvalidEvent, SessionStoreError
 from recsvc.metrics import Metrics
@@ -39,27 +40,6 @@ LAG_INTERVAL_S = 10.0
 
 class StopRequested(Exception):
     """Stopping was asked for while a batch was still waiting for Redis or Kafka."""
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A message that broke the Event contract."""
-
-    record: Any  # kafka ConsumerRecord
-    error: InvalidEvent
-
-    def dlq_value(self) -> bytes:
-        raw = self.record.value
-        return json.dumps(
-            {
-                "reason": self.error.reason,
-                "detail": self.error.detail,
-                "topic": self.record.topic,
-                "partition": self.record.partition,
-                "offset": self.record.offset,
-                "value": None if raw is None else raw.decode("utf-8", errors="replace"),
-            }
-        ).encode()
 
 
 @dataclass(frozen=True)
@@ -104,11 +84,10 @@ class Ingestor:
         stopping: asyncio.Event | None = None,
     ) -> None:
         self.consumer = consumer
-        self.producer = producer
         self.store = store
         self.known_item = known_item
         self.metrics = metrics
-        self.dlq_topic = dlq_topic
+        self.dlq = DeadLetterQueue(producer, dlq_topic)
         self.backoff = backoff
         self.stopping = stopping or asyncio.Event()
         self._lag_checked = 0.0
@@ -193,33 +172,27 @@ class Ingestor:
         self.metrics.ingest_events.labels(result="duplicate").inc(duplicates)
 
     async def _dead_letter(self, rejected: Sequence[Rejected]) -> None:
-        def send() -> None:
-            futures = [
-                self.producer.send(
-                    self.dlq_topic,
-                    value=r.dlq_value(),
-                    key=r.record.key,
-                    headers=[("reason", r.error.reason.encode())],
-                )
-                for r in rejected
-            ]
-            self.producer.flush(timeout=10)
-            for future in futures:
-                future.get(timeout=10)  # raises the send's KafkaError, if any
+        """Send letters until each is delivered, or is one the broker can never take."""
+        remaining = list(rejected)
 
-        await asyncio.to_thread(send)
-        for r in rejected:
-            self.metrics.dlq_events.labels(reason=r.error.reason).inc()
-            log.info(
-                "dead-lettered",
-                extra={
-                    "reason": r.error.reason,
-                    "detail": r.error.detail,
-                    "partition": r.record.partition,
-                    "offset": r.record.offset,
-                },
-            )
-        self.metrics.ingest_events.labels(result="dead_lettered").inc(len(rejected))
+        async def attempt() -> None:
+            nonlocal remaining
+            outcome = await asyncio.to_thread(self.dlq.send, remaining)
+            for r in outcome.delivered:
+                self.metrics.dlq_events.labels(reason=r.error.reason).inc()
+                log.info("dead-lettered", extra=_letter_fields(r))
+            for r, exc in outcome.undeliverable:
+                log.error(
+                    "skipped a message the dead-letter topic refuses",
+                    extra={**_letter_fields(r), "error": str(exc)[:300]},
+                )
+            self.metrics.ingest_events.labels(result="dead_lettered").inc(len(outcome.delivered))
+            self.metrics.ingest_events.labels(result="skipped").inc(len(outcome.undeliverable))
+            remaining = outcome.retry
+            if outcome.error is not None:
+                raise outcome.error
+
+        await self._retrying("kafka", attempt)
 
     async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         try:
@@ -272,13 +245,33 @@ class Ingestor:
             log.debug("lag check failed", extra={"error": str(exc)})
 
 
+def _letter_fields(rejected: Rejected) -> dict[str, Any]:
+    return {
+        "reason": rejected.error.reason,
+        "detail": rejected.error.detail[:300],
+        "partition": rejected.record.partition,
+        "offset": rejected.record.offset,
+        "size": 0 if rejected.record.value is None else len(rejected.record.value),
+    }
+
+
 def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
-    """The consumer (manual commits, from the earliest offset) and the DLQ producer."""
+    """The consumer (manual commits, from the earliest offset) and the DLQ producer.
+
+    A crashed member keeps its partitions until its session times out
+    (``--ingest-session-timeout-ms``, not kafka-python's 45 s). A static member
+    (``--group-instance-id``) restarted with the same id takes them back at once; it never
+    leaves the group on close (kafka-python sends no LeaveGroup for static members), so the
+    partitions of one stopped for good wait for the session timeout.
+    """
     servers = [s.strip() for s in settings.kafka_bootstrap.split(",")]
     consumer = KafkaConsumer(
         settings.events_topic,
         bootstrap_servers=servers,
         group_id=settings.group_id,
+        group_instance_id=settings.group_instance_id or None,
+        session_timeout_ms=settings.ingest_session_timeout_ms,
+        heartbeat_interval_ms=settings.ingest_session_timeout_ms // 3,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=settings.ingest_max_poll_records,
@@ -293,6 +286,8 @@ def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
 
 async def ingest(settings: Settings, store: SessionStore) -> None:
     """Run ingest until SIGTERM or SIGINT (the bundle only tells which items exist)."""
+    from recsvc.redact import redact_url
+
     metrics = Metrics()
     metrics.serve(settings.metrics_port, settings.host)
     bundles = BundleReloader(settings.bundle, settings.model, metrics)
@@ -332,7 +327,8 @@ async def ingest(settings: Settings, store: SessionStore) -> None:
         extra={
             "topic": settings.events_topic,
             "group": settings.group_id,
-            "redis": settings.redis_url,
+            "group_instance_id": settings.group_instance_id,
+            "redis": redact_url(settings.redis_url),
         },
     )
     try:

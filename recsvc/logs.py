@@ -1,10 +1,16 @@
-"""Structured logs: one JSON object per line (or plain text for people at a terminal)."""
+"""Structured logs: one JSON object per line (or plain text for people at a terminal).
+
+Both formatters hide ``scheme://user:password@`` credentials in what they write
+(:func:`~recsvc.redact.scrub_credentials`), so no log line, ours or a library's, shows one.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+
+from recsvc.redact import scrub_credentials
 
 #: ``LogRecord`` attributes that are not user fields passed with ``extra=``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -18,12 +24,28 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": scrub_credentials(record.getMessage()),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        entry.update(
+            {
+                k: scrub_credentials(v) if isinstance(v, str) else v
+                for k, v in vars(record).items()
+                if k not in _STANDARD
+            }
+        )
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = scrub_credentials(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger>: <message>``, credentials hidden."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub_credentials(super().format(record))
 
 
 def configure(level: str = "info", fmt: str = "json") -> None:
@@ -32,7 +54,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -42,7 +42,8 @@ class Metrics:
         )
         self.ingest_events = Counter(
             "recsvc_ingest_events_total",
-            "Stream events by result: applied, duplicate, dead_lettered",
+            "Stream events by result: applied, duplicate, dead_lettered, skipped (invalid and "
+            "refused by the dead-letter topic too)",
             ["result"],
             registry=r,
         )

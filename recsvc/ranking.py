@@ -13,6 +13,7 @@ import numpy as np
 
 from recsvc.bundle import Bundle
 from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
+from recsvc.redact import clip
 from recsvc.scoring import PoolRanker, session_window
 from recsvc.sessions import SessionEvent
 
@@ -33,7 +34,11 @@ class Fallback:
 
 @dataclass(frozen=True)
 class Ranking:
-    """An answer: item ids best first, their scores and source bits."""
+    """An answer: item ids best first, their scores and source bits.
+
+    A score of ``-inf`` marks a candidate the model cannot score (these come last); the
+    reply writes it as the lowest float with ``unscored`` set (see ``recsvc/_wire.c``).
+    """
 
     items: list[str]
     scores: list[float]
@@ -105,7 +110,7 @@ class Ranker:
         try:
             return self._index[item_id]
         except KeyError:
-            raise ItemNotFound(f"item {item_id!r} is not in bundle {self.version}") from None
+            raise ItemNotFound(f"item {clip(item_id)} is not in bundle {self.version}") from None
 
     def has_item(self, item_id: str) -> bool:
         return item_id in self._index
@@ -134,7 +139,7 @@ class Ranker:
         keep = None  # padding (-1) is always left out; keep narrows the pool further
         if category is not None:
             if category not in self._category:
-                raise InvalidRequest(f"category {category!r} is not in the catalogue")
+                raise InvalidRequest(f"category {clip(category)} is not in the catalogue")
             pool = self.pools[current]
             keep = self.item_category[np.maximum(pool, 0)] == self._category[category]
         session = session or ()

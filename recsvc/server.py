@@ -14,7 +14,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,9 +22,11 @@ from grpc_reflection.v1alpha import reflection
 
 from recsvc._wire import ranked_items
 from recsvc.bundle import SOURCE_BITS
+from recsvc.events import MAX_ID_LENGTH
 from recsvc.exceptions import InvalidRequest, ItemNotFound, SessionStoreError
 from recsvc.metrics import Metrics
 from recsvc.ranking import Fallback, Ranking
+from recsvc.redact import clip
 from recsvc.reloader import BundleReloader
 from recsvc.retry import CircuitBreaker
 from recsvc.sessions import SessionEvent, SessionStore
@@ -35,6 +37,8 @@ from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 DEFAULT_K = 30
+#: At most one log line per this many seconds about requests that are not protobuf.
+UNDECODABLE_LOG_INTERVAL_S = 10.0
 #: Exception -> gRPC status: the one place codes are chosen.
 STATUS = {ItemNotFound: grpc.StatusCode.NOT_FOUND, InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT}
 #: Fallback reason and pool-source bit -> proto enum, by the names the proto gives them.
@@ -52,8 +56,66 @@ SOURCES_BY_FLAGS = [
 #: Field numbers for :func:`recsvc._wire.ranked_items`, read from the generated code.
 ITEM_FIELDS = (
     pb.RecommendResponse.DESCRIPTOR.fields_by_name["items"].number,
-    *(pb.RankedItem.DESCRIPTOR.fields_by_name[f].number for f in ("item_id", "score", "sources")),
+    *(
+        pb.RankedItem.DESCRIPTOR.fields_by_name[f].number
+        for f in ("item_id", "score", "sources", "unscored")
+    ),
 )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UndecodableRequest:
+    """What :func:`decode_request` gives for bytes that are not a ``RecommendRequest``."""
+
+    size: int
+    error: str
+
+
+def decode_request(data: bytes) -> pb.RecommendRequest | UndecodableRequest:
+    """``RecommendRequest.FromString`` that never raises (invalid UTF-8 in a string field is
+    a decode error too): grpc would answer UNKNOWN with the exception's text and log its
+    traceback, where ``Recommend`` answers INVALID_ARGUMENT."""
+    try:
+        return pb.RecommendRequest.FromString(data)
+    except Exception as exc:  # whatever the parser says, the caller's bytes are at fault
+        return UndecodableRequest(len(data), str(exc).rpartition(": ")[2][:80])
+
+
+def method_handlers(service: RecommenderService) -> dict[str, grpc.RpcMethodHandler]:
+    """The handlers the generated ``add_RecommenderServicer_to_server`` registers, but
+    decoding requests with :func:`decode_request`."""
+    return {
+        "Recommend": grpc.unary_unary_rpc_method_handler(
+            service.Recommend,
+            request_deserializer=decode_request,
+            response_serializer=pb.RecommendResponse.SerializeToString,
+        )
+    }
+
+
+class LogThrottle:
+    """At most one warning per ``interval_s``, with how many were held back before it."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self.clock = clock
+        self._next = float("-inf")
+        self._held_back = 0
+
+    def warning(self, msg: str, **fields: object) -> None:
+        now = self.clock()
+        if now < self._next:
+            self._held_back += 1
+            return
+        self._next = now + self.interval_s
+        self.logger.warning(msg, extra={**fields, "suppressed": self._held_back})
+        self._held_back = 0
 
 
 class RecommenderService(pb_grpc.RecommenderServicer):
@@ -76,9 +138,12 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         # Each outcome's histogram child, looked up once: labels() costs more than observe().
         outcomes = ("error", "personalized", "fallback", *(c.name.lower() for c in STATUS.values()))
         self._latency = {o: metrics.request_latency.labels(outcome=o) for o in outcomes}
+        self._undecodable_log = LogThrottle(log, UNDECODABLE_LOG_INTERVAL_S)
 
     async def Recommend(
-        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.RecommendRequest | UndecodableRequest,
+        context: grpc.aio.ServicerContext,
     ) -> pb.RecommendResponse:
         started = time.perf_counter()
         client_left = context.time_remaining()
@@ -86,6 +151,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         ranker = self.bundles.ranker  # one bundle for the whole call, even across a swap
         outcome = "error"
         try:
+            request = self._decoded(request)
             k = self._check(request, ranker.pool_size)
             ranker.index(request.item_id)
             session, fallback = await self._session(request.user_id, started, limit)
@@ -105,16 +171,33 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             outcome = STATUS[type(exc)].name.lower()
             await context.abort(STATUS[type(exc)], str(exc))
         except Exception:
-            log.exception("Recommend failed", extra={"item_id": request.item_id})
+            item_id = request.item_id if isinstance(request, pb.RecommendRequest) else ""
+            log.exception("Recommend failed", extra={"item_id": clip(item_id)})
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
             elapsed = time.perf_counter() - started
             self._latency[outcome].observe(elapsed)
 
+    def _decoded(self, request: pb.RecommendRequest | UndecodableRequest) -> pb.RecommendRequest:
+        """The request, or :class:`InvalidRequest` for bytes that were not one."""
+        if not isinstance(request, UndecodableRequest):
+            return request
+        self._undecodable_log.warning("undecodable request", size=request.size, error=request.error)
+        raise InvalidRequest(
+            f"request is not a valid RecommendRequest ({request.size} bytes): {request.error}"
+        )
+
     @staticmethod
     def _check(request: pb.RecommendRequest, pool_size: int) -> int:
         if not request.item_id:
             raise InvalidRequest("item_id is required")
+        # Ids are at most the length ingest accepts on the event stream (recsvc.events): a
+        # longer one is a client's bug, refused before it reaches the session store.
+        for field, value in (("item_id", request.item_id), ("user_id", request.user_id)):
+            if len(value) > MAX_ID_LENGTH:
+                raise InvalidRequest(
+                    f"{field} must be at most {MAX_ID_LENGTH} characters, got {clip(value)}"
+                )
         k = request.k or min(DEFAULT_K, pool_size)
         if k > pool_size:
             raise InvalidRequest(f"k must be at most the pool size {pool_size}, got {k}")
@@ -186,7 +269,11 @@ class RecommendServer:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port."""
-        pb_grpc.add_RecommenderServicer_to_server(self.service, self._server)
+        handlers = method_handlers(self.service)
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        self._server.add_registered_method_handlers(SERVICE_NAME, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server

@@ -28,6 +28,7 @@ import redis.exceptions
 from recsvc.events import Event
 from recsvc.exceptions import ConfigError, RecsvcError, SessionStoreError
 from recsvc.multiplexed_redis import MultiplexedRedis, RedisReplyError
+from recsvc.redact import redact_url
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "recsvc:session:"
@@ -215,7 +216,7 @@ class RedisSessionStore(SessionStore):
             # The server's one read per request goes over a shared, multiplexed connection.
             self._reads = MultiplexedRedis(url, timeout_s)
         except ValueError as exc:
-            raise ConfigError(f"bad Redis URL {url!r}: {exc}") from exc
+            raise ConfigError(f"bad Redis URL {redact_url(url)!r}: {exc}") from exc
         self._sha: str | None = None
         self._scripted = True
 
@@ -346,7 +347,7 @@ class RedisSessionStore(SessionStore):
         try:
             await self._client.ping()
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise SessionStoreError(f"Redis at {self.url} unreachable: {exc}") from exc
+            raise SessionStoreError(f"Redis at {redact_url(self.url)} unreachable: {exc}") from exc
 
     async def aclose(self) -> None:
         await self._reads.aclose()

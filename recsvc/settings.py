@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from recsvc.exceptions import ConfigError
+from recsvc.redact import redact_url
 
 ENV_PREFIX = "RECSVC_"
 MODELS = ("personalized", "personalized_cart")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: What Kafka accepts as a ``group.instance.id`` (the rule for topic names).
+GROUP_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]+")
 #: ``RECSVC_*`` variables that are not settings of the online processes.
 NOT_SETTINGS = ("RECSVC_SHARED", "RECSVC_TEST_", "RECSVC_TOPICS", "RECSVC_INGEST_METRICS_PORT")
 
@@ -56,6 +60,23 @@ class Settings:
         default="recsvc.events.dlq", metadata={"help": "where invalid events go, with a reason"}
     )
     group_id: str = field(default="recsvc-ingest", metadata={"help": "ingest consumer group"})
+    group_instance_id: str = field(
+        default="",
+        metadata={
+            "help": "ingest: Kafka static group membership (KIP-345): restarted with the same id, "
+            "ingest gets its partitions back at once instead of after the session timeout. "
+            "Must be unique per ingest process and stable across its restarts (e.g. a "
+            "StatefulSet pod name); letters, digits, '.', '_', '-'. Empty: off"
+        },
+    )
+    ingest_session_timeout_ms: int = field(
+        default=6000,
+        metadata={
+            "help": "ingest: a member that stops heartbeating (crashed; or stopped, if static) "
+            "keeps its partitions this long before the broker hands them on; heartbeats go "
+            "every third of it (6000..300000)"
+        },
+    )
     ingest_max_poll_records: int = field(
         default=2000,
         metadata={"help": "ingest: most messages per batch (one Redis round trip, one commit)"},
@@ -179,7 +200,7 @@ def _check(s: Settings) -> None:
     if s.metrics_port and s.metrics_port == s.port:
         fail("metrics_port", "must differ from the gRPC port")
     if urlparse(s.redis_url).scheme not in ("redis", "rediss", "unix"):
-        fail("redis_url", f"expected redis://host:port/db, got {s.redis_url!r}")
+        fail("redis_url", f"expected redis://host:port/db, got {redact_url(s.redis_url)!r}")
     for server in s.kafka_bootstrap.split(","):
         host, sep, port = server.strip().rpartition(":")
         if not sep or not host or not port.isdigit():
@@ -187,6 +208,15 @@ def _check(s: Settings) -> None:
     for name in ("events_topic", "dlq_topic", "group_id"):
         if not getattr(s, name).strip():
             fail(name, "must not be empty")
+    _check_group_instance_id(s.group_instance_id, fail)
+    if not 6000 <= s.ingest_session_timeout_ms <= 300_000:
+        fail(
+            "ingest_session_timeout_ms",
+            f"{s.ingest_session_timeout_ms} is outside 6000..300000: Kafka brokers refuse "
+            "session timeouts outside group.min.session.timeout.ms (default 6000) and "
+            "group.max.session.timeout.ms, and a longer one only delays taking over a "
+            "crashed member's partitions",
+        )
     if not 1 <= s.ingest_max_poll_records <= 100_000:
         fail("ingest_max_poll_records", f"{s.ingest_max_poll_records} is outside 1..100000")
     if s.ingest_check_crcs not in (0, 1):
@@ -210,3 +240,19 @@ def _check(s: Settings) -> None:
         fail("log_format", f"{s.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
     if s.log_level not in LOG_LEVELS:
         fail("log_level", f"{s.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+
+
+def _check_group_instance_id(value: str, fail: Callable[[str, str], None]) -> None:
+    """Kafka's rule for a ``group.instance.id``, which kafka-python 3.0.12 does not check
+    (its ``KafkaConsumer._validate_group_instance_id`` is never called)."""
+    if not value:
+        return
+    if len(value) > 249:
+        fail("group_instance_id", f"{len(value)} characters; at most 249")
+    if value in (".", ".."):
+        fail("group_instance_id", "must not be '.' or '..'")
+    if not GROUP_INSTANCE_ID.fullmatch(value):
+        fail(
+            "group_instance_id",
+            f"only ASCII letters, digits, '.', '_' and '-' are allowed, got {value!r}",
+        )

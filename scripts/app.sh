@@ -54,7 +54,15 @@ stop_one() {
 
 case ${1:-} in
   start)
-    start_one ingest --metrics-port "$INGEST_METRICS_PORT"
+    # Static group membership: a restarted ingest gets its partitions back at once. The id
+    # is stable across restarts and unique to this checkout on this host; setting
+    # RECSVC_GROUP_INSTANCE_ID (empty: off) overrides it.
+    static_member=()
+    if [[ ! -v RECSVC_GROUP_INSTANCE_ID ]]; then
+      checkout=$(cksum <<<"$ROOT" | cut -d ' ' -f 1)
+      static_member=(--group-instance-id "recsvc-ingest-$(uname -n)-$checkout")
+    fi
+    start_one ingest --metrics-port "$INGEST_METRICS_PORT" "${static_member[@]}"
     start_one serve
     # Up to two minutes for SERVING (loading a large bundle takes a while); give up at once
     # if either process exits.

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recsvc.events import Event
 from recsvc.sessions import SessionEvent, SessionStore
+
+if TYPE_CHECKING:
+    from recsvc.server import RecommendServer
+    from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 #: ``recsvc pipeline`` settings that keep the end-to-end runs on the real-data slice fast.
 SMALL = [
@@ -114,3 +124,45 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+
+
+@asynccontextmanager
+async def serving(
+    bundle: Path, store: SessionStore, **settings: Any
+) -> AsyncIterator[tuple[pb_grpc.RecommenderStub, RecommendServer]]:
+    """A :class:`RecommendServer` on a free loopback port, and a stub connected to it."""
+    # Imported here: every test loads this module (conftest), most never serve.
+    import grpc
+
+    from recsvc.server import RecommendServer
+    from recsvc.settings import Settings
+    from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+
+    config = Settings(bundle=bundle, port=0, metrics_port=0, watch_interval_s=0, **settings)
+    server = RecommendServer(config, store)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield pb_grpc.RecommenderStub(channel), server
+    finally:
+        await server.stop(0)
+
+
+@contextmanager
+def serving_in_thread(bundle: Path, store: SessionStore, **settings: Any) -> Iterator[str]:
+    """:func:`serving` on an event loop in a thread of its own, for blocking clients (e.g.
+    under hypothesis); yields the server's address."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
+    thread.start()
+    served = serving(bundle, store, **settings)
+    try:
+        _, server = asyncio.run_coroutine_threadsafe(served.__aenter__(), loop).result(30)
+        try:
+            yield f"127.0.0.1:{server.port}"
+        finally:
+            asyncio.run_coroutine_threadsafe(served.__aexit__(None, None, None), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()

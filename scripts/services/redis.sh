@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A disposable Redis on loopback for development and tests: redis.sh start|stop|status
 # Env: REDIS_PORT (6379), REDIS_DIR (<repo>/.local/services/redis). Instances with their own
-# port and dir run side by side.
+# port and dir run side by side. Data persists in $DIR/appendonlydir (AOF, fsync every
+# second): stop then start keeps every session; a crash can lose the last second of writes.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -49,7 +50,8 @@ dir "$DIR"
 pidfile "$DIR/redis.pid"
 logfile "$DIR/redis.log"
 save ""
-appendonly no
+appendonly yes
+appendfsync everysec
 EOF
   # Detached in its own session, but as our child rather than with `daemonize yes`, so
   # an early exit (port taken, bad config) is noticed at once instead of after the timeout.
@@ -65,11 +67,30 @@ EOF
   die "did not answer PING on 127.0.0.1:$PORT (log: $DIR/redis.log)"
 }
 
+# An instance started by an older redis.sh runs without AOF, and Redis 7 with AOF on starts
+# from the AOF alone (it ignores a dump.rdb): turn AOF on and wait until Redis has written
+# the data into it (SHUTDOWN refuses meanwhile), so the next start finds every session.
+enable_aof() {
+  [ "$(cli config get appendonly | sed -n 2p)" = no ] || return 0
+  echo "redis: turning on AOF before stopping 127.0.0.1:$PORT (started without it)"
+  cli config set appendonly yes >/dev/null || die "CONFIG SET appendonly yes failed"
+  local i info
+  for ((i = 0; i < 600; i++)); do
+    info=$(cli info persistence | tr -d '\r') || true
+    [ -n "$info" ] || return 0 # no answer: stop() below notices a gone server
+    [[ $info == *aof_rewrite_in_progress:0* && $info == *aof_rewrite_scheduled:0* ]] && return
+    sleep 0.1
+  done
+  die "the first AOF of $DIR is still being written after 60 s (log: $DIR/redis.log)"
+}
+
 stop() {
   if ! answers; then echo "redis: not running on 127.0.0.1:$PORT"; return; fi
   local pid i
   pid=$(cli info server | tr -d '\r' | sed -n 's/^process_id://p')
-  cli shutdown nosave >/dev/null || true
+  enable_aof
+  # With AOF on (and no save points), SHUTDOWN writes and fsyncs the AOF, then exits.
+  cli shutdown >/dev/null || true
   for ((i = 0; i < 300; i++)); do
     if { [ -n "$pid" ] && ! alive "$pid"; } || { [ -z "$pid" ] && ! answers; }; then
       echo "redis: stopped 127.0.0.1:$PORT"

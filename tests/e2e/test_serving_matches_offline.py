@@ -85,3 +85,5 @@ def test_served_rankings_equal_the_offline_ones(
         finite = np.isfinite(offline[n][order])
         served = np.array([i.score for i in answer.items])
         np.testing.assert_allclose(served[finite], offline[n][order][finite], rtol=1e-5, atol=1e-6)
+        assert [i.unscored for i in answer.items] == (~finite).tolist()
+        assert (served[~finite] == np.finfo(np.float32).min).all()

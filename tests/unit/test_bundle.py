@@ -1,10 +1,14 @@
+import asyncio
 import json
 
 import numpy as np
 import pytest
+from helpers import tiny_bundle_arrays
 
 from recsvc.bundle import load_bundle, resolve, write_bundle
 from recsvc.exceptions import BundleError
+from recsvc.metrics import Metrics
+from recsvc.reloader import BundleReloader
 
 
 def arrays(n: int = 4) -> dict[str, np.ndarray]:
@@ -89,3 +93,59 @@ def test_object_arrays_cannot_be_written(tmp_path):
     with pytest.raises(BundleError, match="dtype object"):
         write_bundle(tmp_path, bad, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def nan_weights(arrays: dict[str, np.ndarray]) -> None:
+    arrays["models/personalized/position_weights"][:] = np.nan
+
+
+def inf_embedding(arrays: dict[str, np.ndarray]) -> None:
+    arrays["models/personalized/input_embeddings"][2, 1] = np.inf
+
+
+def huge_embeddings(arrays: dict[str, np.ndarray]) -> None:
+    arrays["models/personalized/output_embeddings"][0, 0] = 3e37  # finite; its scores are not
+
+
+def flagged_padding(arrays: dict[str, np.ndarray]) -> None:
+    arrays["pool_sources"][3, 2] = 1  # pools[3, 2] is -1
+
+
+def unflagged_candidate(arrays: dict[str, np.ndarray]) -> None:
+    arrays["pool_sources"][0, 1] = 0
+
+
+def unknown_flag(arrays: dict[str, np.ndarray]) -> None:
+    arrays["pool_sources"][0, 0] = 1 << 7
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (nan_weights, "position_weights holds NaN or infinite values"),
+        (inf_embedding, "input_embeddings holds NaN or infinite values"),
+        (huge_embeddings, "scores could overflow"),
+        (flagged_padding, "flags empty"),
+        (unflagged_candidate, "has no source flag"),
+        (unknown_flag, "flags no source is assigned"),
+    ],
+)
+def test_values_a_checksum_cannot_catch_are_refused(tmp_path, spoil, message) -> None:
+    """Each bundle has a manifest whose sha256s match: it was written that way."""
+    good = tiny_bundle_arrays()
+    load_bundle(write_bundle(tmp_path / "good", good, {}))
+    spoiled = {name: array.copy() for name, array in good.items()}
+    spoil(spoiled)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(write_bundle(tmp_path / "spoiled", spoiled, {}))
+
+
+def test_a_served_bundle_is_not_swapped_for_one_with_nan_weights(tiny_bundle) -> None:
+    reloader = BundleReloader(tiny_bundle, "personalized", Metrics())
+    first = reloader.ranker.version
+    spoiled = tiny_bundle_arrays()
+    nan_weights(spoiled)
+    write_bundle(tiny_bundle, spoiled, {})
+    assert not asyncio.run(reloader.reload())
+    assert reloader.ranker.version == first
+    assert reloader.metrics.bundle_swaps.labels(result="failed")._value.get() == 1

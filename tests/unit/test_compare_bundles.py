@@ -20,6 +20,8 @@ def bundle_with_cases(root: Path, pool_of_a: list[int]) -> Path:
     arrays = tiny_bundle_arrays()
     arrays["pools"] = arrays["pools"].copy()
     arrays["pools"][0] = pool_of_a
+    arrays["pool_sources"] = arrays["pool_sources"].copy()
+    arrays["pool_sources"][0] = np.where(np.array(pool_of_a) >= 0, arrays["pool_sources"][0], 0)
     arrays.update(
         {
             "eval/users": np.array([0, 0, 0, 1, 1], np.int32),

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from helpers import Record
 from kafka import TopicPartition
+from kafka.errors import MessageSizeTooLargeError
 
 from recsvc import settings
 from recsvc.events import Event
@@ -46,10 +47,15 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    def __init__(self) -> None:
+    """Takes every letter, or with ``refuse`` none, as a broker refuses a too-large one."""
+
+    def __init__(self, refuse: bool = False) -> None:
         self.sent: list[tuple[str, bytes]] = []
+        self.refuse = refuse
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list) -> Any:
+        if self.refuse:
+            raise MessageSizeTooLargeError("The message is 1800282 bytes when serialized")
         self.sent.append((topic, value))
         return type("Done", (), {"get": lambda self, timeout: None})()
 
@@ -80,13 +86,15 @@ def records(start: int, count: int, bad: tuple[int, ...] = ()) -> list[Record]:
     return out
 
 
-def run_ingestor(batches: list[list[Record]], fail: bool = False) -> tuple[list, Any, Any]:
+def run_ingestor(
+    batches: list[list[Record]], fail: bool = False, refuse_letters: bool = False
+) -> tuple[list, Any, Any]:
     log: list[tuple] = []
 
     async def scenario() -> tuple[Any, Any]:
         stopping = asyncio.Event()
         store = LoggingStore(log, fail)
-        producer = FakeProducer()
+        producer = FakeProducer(refuse_letters)
         metrics = Metrics()
         ingestor = Ingestor(
             FakeConsumer(batches, log, stopping),  # type: ignore[arg-type]
@@ -140,6 +148,21 @@ def test_a_batch_redis_never_takes_is_not_committed_when_stopping() -> None:
     assert not [entry for entry in log if entry[0] in ("commit", "append")]
     assert counter(metrics, "applied") is None
     assert metrics.registry.get_sample_value("recsvc_ingest_retries_total", {"dependency": "redis"})
+
+
+def test_a_letter_the_dead_letter_topic_refuses_is_skipped_and_counted() -> None:
+    log, (_, producer), metrics = run_ingestor(
+        [records(0, 3, bad=(1,)), records(3, 2)], refuse_letters=True
+    )
+    assert producer.sent == []
+    assert counter(metrics, "skipped") == 1
+    assert counter(metrics, "dead_lettered") == 0
+    assert counter(metrics, "applied") == 4
+    assert [entry for entry in log if entry[0] == "commit"] == [("commit", 3), ("commit", 5)]
+    assert (
+        metrics.registry.get_sample_value("recsvc_ingest_retries_total", {"dependency": "kafka"})
+        is None
+    )
 
 
 def test_ingest_settings_are_checked() -> None:

@@ -58,6 +58,19 @@ def test_errors(tiny_bundle: Path) -> None:
         Ranker(load_bundle(tiny_bundle), "personalized_cart")
 
 
+def test_errors_quote_long_values_short(tiny_bundle: Path) -> None:
+    ranker = Ranker(load_bundle(tiny_bundle))
+    huge = "z" * 2**20
+    with pytest.raises(ItemNotFound) as missing:
+        ranker.rank(huge, 4)
+    with pytest.raises(InvalidRequest) as no_category:
+        ranker.rank("a", 4, category=huge)
+    for caught in (missing, no_category):
+        assert len(str(caught.value)) < 200 and "(1048576 characters)" in str(caught.value)
+    with pytest.raises(ItemNotFound, match="item 'nope' is not in bundle"):
+        ranker.index("nope")
+
+
 def test_a_bundle_with_an_item_id_twice_is_refused(tmp_path: Path) -> None:
     arrays = tiny_bundle_arrays()
     arrays["item_ids"] = np.array(["a", "b", "c", "d", "a"])

@@ -4,43 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+import logging
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
+from unittest.mock import Mock
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from helpers import tiny_bundle_arrays
+from helpers import serving, tiny_bundle_arrays
 
 from recsvc.bundle import write_bundle
 from recsvc.events import Event
 from recsvc.exceptions import SessionStoreError
-from recsvc.server import RecommendServer
-from recsvc.sessions import InMemorySessionStore, SessionEvent, SessionStore
-from recsvc.settings import Settings
+from recsvc.server import LogThrottle, method_handlers
+from recsvc.sessions import InMemorySessionStore, SessionEvent
 from recsvc.v1 import recommender_pb2 as pb
-from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+
+METHOD = "/recsvc.v1.Recommender/Recommend"
+#: Status details a client can always receive (metadata soft limit: 8 KB) and a person read.
+SHORT_DETAILS = 300
 
 
 def run(coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(coro())
-
-
-@asynccontextmanager
-async def serving(
-    bundle: Path, store: SessionStore, **settings: Any
-) -> AsyncIterator[tuple[pb_grpc.RecommenderStub, RecommendServer]]:
-    config = Settings(bundle=bundle, port=0, metrics_port=0, watch_interval_s=0, **settings)
-    server = RecommendServer(config, store)
-    port = await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield pb_grpc.RecommenderStub(channel), server
-    finally:
-        await server.stop(0)
 
 
 class SlowStore(InMemorySessionStore):
@@ -139,6 +128,76 @@ def test_bad_requests_get_the_right_status(
         assert words in caught.value.details()
 
     run(scenario)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xff\xff\xff",  # not protobuf at all
+        b"\x12\x02\xff\xfe",  # item_id with invalid UTF-8
+        b"\x12\x05ab",  # item_id cut short
+    ],
+)
+def test_undecodable_bytes_get_invalid_argument_without_a_traceback(
+    tiny_bundle: Path, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with serving(tiny_bundle, InMemorySessionStore()) as (stub, server):
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+            raw = channel.unary_unary(METHOD, response_deserializer=pb.RecommendResponse.FromString)
+            with caplog.at_level(logging.WARNING):
+                for _ in range(3):
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await raw(payload)
+                    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    assert "not a valid RecommendRequest" in caught.value.details()
+                    assert len(caught.value.details()) < SHORT_DETAILS
+            await channel.close()
+            assert (await stub.Recommend(pb.RecommendRequest(item_id="a", k=1))).items
+
+    run(scenario)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # Our own line about them, rate-limited: one for the three calls.
+    ours = [r for r in caplog.records if r.name == "recsvc.server" and r.levelno >= logging.WARNING]
+    assert len(ours) == 1
+
+
+@pytest.mark.parametrize("field", ["item_id", "user_id", "category"])
+def test_a_huge_field_is_quoted_short_with_its_length(tiny_bundle: Path, field: str) -> None:
+    huge = "\u00e9" + "x" * (2**20 - 1)
+    request = pb.RecommendRequest(item_id="a", user_id="u")
+    setattr(request, field, huge)
+
+    async def scenario() -> None:
+        async with serving(tiny_bundle, InMemorySessionStore()) as (stub, _):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Recommend(request)
+        code, details = caught.value.code(), caught.value.details()
+        assert code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), details
+        assert len(details) < SHORT_DETAILS
+        assert field in details and "1048576" in details and "\u00e9xxx" in details
+
+    run(scenario)
+
+
+def test_the_log_throttle_says_how_many_lines_it_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    throttle = LogThrottle(logging.getLogger("throttled"), 10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING):
+        for step in (0, 1, 1, 5, 4, 0):  # at 100, 101, 102, 107, 111, 111
+            now[0] += step
+            throttle.warning("bad request", size=step)
+    assert [(r.msg, r.suppressed, r.size) for r in caplog.records] == [
+        ("bad request", 0, 0),
+        ("bad request", 3, 4),
+    ]
+
+
+def test_the_service_handlers_cover_every_rpc_of_the_proto() -> None:
+    service = pb.DESCRIPTOR.services_by_name["Recommender"]
+    assert set(method_handlers(Mock())) == set(service.methods_by_name)
 
 
 def test_slow_session_read_is_abandoned_within_the_budget(tiny_bundle: Path) -> None:

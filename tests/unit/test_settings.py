@@ -58,3 +58,37 @@ def test_help_lists_every_setting_with_its_variable() -> None:
     text = parser.format_help()
     for name in ("RECSVC_REDIS_URL", "RECSVC_KAFKA_BOOTSTRAP", "RECSVC_BUDGET_MS", "--group-id"):
         assert name in text
+
+
+def test_a_bad_redis_url_fails_without_showing_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings.load(None, {"RECSVC_REDIS_URL": "http://admin:s3cret-pass@cache:6379/0"})
+    assert "s3cret-pass" not in str(caught.value)
+    assert "got 'http://admin:***@cache:6379/0'" in str(caught.value)
+
+
+def test_ingest_group_membership_settings() -> None:
+    loaded = settings.load(
+        parse("--group-instance-id", "recsvc-ingest-0"),
+        {"RECSVC_INGEST_SESSION_TIMEOUT_MS": "9000"},
+    )
+    assert (loaded.group_instance_id, loaded.ingest_session_timeout_ms) == ("recsvc-ingest-0", 9000)
+    defaults = settings.load(None, {})
+    assert (defaults.group_instance_id, defaults.ingest_session_timeout_ms) == ("", 6000)
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"RECSVC_GROUP_INSTANCE_ID": "x" * 250}, "250 characters; at most 249"),
+        ({"RECSVC_GROUP_INSTANCE_ID": ".."}, "must not be '.' or '..'"),
+        ({"RECSVC_GROUP_INSTANCE_ID": "pod 0"}, "only ASCII letters, digits, '.', '_' and '-'"),
+        ({"RECSVC_GROUP_INSTANCE_ID": "pod\n0"}, "got 'pod\\n0'"),
+        ({"RECSVC_INGEST_SESSION_TIMEOUT_MS": "5999"}, "group.min.session.timeout.ms"),
+        ({"RECSVC_INGEST_SESSION_TIMEOUT_MS": "300001"}, "outside 6000..300000"),
+    ],
+)
+def test_bad_group_membership_values_fail_with_the_reason(env: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings.load(None, env)
+    assert words in str(caught.value)

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from recsvc._wire import ranked_items
 from recsvc.server import ITEM_FIELDS, SOURCES_BY_FLAGS
 from recsvc.v1 import recommender_pb2 as pb
 
+LOWEST_FLOAT = float(np.finfo(np.float32).min)
+
 
 def protobuf_bytes(ids: list[str], scores: list[float], flags: list[int]) -> bytes:
+    """What protobuf writes for the items, an unscored one as the proto comment says."""
     items = [
-        pb.RankedItem(item_id=i, score=s, sources=SOURCES_BY_FLAGS[f])
+        pb.RankedItem(
+            item_id=i,
+            score=s if math.isfinite(s) else LOWEST_FLOAT,
+            sources=SOURCES_BY_FLAGS[f],
+            unscored=not math.isfinite(s),
+        )
         for i, s, f in zip(ids, scores, flags, strict=True)
     ]
     return pb.RecommendResponse(items=items).SerializeToString()
@@ -26,7 +35,8 @@ def protobuf_bytes(ids: list[str], scores: list[float], flags: list[int]) -> byt
         (["1000001", "7"], [0.8125, -3.5], [1, 0]),
         (["a" * 300, "b"], [1e-30, 123456.789], [255, 6]),  # a length of two varint bytes
         (["tête-à-tête", "商品"], [0.0, -0.0], [3, 12]),  # UTF-8; the zeros protobuf omits
-        (["x"], [math.inf], [2]),
+        (["x", "y", "z"], [0.5, -math.inf, -math.inf], [2, 1, 0]),  # unscored last
+        (["x"], [math.nan], [2]),
         ([""], [0.25], [0]),
     ],
 )
@@ -36,9 +46,11 @@ def test_the_bytes_are_protobufs_own(ids: list[str], scores: list[float], flags:
     )
 
 
-def test_a_nan_score_survives_the_round_trip() -> None:
-    wire = ranked_items(["x"], [math.nan], [1], SOURCES_BY_FLAGS, ITEM_FIELDS)
-    assert math.isnan(pb.RecommendResponse.FromString(wire).items[0].score)
+def test_an_unscored_item_goes_out_as_the_lowest_float_and_marked() -> None:
+    wire = ranked_items(["x", "y"], [0.25, -math.inf], [1, 1], SOURCES_BY_FLAGS, ITEM_FIELDS)
+    scored, unscored = pb.RecommendResponse.FromString(wire).items
+    assert (scored.score, scored.unscored) == (0.25, False)
+    assert (unscored.score, unscored.unscored) == (LOWEST_FLOAT, True)
 
 
 def test_bad_arguments_are_clear_errors() -> None:
@@ -74,4 +86,4 @@ def test_a_caller_object_cannot_change_the_lists_mid_call() -> None:
         ranked_items(ids, [1.0, Sneaky()], [0, 0], SOURCES_BY_FLAGS, ITEM_FIELDS)
     assert ids == ["a", "b"]
     with pytest.raises(ValueError, match="field numbers"):
-        ranked_items(["a"], [1.0], [0], SOURCES_BY_FLAGS, (0, 1, 2, 3))
+        ranked_items(["a"], [1.0], [0], SOURCES_BY_FLAGS, (1, 2, 3, 4, 0))

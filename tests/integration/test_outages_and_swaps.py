@@ -61,9 +61,9 @@ def test_redis_outage_degrades_inside_the_budget_and_loses_nothing(
         send(n, item)
     time.sleep(2)
 
-    private_redis.start()  # empty: this Redis keeps nothing on disk
-    wait_for(lambda: len(session_ids(private_redis.url, user)) == 3, what="ingest to catch up")
-    assert session_ids(private_redis.url, user) == [f"{user}-{n}" for n in (1, 2, 3)]
+    private_redis.start()  # with its append-only file: the first event is still there
+    wait_for(lambda: len(session_ids(private_redis.url, user)) == 4, what="ingest to catch up")
+    assert session_ids(private_redis.url, user) == [f"{user}-{n}" for n in (0, 1, 2, 3)]
     wait_for(lambda: stub.Recommend(request, timeout=5).personalized, what="the server")
     channel.close()
 

@@ -27,6 +27,7 @@ from recsvc.dead_letters import DeadLetterQueue, Rejected
 from recsvc.events import Event, parse_event
 from recsvc.exceptions import InvalidEvent, SessionStoreError
 from recsvc.metrics import Metrics
+from recsvc.redact import redact_url
 from recsvc.reloader import BundleReloader
 from recsvc.retry import Backoff
 from recsvc.sessions import SessionStore, SessionWriteRejected
@@ -286,8 +287,6 @@ def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
 
 async def ingest(settings: Settings, store: SessionStore) -> None:
     """Run ingest until SIGTERM or SIGINT (the bundle only tells which items exist)."""
-    from recsvc.redact import redact_url
-
     metrics = Metrics()
     metrics.serve(settings.metrics_port, settings.host)
     bundles = BundleReloader(settings.bundle, settings.model, metrics)

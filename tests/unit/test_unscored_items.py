@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from helpers import tiny_bundle_arrays
-from test_server import serving
+from helpers import serving, tiny_bundle_arrays
 
 from recsvc.bundle import write_bundle
 from recsvc.events import Event

@@ -78,7 +78,7 @@ ingest-bench: install up bundle
 
 # The offline pipeline on 1M, 4M and 16M synthetic events: time and memory per stage.
 scaling: install
-	nice -n 10 $(PY) -m offline.scaling_bench --sizes 1M,4M,16M
+	nice -n 10 $(PY) -m bench.scaling --sizes 1M,4M,16M
 
 # The server's memory with a 700,000-item bundle.
 bundle-memory: install up

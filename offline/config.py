@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from offline.pss_source import PSSSettings
+from offline.pss.stage import PSSSettings
 from recsvc.exceptions import ConfigError
 from training.item2vec import Item2VecConfig
 from training.personalized import PersonalizedConfig

@@ -5,7 +5,7 @@ when the catalogue has them → pool merge and business-rule fill → pool score
 source → the two personalized models → bundle. Each stage's time and peak memory go into
 the manifest (``timings``, ``peak_mib``). With ``pss.enabled`` the PSS stage (product
 embeddings from item2vec, images, titles) runs before the pool merge; ``recsvc train pss``
-(:mod:`offline.train_pss_command`) reuses that stage and the pool stage on an existing bundle.
+(:mod:`offline.pss.command`) reuses that stage and the pool stage on an existing bundle.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from offline.config import PipelineConfig, apply_overrides, describe
-from offline.dataset import Dataset, build_dataset
-from offline.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
-from offline.interactions import CART, CLICK, Catalogue
+from offline.data.dataset import Dataset, build_dataset
+from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
+from offline.data.interactions import CART, CLICK, Catalogue
 from offline.peak_memory import PeakMemory
 from offline.pools import Pools, category_fill, merge_pools, newest_fill
 from offline.sources.base import CandidateSource, Neighbours
@@ -32,10 +32,10 @@ from recsvc.bundle import sha256_file, write_bundle
 from recsvc.exceptions import ConfigError
 
 if TYPE_CHECKING:
-    from offline.compound_features import Part
-    from offline.feature_cache import FeatureCache
-    from offline.image_embedding import ItemVectors
-    from offline.pss_source import PSSResult
+    from offline.features.cache import FeatureCache
+    from offline.features.compound import Part
+    from offline.features.image import ItemVectors
+    from offline.pss.stage import PSSResult
 
 logger = logging.getLogger(__name__)
 #: Default feature cache file, in the bundle root (next to the versions).
@@ -181,13 +181,13 @@ def run_pipeline(
     pss = None
     if config.pss.enabled:
         with timings.stage("pss"):
-            from offline.compound_features import Part
+            from offline.features.compound import Part
 
             parts = [Part("behaviour", item2vec.embeddings, item2vec.known)]
             if image is not None:
                 parts.append(Part("image", image.vectors, image.known))
             if inputs.item_titles is not None:
-                from offline.item_titles import titles_from_file
+                from offline.features.titles import titles_from_file
 
                 title, metrics["titles"] = titles_from_file(
                     inputs.item_titles, data.catalogue.item_ids, cache
@@ -258,7 +258,7 @@ def run_pss_stage(data: Dataset, parts: list[Part], config: PipelineConfig, seed
 
     Used by ``recsvc pipeline`` and ``recsvc train pss``.
     """
-    from offline.pss_source import build_pss, format_table
+    from offline.pss.stage import build_pss, format_table
 
     result = build_pss(data.fit, data.catalogue, parts, config.pss, seed)
     print(format_table(result.report["verification"]))
@@ -329,7 +329,7 @@ def _annoy_recall(
     seed: int,
 ) -> dict[str, Any]:
     """recall@pool_size of each annoy-backed source against exact cosine search."""
-    from offline.ann import exact_neighbours, recall_at_k
+    from offline.ann.search import exact_neighbours, recall_at_k
     from offline.sources.embedding import EmbeddingSource
 
     out = {}
@@ -448,7 +448,7 @@ def _feature_cache(inputs: PipelineInputs, out: Path) -> FeatureCache | None:
     """The feature cache of the image-folder and title extractors, when either runs."""
     if inputs.item_images is None and inputs.item_titles is None:
         return None
-    from offline.feature_cache import FeatureCache
+    from offline.features.cache import FeatureCache
 
     path = inputs.feature_cache or Path(out) / FEATURE_CACHE_NAME
     print(f"feature cache: {path}")
@@ -460,7 +460,7 @@ def _image_vectors(
 ) -> ItemVectors | None:
     if inputs.item_vectors is None and inputs.item_images is None:
         return None
-    from offline import image_embedding
+    from offline.features import image as image_embedding
 
     index = {str(item): i for i, item in enumerate(data.catalogue.item_ids)}
     if inputs.item_vectors is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from offline.interactions import Catalogue
+from offline.data.interactions import Catalogue
 from offline.sources.base import Neighbours
 from recsvc.bundle import SOURCE_BITS
 

@@ -321,11 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_from_args(args)
         elif args.command == "train":
-            from offline.train_pss_command import run_train_pss
+            from offline.pss.command import run_train_pss
 
             run_train_pss(args)
         elif args.command == "eval":
-            from offline.eval_command import run_eval
+            from offline.evaluation.command import run_eval
 
             run_eval(args)
         else:

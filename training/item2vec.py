@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
-from offline.interactions import CLICK, Interactions
-from offline.sequences import visit_starts
+from offline.data.interactions import CLICK, Interactions
+from offline.data.sequences import visit_starts
 from recsvc.exceptions import ConfigError, DataError
 from training.base import (
     ItemSampler,

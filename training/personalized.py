@@ -2,7 +2,7 @@
 
 Training examples
 -----------------
-The next-item cases of :mod:`offline.sequences`, the same ones evaluation scores: every
+The next-item cases of :mod:`offline.data.sequences`, the same ones evaluation scores: every
 visit (a run of clicks or add-to-carts of one item) that includes a click and has a next
 visit gives the window ``[s_i, s_{i-1}, ..., s_{i-7}]`` (slot 0 the current item, ``-1``
 where there is no earlier visit), the target ``s_{i+1}``, and ``is_cart`` when the user added
@@ -46,8 +46,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
-from offline.interactions import Interactions
-from offline.sequences import next_item_cases
+from offline.data.interactions import Interactions
+from offline.data.sequences import next_item_cases
 from recsvc.exceptions import ConfigError, DataError
 from training.base import (
     ItemSampler,
@@ -178,7 +178,7 @@ class PersonalizedWeights:
 
 
 def build_examples(events: Interactions, window: int = WINDOW) -> Examples:
-    """Next-item examples: exactly the cases evaluation scores (:mod:`offline.sequences`).
+    """Next-item examples: exactly the cases evaluation scores (:mod:`offline.data.sequences`).
 
     Parameters
     ----------

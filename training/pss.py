@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from offline.pss_pairs import Pairs
+from offline.pss.pairs import Pairs
 from recsvc.exceptions import ConfigError, DataError
 from training.base import Model, NumpyBatch, fit, minibatches, seed_everything
 from training.pss_losses import HRMSLevel, contrastive_loss, hrms_loss

@@ -3,7 +3,7 @@
 One class serves every embedding-based source; only the name and the matrix differ:
 
 * ``"item2vec"``: the input embeddings of the skip-gram model (``training/``).
-* ``"image"``: the MobileNet image vectors (:mod:`offline.image_embedding`).
+* ``"image"``: the MobileNet image vectors (:mod:`offline.features.image`).
 * ``"pss"`` (the seam for the PSS source): the SiameseNet tower's output for each item's
   compound feature. Once that model can embed the catalogue, the PSS source is
   ``EmbeddingSource("pss", tower_outputs, known)``, with nothing else to write here; an
@@ -17,7 +17,7 @@ import tempfile
 import numpy as np
 from annoy import AnnoyIndex
 
-from offline.ann import build_index, query_neighbours, unit_rows, usable_rows
+from offline.ann.search import build_index, query_neighbours, unit_rows, usable_rows
 from offline.sources.base import CandidateSource, Neighbours
 from recsvc.exceptions import ConfigError
 
@@ -35,11 +35,11 @@ class EmbeddingSource(CandidateSource):
         Items that have a real embedding (seen in training, or with an image). Rows that
         are unknown, non-finite or all zero are never neighbours and score NaN.
     n_trees, search_k, seed : int
-        Annoy settings, see :mod:`offline.ann`.
+        Annoy settings, see :mod:`offline.ann.search`.
     partitions : int
         1: one index. More: one index per contiguous slice of the catalogue, queried in
         parallel worker processes and merged per item with a heap
-        (:mod:`offline.partitioned_ann`); ``search_k`` then applies per partition.
+        (:mod:`offline.ann.partitioned`); ``search_k`` then applies per partition.
     progress : bool or None
         tqdm bars for the index build and queries (None: only on a terminal).
 
@@ -106,7 +106,7 @@ class EmbeddingSource(CandidateSource):
         )
 
     def _partitioned_neighbours(self, k: int) -> Neighbours:
-        from offline.partitioned_ann import build_partitioned, query_partitioned
+        from offline.ann.partitioned import build_partitioned, query_partitioned
 
         with tempfile.TemporaryDirectory(prefix=f"recsvc-{self.name}-") as directory:
             index = build_partitioned(

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from offline.interactions import CLICK, Interactions
+from offline.data.interactions import CLICK, Interactions
 from offline.sources.base import CandidateSource, Neighbours
 from recsvc.exceptions import ConfigError, DataError
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.compound_features import Part, compound_features
-from offline.feature_cache import FeatureCache, cached_embed
-from offline.image_embedding import MobileNetEmbedder
-from offline.text_embedding import MiniLMEmbedder
+from offline.features.cache import FeatureCache, cached_embed
+from offline.features.compound import Part, compound_features
+from offline.features.image import MobileNetEmbedder
+from offline.features.text import MiniLMEmbedder
 
 pytestmark = pytest.mark.slow
 

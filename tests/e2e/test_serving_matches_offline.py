@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from offline.evaluate import cases_from_bundle, method_scores
+from offline.evaluation.evaluate import cases_from_bundle, method_scores
 from recsvc.bundle import load_bundle
 from recsvc.events import Event
 from recsvc.server import RecommendServer

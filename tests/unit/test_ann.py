@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from offline.ann import (
+from offline.ann.search import (
     build_index,
     exact_neighbours,
     query_neighbours,

@@ -1,6 +1,6 @@
 import numpy as np
 
-from offline.ann_sweep import main, sweep
+from bench.ann_sweep import main, sweep
 from recsvc.bundle import write_bundle
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from helpers import tiny_bundle_arrays
 
-from offline.compare_bundles import compare_bundles, main
-from offline.interactions import CART, CLICK
+from offline.data.interactions import CART, CLICK
+from offline.evaluation.compare_bundles import compare_bundles, main
 from recsvc.bundle import load_bundle, write_bundle
 from recsvc.exceptions import RecsvcError
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from offline.compound_features import Part, compound_features, reduce_dimensions
+from offline.features.compound import Part, compound_features, reduce_dimensions
 from recsvc.exceptions import DataError
 
 

@@ -3,10 +3,10 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from offline.dataset import build_dataset, local_days, parse_timezone
-from offline.events import EventLog
-from offline.interactions import CART, CLICK
-from offline.skips import SkipReport
+from offline.data.dataset import build_dataset, local_days, parse_timezone
+from offline.data.events import EventLog
+from offline.data.interactions import CART, CLICK
+from offline.data.skips import SkipReport
 from recsvc.exceptions import ConfigError, DataError
 
 DAY = 86400.0

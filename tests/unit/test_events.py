@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.events import ColumnSpec, load_delimited, load_taobao
-from offline.interactions import CART, CLICK
+from offline.data.events import ColumnSpec, load_delimited, load_taobao
+from offline.data.interactions import CART, CLICK
 from recsvc.exceptions import DataError
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.feature_cache import FeatureCache, cached_embed
+from offline.features.cache import FeatureCache, cached_embed
 
 
 class CountingExtractor:

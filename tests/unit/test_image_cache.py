@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.feature_cache import FeatureCache
-from offline.image_embedding import embed_image_folder
+from offline.features.cache import FeatureCache
+from offline.features.image import embed_image_folder
 from recsvc.exceptions import DataError
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.ann import exact_neighbours
-from offline.image_embedding import (
+from offline.ann.search import exact_neighbours
+from offline.data.skips import SkipReport
+from offline.features.image import (
     MODEL_RELATIVE_PATH,
     MobileNetEmbedder,
     embed_image_folder,
@@ -18,7 +19,6 @@ from offline.image_embedding import (
     resolve_shared_dir,
     save_item_vectors,
 )
-from offline.skips import SkipReport
 from recsvc.exceptions import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from offline.interactions import CART, CLICK, Interactions
-from offline.sequences import visit_starts
+from offline.data.interactions import CART, CLICK, Interactions
+from offline.data.sequences import visit_starts
 from recsvc.exceptions import ConfigError, DataError
 from training.base import as_tensors
 from training.item2vec import (

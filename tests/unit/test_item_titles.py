@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.feature_cache import FeatureCache
-from offline.item_titles import load_item_titles, title_part
-from offline.text_embedding import HashedTokenEmbedder
+from offline.features.cache import FeatureCache
+from offline.features.text import HashedTokenEmbedder
+from offline.features.titles import load_item_titles, title_part
 from recsvc.exceptions import DataError
 
 INDEX = {"a": 0, "b": 1, "c": 2, "d": 3}

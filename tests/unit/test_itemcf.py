@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from offline.interactions import CART, CLICK, Interactions
+from offline.data.interactions import CART, CLICK, Interactions
 from offline.sources.itemcf import ItemCF, attribute_matrix
 from recsvc.exceptions import ConfigError, DataError
 

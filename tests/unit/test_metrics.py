@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from offline.metrics import (
+from offline.evaluation.metrics import (
     MISS,
     hit_ratio,
     ndcg,

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.ann import build_index, exact_neighbours, query_neighbours, usable_rows
-from offline.partitioned_ann import (
+from offline.ann.partitioned import (
     build_partitioned,
     load_partitioned,
     merge_top_k,
@@ -17,6 +16,7 @@ from offline.partitioned_ann import (
     query_partitioned,
     same_attributes,
 )
+from offline.ann.search import build_index, exact_neighbours, query_neighbours, usable_rows
 from recsvc.exceptions import ConfigError, DataError
 
 

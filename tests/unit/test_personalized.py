@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from offline.interactions import BUY, CART, CLICK, Interactions
+from offline.data.interactions import BUY, CART, CLICK, Interactions
 from recsvc.exceptions import ConfigError
 from recsvc.scoring import case_scores, user_vector
 from training.base import as_tensors

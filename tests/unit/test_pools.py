@@ -1,6 +1,6 @@
 import numpy as np
 
-from offline.interactions import Catalogue
+from offline.data.interactions import Catalogue
 from offline.pools import category_fill, merge_pools, newest_fill
 from offline.sources.base import Neighbours
 from recsvc.bundle import SOURCE_BITS, source_names

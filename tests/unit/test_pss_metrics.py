@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from offline.pss_metrics import ranking_metrics, recall_at_precision
+from offline.pss.metrics import ranking_metrics, recall_at_precision
 from recsvc.exceptions import DataError
 
 

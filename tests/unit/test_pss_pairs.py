@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from offline.interactions import BUY, CART, CLICK, FAV, Interactions
-from offline.pss_pairs import (
+from offline.data.interactions import BUY, CART, CLICK, FAV, Interactions
+from offline.pss.pairs import (
     CATALOGUE_LABELLED,
     VIEW_TO_PURCHASE,
     Pairs,

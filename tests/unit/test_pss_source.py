@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from offline.compound_features import Part
-from offline.pss_pairs import Pairs
-from offline.pss_source import (
+from offline.features.compound import Part
+from offline.pss.pairs import Pairs
+from offline.pss.stage import (
     PSSSettings,
     add_random_negatives,
     described_beyond_category,

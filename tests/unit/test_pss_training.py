@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from offline.pss_pairs import Pairs
+from offline.pss.pairs import Pairs
 from recsvc.exceptions import ConfigError
 from training.pss import PSSConfig, train_pss
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.scaling import label, markdown, parse_size
 from offline.peak_memory import PeakMemory
 from offline.pipeline import Timings
-from offline.scaling_bench import label, markdown, parse_size
 from recsvc.bundle import load_bundle
 from recsvc.ranking import Ranker
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from offline.interactions import BUY, CART, CLICK
-from offline.sequences import next_item_cases
+from offline.data.interactions import BUY, CART, CLICK
+from offline.data.sequences import next_item_cases
 
 # user, item, type, ts, held out
 EVENTS = [

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline import synthetic
-from offline.events import load_taobao
-from offline.interactions import BUY, CART, CLICK, FAV
-from offline.synthetic import (
+from bench.synthetic_realism import log_stats
+from offline.data import synthetic
+from offline.data.events import load_taobao
+from offline.data.interactions import BUY, CART, CLICK, FAV
+from offline.data.synthetic import (
     DAY,
     START_TS,
     SyntheticSpec,
@@ -18,7 +19,6 @@ from offline.synthetic import (
     iter_chunks,
     write_log,
 )
-from offline.synthetic_realism import log_stats
 from recsvc.exceptions import ConfigError
 
 SPEC = SyntheticSpec(events=40_000, users=400, items=4_000, categories=40, days=8, seed=3)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import offline.text_embedding as te
-from offline.text_embedding import (
+import offline.features.text as te
+from offline.features.text import (
     HashedTokenEmbedder,
     MiniLMEmbedder,
     TextEmbedder,
@@ -212,7 +212,7 @@ def test_missing_package_or_files_are_clear_errors(
 
 def test_hashed_is_stable_across_processes() -> None:
     code = (
-        "from offline.text_embedding import HashedTokenEmbedder as H;"
+        "from offline.features.text import HashedTokenEmbedder as H;"
         "print(H(dim=64, seed=7).embed(['red cotton t-shirt', 'cat_00123']).tobytes().hex())"
     )
     outputs = {

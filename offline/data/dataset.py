@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from offline.events import EventLog
-from offline.interactions import Catalogue, Interactions
+from offline.data.events import EventLog
+from offline.data.interactions import Catalogue, Interactions
 from recsvc.exceptions import ConfigError, DataError
 
 TRAIN, VALIDATION, TEST = 0, 1, 2

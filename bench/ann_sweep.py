@@ -1,6 +1,6 @@
 """Annoy settings against exact search: recall@k and time, as a Markdown table.
 
-    python -m offline.ann_sweep --bundle .local/bundles/taobao --trees 10,25,50 \\
+    python -m bench.ann_sweep --bundle .local/bundles/taobao --trees 10,25,50 \\
         --search-k -1,20000,50000
 
 Reads an embedding matrix from a bundle (``embeddings/<name>`` and its ``_known`` mask),
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from offline.ann import build_index, exact_neighbours, query_neighbours, recall_at_k
+from offline.ann.search import build_index, exact_neighbours, query_neighbours, recall_at_k
 from recsvc.bundle import load_bundle
 from recsvc.exceptions import RecsvcError
 
@@ -66,7 +66,7 @@ def sweep(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m offline.ann_sweep",
+        prog="python -m bench.ann_sweep",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

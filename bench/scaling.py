@@ -1,9 +1,9 @@
 """Scaling curve of the offline pipeline: time and peak memory per stage against log size.
 
-    nice -n 10 python -m offline.scaling_bench --sizes 1M,4M,16M
+    nice -n 10 python -m bench.scaling --sizes 1M,4M,16M
 
 For every size N (events) it writes a synthetic Taobao-format log with
-:mod:`offline.synthetic` at the paper's ratios (N / 100 users, N * 0.0035 items, items / 200
+:mod:`offline.data.synthetic` at the paper's ratios (N / 100 users, N * 0.0035 items, items / 200
 categories: 200M clicks, 2M users and 700k items scaled down), runs ``recsvc pipeline`` on it
 in a child process, and records the manifest's per-stage seconds (``timings``) and peak
 resident MiB (``peak_mib``), plus the child's wall time and peak RSS sampled from outside.
@@ -33,8 +33,8 @@ from typing import Any
 import psutil
 from tqdm import tqdm
 
+from offline.data.synthetic import SyntheticSpec, default_sizes, write_log
 from offline.peak_memory import MIB, rss_bytes
-from offline.synthetic import SyntheticSpec, default_sizes, write_log
 from recsvc.bundle import load_bundle
 from recsvc.exceptions import RecsvcError
 
@@ -161,7 +161,7 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m offline.scaling_bench",
+        prog="python -m bench.scaling",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with (args.workdir / "results.jsonl").open("a") as handle:
                 handle.write(line + "\n")
     except RecsvcError as exc:
-        print(f"scaling_bench: error: {exc}", file=sys.stderr)
+        print(f"bench.scaling: error: {exc}", file=sys.stderr)
         return 1
     if results:
         print(markdown(results))

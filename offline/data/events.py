@@ -1,7 +1,7 @@
 """Loading event logs (Taobao UserBehavior, any delimited file) onto the Event contract.
 
 Every row either becomes an event or is counted under the reason it was skipped; the
-report (:class:`offline.skips.SkipReport`) says how many rows of each kind there were and
+report (:class:`offline.data.skips.SkipReport`) says how many rows of each kind there were and
 shows the first skipped ones by line number.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.interactions import EVENT_TYPES
-from offline.skips import SkipReport
+from offline.data.interactions import EVENT_TYPES
+from offline.data.skips import SkipReport
 from recsvc.exceptions import DataError
 
 #: Timestamps are Unix seconds before 2100-01-01; larger ones are skipped as out of range.

@@ -1,6 +1,6 @@
 """Synthetic e-commerce event logs in the Taobao UserBehavior format, streamed to disk.
 
-    python -m offline.synthetic --events 16000000 --out .local/synthetic/16M.csv
+    python -m offline.data.synthetic --events 16000000 --out .local/synthetic/16M.csv
 
 The paper's log had 2 million users, 700,000 items and 200 million clicks in 8 days; the
 defaults keep its ratios (100 events per user, ~286 events per item) at any ``--events``.
@@ -18,7 +18,7 @@ new anchor item drawn by popularity, from anywhere or from a category related to
 current topic), moves near the anchor inside its category, takes a popular item of the
 anchor's category, or re-views an item the user clicked a few clicks before. Add-to-cart,
 favourite and buy events act on the item last clicked. Default rates are calibrated on the
-Taobao slice (``python -m offline.synthetic_realism`` compares the two).
+Taobao slice (``python -m bench.synthetic_realism`` compares the two).
 
 Generation runs user chunk by user chunk with numpy (memory grows with users and items, not
 events); each chunk draws from its own generator seeded by (seed, chunk), so a file is a
@@ -466,7 +466,7 @@ def default_sizes(events: int) -> dict[str, int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m offline.synthetic",
+        prog="python -m offline.data.synthetic",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

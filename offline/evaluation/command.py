@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from offline.evaluate import evaluate
-from offline.report import format_differences, format_table, plot_hit_ratios, write_json
+from offline.evaluation.evaluate import evaluate
+from offline.evaluation.report import format_differences, format_table, plot_hit_ratios, write_json
 from recsvc.bundle import load_bundle
 
 

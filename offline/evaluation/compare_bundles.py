@@ -1,6 +1,6 @@
 """One method's hit ratios on two bundles of the same held-out cases, with the paired difference.
 
-    python -m offline.compare_bundles --base .local/results/taobao \\
+    python -m offline.evaluation.compare_bundles --base .local/results/taobao \\
         --other .local/results/taobao-pss --method personalized
 
 Use it to see what a change to the pools (e.g. adding the PSS source) does to a ranking
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from offline.evaluate import EVAL_ARRAYS, available_methods, evaluate
-from offline.metrics import Difference, paired_bootstrap
-from offline.report import format_differences, format_table
+from offline.evaluation.evaluate import EVAL_ARRAYS, available_methods, evaluate
+from offline.evaluation.metrics import Difference, paired_bootstrap
+from offline.evaluation.report import format_differences, format_table
 from recsvc.bundle import Bundle, load_bundle
 from recsvc.exceptions import RecsvcError
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from offline.interactions import BUY, CART, CLICK, Interactions
-from offline.sequences import visit_starts
+from offline.data.interactions import BUY, CART, CLICK, Interactions
+from offline.data.sequences import visit_starts
 from recsvc.exceptions import ConfigError, DataError
 
 VIEW_TO_PURCHASE = "view_to_purchase"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from offline.interactions import CART, CLICK
+from offline.data.interactions import CART, CLICK
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from offline.compound_features import Part
 from offline.config import PipelineConfig, apply_overrides
-from offline.dataset import Dataset, build_dataset
-from offline.events import load_delimited
+from offline.data.dataset import Dataset, build_dataset
+from offline.data.events import load_delimited
+from offline.features.compound import Part
 from offline.pipeline import (
     FEATURE_CACHE_NAME,
     PipelineInputs,
@@ -162,7 +162,7 @@ def run_train_pss(args: argparse.Namespace) -> Path:
     )
     cache = None
     if args.item_images is not None or args.item_titles is not None:
-        from offline.feature_cache import FeatureCache
+        from offline.features.cache import FeatureCache
 
         cache_path = args.feature_cache or root / FEATURE_CACHE_NAME
         print(f"feature cache: {cache_path}")
@@ -268,7 +268,7 @@ def _parts(
             )
         )
     if inputs.item_titles is not None:
-        from offline.item_titles import titles_from_file
+        from offline.features.titles import titles_from_file
 
         title, metrics["titles"] = titles_from_file(
             inputs.item_titles, data.catalogue.item_ids, cache

@@ -1,6 +1,6 @@
 """Top-K hit-ratio evaluation of pool rankings on the bundle's held-out days.
 
-Cases are defined in :mod:`offline.sequences`: for every held-out viewed item with a next
+Cases are defined in :mod:`offline.data.sequences`: for every held-out viewed item with a next
 visit, the current item's pool is ranked by a method, and it is a hit at K when the next
 visited item is in the top K. Add-to-cart cases are those whose next item was added to cart.
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from offline.metrics import Difference, paired_bootstrap, summarize, target_ranks
-from offline.sequences import Cases, next_item_cases
+from offline.data.sequences import Cases, next_item_cases
+from offline.evaluation.metrics import Difference, paired_bootstrap, summarize, target_ranks
 from recsvc.bundle import Bundle
 from recsvc.scoring import case_scores
 

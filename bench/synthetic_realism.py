@@ -1,9 +1,9 @@
 """Compare a synthetic event log with a real one, statistic by statistic.
 
-    python -m offline.synthetic_realism --synthetic .local/synthetic/1M.csv \\
+    python -m bench.synthetic_realism --synthetic .local/synthetic/1M.csv \\
         --real ../shared/data/taobao/UserBehavior_head.csv
 
-Both files are read with the project's Taobao loader (:func:`offline.events.load_taobao`).
+Both files are read with the project's Taobao loader (:func:`offline.data.events.load_taobao`).
 Prints a Markdown table of events per user, items per category, cart / favourite / buy
 events per click, the repeat-view rate (share of clicks on an item the same user clicked
 before), the share of events on the top 1 % of items, distinct items per user, and the
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.events import EventLog, load_taobao
-from offline.interactions import EVENT_TYPES
+from offline.data.events import EventLog, load_taobao
+from offline.data.interactions import EVENT_TYPES
 from recsvc.exceptions import RecsvcError
 
 CLICK, CART, FAV, BUY = (EVENT_TYPES.index(t) for t in ("click", "cart", "fav", "buy"))
@@ -100,7 +100,7 @@ def _fmt(value: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m offline.synthetic_realism",
+        prog="python -m bench.synthetic_realism",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

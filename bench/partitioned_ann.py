@@ -1,6 +1,6 @@
 """Benchmark of partitioned annoy search against brute force on a synthetic catalogue.
 
-    python -m offline.partitioned_ann_bench            # 200,000 x 64-d, 4 partitions, top-200
+    python -m bench.partitioned_ann            # 200,000 x 64-d, 4 partitions, top-200
 
 Generates a seeded two-level Gaussian mixture (topics, each with sub-clusters, so that an
 item's 200 nearest neighbours span several sub-clusters rather than one clear-cut blob),
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from offline.ann import build_index, exact_neighbours, query_neighbours, recall_at_k
-from offline.partitioned_ann import build_partitioned, query_partitioned
+from offline.ann.partitioned import build_partitioned, query_partitioned
+from offline.ann.search import build_index, exact_neighbours, query_neighbours, recall_at_k
 from offline.sources.base import Neighbours
 from recsvc.exceptions import RecsvcError
 

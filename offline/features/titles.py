@@ -4,12 +4,12 @@ The file is CSV or TSV with two fields per line, ``item_id`` and ``title``: tab-
 the name ends in ``.tsv`` or the first line holds a tab, else comma-separated (quote a title
 that holds commas, as CSV does). An optional header line starts with ``item_id``. Rows that
 cannot be used (wrong number of fields, empty title, unknown item, repeated item) are
-skipped and counted in a :class:`~offline.skips.SkipReport`; a file with no usable row, or
+skipped and counted in a :class:`~offline.data.skips.SkipReport`; a file with no usable row, or
 one that is not UTF-8 text, is a :class:`~recsvc.exceptions.DataError`.
 
 :func:`title_part` turns the titles into the ``title`` part of the compound feature with a
-:class:`~offline.text_embedding.TextEmbedder` (all-MiniLM-L6-v2 by default), through a
-:class:`~offline.feature_cache.FeatureCache` so a re-run embeds only new or changed titles.
+:class:`~offline.features.text.TextEmbedder` (all-MiniLM-L6-v2 by default), through a
+:class:`~offline.features.cache.FeatureCache` so a re-run embeds only new or changed titles.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from offline.compound_features import Part
-from offline.skips import SkipReport
+from offline.data.skips import SkipReport
+from offline.features.compound import Part
 from recsvc.exceptions import DataError
 
 if TYPE_CHECKING:
-    from offline.feature_cache import FeatureCache
-    from offline.text_embedding import TextEmbedder
+    from offline.features.cache import FeatureCache
+    from offline.features.text import TextEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def title_part(
     if cache is None:
         embedded, computed = embedder.embed(texts), len(texts)
     else:
-        from offline.feature_cache import cached_embed
+        from offline.features.cache import cached_embed
 
         keys = [str(item_ids[i]) for i in rows]
         embedded, computed = cached_embed(cache, embedder.model_id, embedder.embed, keys, texts)
@@ -171,7 +171,7 @@ def titles_from_file(
     )
     print(titles.report.summary())
     if embedder is None:
-        from offline.text_embedding import MiniLMEmbedder
+        from offline.features.text import MiniLMEmbedder
 
         embedder = MiniLMEmbedder(progress=True)
     part, computed = title_part(titles, item_ids, embedder, cache)

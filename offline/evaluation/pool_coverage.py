@@ -1,6 +1,6 @@
 """How often a bundle's pools hold the held-out next item, and which source put it there.
 
-    python -m offline.pool_coverage --bundle .local/tune/tb-pssq-20
+    python -m offline.evaluation.pool_coverage --bundle .local/tune/tb-pssq-20
 
 Prints the share of held-out cases whose next item is in the current item's pool, and, for
 those, the share proposed by each source (a candidate can carry several source bits).
@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from offline.evaluate import cases_from_bundle
+from offline.evaluation.evaluate import cases_from_bundle
 from recsvc.bundle import SOURCE_BITS, load_bundle
 
 

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from offline.feature_cache import FeatureCache, checksum
-from offline.skips import SkipReport
+from offline.data.skips import SkipReport
+from offline.features.cache import FeatureCache, checksum
 from recsvc.exceptions import ConfigError, DataError
 
 log = logging.getLogger(__name__)

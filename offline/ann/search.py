@@ -7,8 +7,8 @@ single build thread. ``n_trees`` trades build time and index size for recall; ``
 recall. :func:`recall_at_k` against :func:`exact_neighbours` on a sample of items is how to
 pick them.
 
-A catalogue too large for one index would be split into partitions queried in parallel with
-the per-partition top-k merged by a heap (PSS §3.2); one index is enough at this data size.
+A catalogue too large for one index is split into partitions queried in parallel with the
+per-partition top-k merged by a heap (PSS §3.2): :mod:`offline.ann.partitioned`.
 """
 
 from __future__ import annotations

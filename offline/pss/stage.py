@@ -3,7 +3,7 @@ product embeddings, with the verification table of PSS Tables 1-3.
 
 Parts of the compound feature: the behaviour embedding (item2vec), the image embedding when
 the catalogue has one, the MiniLM title embedding when the caller passes a ``title`` part
-(``--item-titles``, :mod:`offline.item_titles`), and otherwise a hashed embedding of the
+(``--item-titles``, :mod:`offline.features.titles`), and otherwise a hashed embedding of the
 item's category name when it has categories. Two tasks: view-to-purchase pairs mined from
 the training log (a clicks-only log gets consecutive-view pairs instead, task
 ``view_to_view``), and, with categories, ``catalogue_labelled`` pairs (same category as
@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from offline.compound_features import CompoundFeatures, Part, compound_features, part_mask
-from offline.interactions import CLICK, Catalogue, Interactions
-from offline.pss_metrics import verification_table
-from offline.pss_pairs import (
+from offline.data.interactions import CLICK, Catalogue, Interactions
+from offline.features.compound import CompoundFeatures, Part, compound_features, part_mask
+from offline.pss.metrics import verification_table
+from offline.pss.pairs import (
     CATALOGUE_LABELLED,
     Pairs,
     clean_pairs,
@@ -147,7 +147,7 @@ class PSSResult:
 
 def category_part(catalogue: Catalogue, size: int, seed: int) -> Part:
     """A hashed-token embedding of each item's category name (no titles in the data)."""
-    from offline.text_embedding import HashedTokenEmbedder
+    from offline.features.text import HashedTokenEmbedder
 
     names = np.asarray(catalogue.category_names).astype(str)
     embedder = HashedTokenEmbedder(dim=size, seed=seed)

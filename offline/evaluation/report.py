@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from offline.metrics import Difference
+from offline.evaluation.metrics import Difference
 
 CASE_TITLES = {"click": "Click hit ratio (%)", "cart": "Add-to-cart hit ratio (%)"}
 

@@ -2,12 +2,12 @@
 
 The catalogue is split into ``P`` partitions (contiguous ranges of the dense item index, or a
 given partition id per item) and each gets an angular annoy index from
-:func:`offline.ann.build_index` over its rows: annoy id ``j`` of partition ``p`` is global item
-``members[p][j]``. :func:`query_partitioned` asks every partition for its best ``fetch``
+:func:`offline.ann.search.build_index` over its rows: annoy id ``j`` of partition ``p`` is
+global item ``members[p][j]``. :func:`query_partitioned` asks every partition for its best ``fetch``
 candidates of each query (one worker process per partition, the ``.ann`` file mmap-loaded in
 the worker), maps them to global ids and heap-merges the per-partition lists
 (:func:`merge_top_k`) into the global top ``k`` by cosine, the query item excluded, shaped like
-:func:`offline.ann.query_neighbours`' answer.
+:func:`offline.ann.search.query_neighbours`' answer.
 
 Attribute post-filter: with key attributes per item (e.g. a category id), candidates whose
 attributes differ from the query item's are dropped before the merge truncates to ``k``. Each
@@ -36,7 +36,7 @@ import numpy as np
 from annoy import AnnoyIndex
 from tqdm.auto import tqdm
 
-from offline.ann import build_index, usable_rows
+from offline.ann.search import build_index, usable_rows
 from offline.sources.base import Neighbours
 from recsvc.exceptions import ConfigError, DataError
 
@@ -57,7 +57,7 @@ class PartitionedIndex:
     members : tuple of P int64 arrays, shape (n_p,) each
         Global item index of each partition row (= annoy id); disjoint, covering every item.
     usable : bool array, shape (n_items,)
-        Items present in some index (see :func:`offline.ann.usable_rows`).
+        Items present in some index (see :func:`offline.ann.search.usable_rows`).
     dim, n_trees, seed : int
     directory : Path or None
         Where the indexes are saved; process workers need it.
@@ -145,7 +145,7 @@ def build_partitioned(
     n_partitions, partition_ids
         See :func:`partition_members`.
     n_trees, seed : int
-        As in :func:`offline.ann.build_index`, for every partition.
+        As in :func:`offline.ann.search.build_index`, for every partition.
     directory : str or Path, optional
         Save the indexes there (created if missing); process workers query saved indexes.
     progress : bool or None

@@ -9,8 +9,7 @@ from typing import Any
 
 from offline.pss.stage import PSSSettings
 from recsvc.exceptions import ConfigError
-from training.item2vec import Item2VecConfig
-from training.personalized import PersonalizedConfig
+from training.configs import Item2VecConfig, PersonalizedConfig
 
 
 def _default_weights() -> dict[str, float]:

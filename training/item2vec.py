@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from offline.data.interactions import CLICK, Interactions
 from offline.data.sequences import visit_starts
-from recsvc.exceptions import ConfigError, DataError
+from recsvc.exceptions import DataError
 from training.base import (
     ItemSampler,
     Model,
@@ -39,48 +39,9 @@ from training.base import (
     seed_everything,
     unigram_distribution,
 )
+from training.configs import Item2VecConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Item2VecConfig:
-    """Hyper-parameters of :func:`train_item2vec`.
-
-    Attributes
-    ----------
-    dim : int
-        Embedding size.
-    window : int
-        Context items taken on each side of the centre item.
-    negatives : int
-        Random negatives per positive pair.
-    epochs : int
-    batch_size : int
-        Positive pairs per step.
-    learning_rate : float
-        Adam step size.
-    unigram_power : float
-        Negatives are drawn with probability proportional to ``clicks ** unigram_power``.
-    optimizer : {"lazy_adam", "adam"}
-        See :func:`training.base.fit`.
-    """
-
-    dim: int = 64
-    window: int = 2
-    negatives: int = 8
-    epochs: int = 5
-    batch_size: int = 1024
-    learning_rate: float = 0.005
-    unigram_power: float = 0.75
-    optimizer: str = "lazy_adam"
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "window", "negatives", "epochs", "batch_size"):
-            if getattr(self, name) < (0 if name == "epochs" else 1):
-                raise ConfigError(f"Item2VecConfig.{name} is out of range: {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"Item2VecConfig.learning_rate must be > 0: {self.learning_rate}")
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,9 @@ from training.base import (
     seed_everything,
     unigram_distribution,
 )
+from training.configs import WINDOW, PersonalizedConfig
 
 logger = logging.getLogger(__name__)
-
-WINDOW = 8
 
 
 @dataclass(frozen=True)
@@ -86,62 +85,6 @@ class Examples:
 
     def __len__(self) -> int:
         return len(self.targets)
-
-
-@dataclass(frozen=True)
-class PersonalizedConfig:
-    """Hyper-parameters of :func:`train_personalized`.
-
-    Attributes
-    ----------
-    dim : int
-        Embedding size.
-    window : int
-        Slots of the user window (must match the examples).
-    negatives : int
-        Negatives per batch, shared by its examples, drawn from the unigram^0.75
-        distribution of targets.
-    pool_negatives : int
-        Negatives per example drawn uniformly from the current item's candidate pool
-        (needs ``pools``); 0 turns that term off.
-    epochs : int
-    batch_size : int
-    learning_rate : float
-        Adam step size.
-    l2 : float
-        Penalty on the squared norms of the embedding rows used by a batch.
-    cart_weight : float
-        Loss weight ω of examples whose target was added to cart (1.0: plain
-        ``personalized``; 2.0: ``personalized_cart``).
-    unigram_power : float
-        Sampled negatives are drawn proportionally to ``target count ** unigram_power``.
-    optimizer : {"lazy_adam", "adam"}
-        See :func:`training.base.fit`.
-    """
-
-    dim: int = 64
-    window: int = WINDOW
-    negatives: int = 1024
-    pool_negatives: int = 0
-    epochs: int = 12
-    batch_size: int = 512
-    learning_rate: float = 0.002
-    l2: float = 0.03
-    cart_weight: float = 1.0
-    unigram_power: float = 0.75
-    optimizer: str = "lazy_adam"
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "window", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"PersonalizedConfig.{name} must be >= 1: {getattr(self, name)}")
-        for name in ("negatives", "pool_negatives", "epochs"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"PersonalizedConfig.{name} must be >= 0: {getattr(self, name)}")
-        if self.negatives + self.pool_negatives == 0:
-            raise ConfigError("PersonalizedConfig needs negatives or pool_negatives > 0")
-        if self.learning_rate <= 0 or self.l2 < 0 or self.cart_weight <= 0:
-            raise ConfigError(f"PersonalizedConfig has an invalid rate, l2 or weight: {self}")
 
 
 @dataclass(frozen=True)

@@ -13,60 +13,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
-from offline.pss.pairs import Pairs
+from offline.data.pairs import Pairs
 from recsvc.exceptions import ConfigError, DataError
 from training.base import Model, NumpyBatch, fit, minibatches, seed_everything
+from training.configs import PSSConfig
 from training.pss_losses import HRMSLevel, contrastive_loss, hrms_loss
 
 logger = logging.getLogger(__name__)
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
-
-
-@dataclass(frozen=True)
-class PSSConfig:
-    """Hyper-parameters of :func:`train_pss`.
-
-    Attributes
-    ----------
-    widths : tuple of int
-        Output width of each FC layer (the paper's best: 256 x 4).
-    loss : {"contrastive", "hrms"}
-    margin : float
-        Contrastive margin on the distance of normalised embeddings.
-    task_weights : mapping of task name to weight
-        Tasks missing here weigh 1.
-    hrms_epsilons, hrms_alphas, hrms_betas, hrms_weights : tuples of float
-        HRMS miner margin, loss scales and level weights, one per hierarchy level (default:
-        one level, the category; weights default to 1); ``hrms_lambda`` is shared.
-    epochs, batch_size, learning_rate : training loop.
-    """
-
-    widths: tuple[int, ...] = (256, 256, 256, 256)
-    loss: str = "contrastive"
-    margin: float = 1.0
-    task_weights: Mapping[str, float] = field(default_factory=dict)
-    hrms_epsilons: tuple[float, ...] = (0.1,)
-    hrms_alphas: tuple[float, ...] = (2.0,)
-    hrms_betas: tuple[float, ...] = (50.0,)
-    hrms_weights: tuple[float, ...] = ()
-    hrms_lambda: float = 0.5
-    epochs: int = 10
-    batch_size: int = 512
-    learning_rate: float = 0.001
-
-    def __post_init__(self) -> None:
-        if not self.widths or min(self.widths) < 1:
-            raise ConfigError(f"PSSConfig.widths must be positive, got {self.widths}")
-        if self.loss not in ("contrastive", "hrms"):
-            raise ConfigError(f"PSSConfig.loss must be contrastive or hrms, got {self.loss!r}")
-        if self.margin <= 0 or self.epochs < 0 or self.batch_size < 2 or self.learning_rate <= 0:
-            raise ConfigError(f"PSSConfig has an invalid margin, epochs, batch or rate: {self}")
 
 
 class SiameseTower(Model):

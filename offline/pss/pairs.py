@@ -1,6 +1,7 @@
 """Training and evaluation pairs for the PSS product embeddings: mining, cleaning, splitting.
 
-Two tasks give pairs ``(left, right, label)`` of dense item indices, label 1 = similar:
+Two tasks give pairs ``(left, right, label)`` of dense item indices, label 1 = similar
+(:class:`offline.data.pairs.Pairs`, the contract with :mod:`training.pss`):
 
 ``view_to_purchase`` (:func:`mine_view_to_purchase`)
     Built from each user's time-ordered events. The *view sequence* of a user is their clicks
@@ -41,54 +42,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from offline.data.interactions import BUY, CART, CLICK, Interactions
+from offline.data.pairs import Pairs
 from offline.data.sequences import visit_starts
 from recsvc.exceptions import ConfigError, DataError
 
 VIEW_TO_PURCHASE = "view_to_purchase"
 CATALOGUE_LABELLED = "catalogue_labelled"
-
-
-@dataclass(frozen=True)
-class Pairs:
-    """Labelled item pairs of one task.
-
-    Attributes
-    ----------
-    left, right : int32 arrays, shape (n,)
-        Dense item indices; ``left`` is the anchor.
-    label : int8 array, shape (n,)
-        1 for a similar (positive) pair, 0 for a negative.
-    task : str
-    """
-
-    left: np.ndarray
-    right: np.ndarray
-    label: np.ndarray
-    task: str
-
-    def __post_init__(self) -> None:
-        shapes = {np.shape(self.left), np.shape(self.right), np.shape(self.label)}
-        if len(shapes) != 1 or np.ndim(self.left) != 1:
-            raise DataError(f"{self.task}: left, right and label must be 1-D of equal length")
-        if len(self.left) and min(self.left.min(), self.right.min()) < 0:
-            raise DataError(f"{self.task}: item indices must be >= 0")
-        if not np.isin(self.label, (0, 1)).all():
-            raise DataError(f"{self.task}: labels must be 0 or 1")
-
-    def __len__(self) -> int:
-        return len(self.left)
-
-    @property
-    def n_positive(self) -> int:
-        return int(np.count_nonzero(self.label))
-
-    @property
-    def n_negative(self) -> int:
-        return len(self) - self.n_positive
-
-    def select(self, mask: np.ndarray) -> Pairs:
-        """The pairs where ``mask`` (bool, shape (n,)) is true, in order."""
-        return Pairs(self.left[mask], self.right[mask], self.label[mask], self.task)
 
 
 def _pairs(left: np.ndarray, right: np.ndarray, label: np.ndarray, task: str) -> Pairs:

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 
 from offline.data.interactions import CLICK, Catalogue, Interactions
+from offline.data.pairs import Pairs
 from offline.features.compound import CompoundFeatures, Part, compound_features, part_mask
 from offline.pss.metrics import verification_table
 from offline.pss.pairs import (
     CATALOGUE_LABELLED,
-    Pairs,
     clean_pairs,
     mine_catalogue_labelled,
     mine_view_to_purchase,
@@ -228,7 +228,8 @@ def build_pss(
     settings : PSSSettings
     seed : int
     """
-    from training.pss import PSSConfig, train_pss
+    from training.configs import PSSConfig
+    from training.pss import train_pss
 
     settings.validate()
     category = category_part(catalogue, settings.feature_size, seed)

@@ -9,8 +9,8 @@ from offline.data.interactions import CART, CLICK, Interactions
 from offline.data.sequences import visit_starts
 from recsvc.exceptions import ConfigError, DataError
 from training.base import as_tensors
+from training.configs import Item2VecConfig
 from training.item2vec import (
-    Item2VecConfig,
     Item2VecModel,
     skipgram_pairs,
     train_item2vec,

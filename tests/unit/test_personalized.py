@@ -11,9 +11,9 @@ from offline.data.interactions import BUY, CART, CLICK, Interactions
 from recsvc.exceptions import ConfigError
 from recsvc.scoring import case_scores, user_vector
 from training.base import as_tensors
+from training.configs import PersonalizedConfig
 from training.personalized import (
     Examples,
-    PersonalizedConfig,
     PersonalizedModel,
     _batches,
     _compact_pools,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from offline.data.interactions import BUY, CART, CLICK, FAV, Interactions
+from offline.data.pairs import Pairs
 from offline.pss.pairs import (
     CATALOGUE_LABELLED,
     VIEW_TO_PURCHASE,
-    Pairs,
     clean_pairs,
     mine_catalogue_labelled,
     mine_view_to_purchase,

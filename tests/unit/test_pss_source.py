@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from offline.data.pairs import Pairs
 from offline.features.compound import Part
-from offline.pss.pairs import Pairs
 from offline.pss.stage import (
     PSSSettings,
     add_random_negatives,

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from offline.pss.pairs import Pairs
+from offline.data.pairs import Pairs
 from recsvc.exceptions import ConfigError
-from training.pss import PSSConfig, train_pss
+from training.configs import PSSConfig
+from training.pss import train_pss
 
 pytestmark = pytest.mark.slow
 

@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from offline.data.events import EventLog, load_taobao
-from offline.data.interactions import EVENT_TYPES
+from offline.data.interactions import BUY, CART, CLICK, FAV
 from recsvc.exceptions import RecsvcError
-
-CLICK, CART, FAV, BUY = (EVENT_TYPES.index(t) for t in ("click", "cart", "fav", "buy"))
 
 
 def _spread(values: np.ndarray) -> dict[str, float]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from offline.data.interactions import Catalogue
 from offline.sources.base import Neighbours
-from recsvc.bundle import SOURCE_BITS
+from recsvc.contract import SOURCE_BITS
 
 RULES = ("category", "new")
 _TIER = 1e9  # key offset that puts each rule after everything before it

@@ -21,26 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import BundleError
 
 FORMAT = "recsvc-bundle/1"
 MANIFEST = "manifest.json"
 CURRENT = "current"
-
-#: Bit of each candidate source in ``pool_sources``; the business rules come last.
-SOURCE_BITS: dict[str, int] = {
-    "itemcf": 1 << 0,
-    "item2vec": 1 << 1,
-    "image": 1 << 2,
-    "pss": 1 << 3,
-    "category": 1 << 4,
-    "new": 1 << 5,
-}
-
-
-def source_names(flags: int) -> list[str]:
-    """Names of the sources set in one ``pool_sources`` value."""
-    return [name for name, bit in SOURCE_BITS.items() if flags & bit]
 
 
 #: Arrays every bundle has; the first dimension of each is the number of items.

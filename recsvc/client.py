@@ -21,7 +21,8 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recsvc.events import EVENT_TYPES, Event
+from recsvc.contract import EVENT_TYPES
+from recsvc.events import Event
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 

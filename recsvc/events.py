@@ -12,12 +12,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from recsvc.contract import EVENT_TYPES, LATEST_TIMESTAMP, MAX_ID_LENGTH
 from recsvc.exceptions import InvalidEvent
 
-EVENT_TYPES = ("click", "cart", "fav", "buy")
-MAX_ID_LENGTH = 256
-#: Latest accepted timestamp (2100-01-01): a millisecond timestamp is caught here.
-MAX_TS = 4_102_444_800.0
 FIELDS = {"event_id": str, "user_id": str, "item_id": str, "type": str, "ts": float}
 
 #: Every reason an event is rejected.
@@ -98,7 +95,7 @@ def parse_event(raw: bytes | None, known_item: Callable[[str], bool] | None = No
         ts = float(data["ts"])
     except OverflowError:
         ts = math.inf
-    if not math.isfinite(ts) or not 0 <= ts < MAX_TS:
+    if not math.isfinite(ts) or not 0 <= ts < LATEST_TIMESTAMP:
         raise InvalidEvent("bad_ts", f"{str(data['ts'])[:40]} is not Unix seconds (milliseconds?)")
     if known_item is not None and not known_item(data["item_id"]):
         raise InvalidEvent("unknown_item", f"{data['item_id']!r} is not in the bundle")

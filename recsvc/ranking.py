@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recsvc import contract
 from recsvc.bundle import Bundle
 from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
 from recsvc.redact import clip
-from recsvc.scoring import PoolRanker, session_window
+from recsvc.scoring import PoolRanker, Scorer, session_window
 from recsvc.sessions import SessionEvent
 
-#: Session event types that are visits, as in the offline cases.
-VISIT_TYPES = frozenset({"click", "cart"})
+VISIT_TYPES = frozenset(contract.VISIT_TYPES)
 
 
 class Fallback:
@@ -48,33 +48,6 @@ class Ranking:
     session_events_used: int = 0
 
 
-@dataclass(frozen=True)
-class PersonalizedModel:
-    """The weighted-pooling model arrays of one bundle model."""
-
-    input_embeddings: np.ndarray
-    output_embeddings: np.ndarray
-    position_weights: np.ndarray
-    known: np.ndarray
-    scorable: np.ndarray
-
-    @classmethod
-    def from_bundle(cls, bundle: Bundle, name: str) -> PersonalizedModel | None:
-        prefix = f"models/{name}"
-        if f"{prefix}/position_weights" not in bundle:
-            return None
-        known = np.asarray(bundle[f"{prefix}/known"])
-        scorable_name = f"{prefix}/scorable"
-        scorable = np.asarray(bundle[scorable_name]) if scorable_name in bundle else known
-        return cls(
-            np.asarray(bundle[f"{prefix}/input_embeddings"]),
-            np.asarray(bundle[f"{prefix}/output_embeddings"]),
-            np.asarray(bundle[f"{prefix}/position_weights"]),
-            known,
-            scorable,
-        )
-
-
 class Ranker:
     """Ranks pools of one bundle; ``model`` picks the bundle's personalized model."""
 
@@ -82,7 +55,7 @@ class Ranker:
         self.bundle = bundle
         self.version = bundle.version
         self.model_name = model
-        self.model = PersonalizedModel.from_bundle(bundle, model)
+        self.model = Scorer.from_bundle(bundle, model)
         if self.model is None and any(k.startswith("models/") for k in bundle.arrays):
             raise BundleError(f"bundle {bundle.version} has no model {model!r}")
         self._index = bundle.item_index()
@@ -94,17 +67,11 @@ class Ranker:
         names = np.asarray(bundle["category_names"]).astype(str).tolist()
         self._category = {name: i for i, name in enumerate(names)}
         self.pool_size = self.pools.shape[1]
-        m = self.model
-        model_arrays = (
-            (m.input_embeddings, m.output_embeddings, m.position_weights, m.scorable) if m else ()
-        )
+        model_arrays = self.model.arrays if self.model is not None else ()
         # The compiled ranking holds the arrays from here on: a request creates no views.
         ids = list(self._index)  # index -> id, the dict's own strings
         self._pools = PoolRanker(self.pools, self.pool_sources, ids, *model_arrays)
-        # Per-request lookups from Python objects: indexing bytes is a tenth of the cost of
-        # indexing a numpy array.
-        self._known = self.model.known.tobytes() if self.model is not None else b""
-        self._width = len(self.model.position_weights) if self.model is not None else 0
+        self._width = self.model.width if self.model is not None else 0
 
     def index(self, item_id: str) -> int:
         try:
@@ -177,10 +144,7 @@ class Ranker:
 
     def _window(self, item_id: str, history: list[str]) -> list[int]:
         """Window indices, -1 for empty slots and items the model does not know."""
-        width = self._width
-        window = [-1] * width
-        for slot, item in enumerate(session_window(item_id, history, width)):
-            index = self._index.get(item, -1)
-            if index >= 0 and self._known[index]:
-                window[slot] = index
-        return window
+        assert self.model is not None
+        items = session_window(item_id, history, self._width)
+        window = self.model.window([self._index.get(item, -1) for item in items])
+        return window + [-1] * (self._width - len(window))

@@ -67,7 +67,3 @@ class CircuitBreaker:
         self._failures += 1
         if self._open_until or self._failures >= self.threshold:
             self._open_until = self.clock() + self.cooldown_s
-
-    @property
-    def is_open(self) -> bool:
-        return self.clock() < self._open_until

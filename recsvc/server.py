@@ -21,8 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recsvc._wire import ranked_items
-from recsvc.bundle import SOURCE_BITS
-from recsvc.events import MAX_ID_LENGTH
+from recsvc.contract import MAX_ID_LENGTH, SOURCE_BITS
 from recsvc.exceptions import InvalidRequest, ItemNotFound, SessionStoreError
 from recsvc.metrics import Metrics
 from recsvc.ranking import Fallback, Ranking

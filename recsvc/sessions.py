@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import redis.asyncio as redis_asyncio
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from recsvc.events import Event
 from recsvc.exceptions import ConfigError, RecsvcError, SessionStoreError
@@ -212,6 +214,9 @@ class RedisSessionStore(SessionStore):
                 socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s,
                 health_check_interval=30,
+                # One retry layer: the caller's (the ingest loop's Backoff, which counts
+                # its retries); redis-py retrying inside it would hide failures.
+                retry=Retry(NoBackoff(), 0),
             )
             # The server's one read per request goes over a shared, multiplexed connection.
             self._reads = MultiplexedRedis(url, timeout_s)

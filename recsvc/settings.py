@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from recsvc.contract import MODELS
 from recsvc.exceptions import ConfigError
 from recsvc.redact import redact_url
 
 ENV_PREFIX = "RECSVC_"
-MODELS = ("personalized", "personalized_cart")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: What Kafka accepts as a ``group.instance.id`` (the rule for topic names).

@@ -15,15 +15,14 @@ partition then returns ``k * overfetch + 1`` candidates so that usually ``k`` su
 whose category is rarer than that gets a short row (-1 padded), never other-category items.
 Raise ``overfetch`` until recall against a filtered exact search is good enough.
 
-Saved layout: ``partitions.json``, ``usable.npy``, ``part-PPP.ann`` and ``part-PPP.items.npy``
-(members) per partition; writing to a temporary directory renamed into place is the caller's.
+Saved layout, read by the worker processes: ``part-PPP.ann`` and ``part-PPP.items.npy``
+(members) per partition.
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
-import json
 import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
@@ -42,7 +41,6 @@ from recsvc.exceptions import ConfigError, DataError
 
 #: Per-partition over-fetch factor when an attribute post-filter is given and none is set.
 FILTER_OVERFETCH = 4
-_META = "partitions.json"
 
 #: (ids, scores) of one partition for a batch of queries, shape (m, fetch) each.
 Candidates = tuple[np.ndarray, np.ndarray]
@@ -160,7 +158,7 @@ def build_partitioned(
     out = Path(directory) if directory is not None else None
     result = PartitionedIndex(members, usable, embeddings.shape[1], n_trees, seed, out)
     if out is not None:
-        _save_meta(result)
+        _save_members(result)
     for p, rows in enumerate(tqdm(members, "annoy partitions", disable=_off(progress))):
         annoy = build_index(
             embeddings[rows], usable[rows], n_trees=n_trees, seed=seed, progress=False
@@ -169,21 +167,6 @@ def build_partitioned(
             annoy.save(str(_ann_path(out, p)))  # annoy then serves from the file (mmap)
         result._indexes.append(annoy)
     return result
-
-
-def load_partitioned(directory: str | Path) -> PartitionedIndex:
-    """Open a partitioned index saved by :func:`build_partitioned` (mmap-loaded on use)."""
-    path = Path(directory)
-    try:
-        meta = json.loads((path / _META).read_text())
-        usable = np.load(path / "usable.npy", allow_pickle=False)
-        parts = range(meta["n_partitions"])
-        members = tuple(np.load(_items_path(path, p), allow_pickle=False) for p in parts)
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"no readable partitioned index in {path}: {exc}") from exc
-    index = PartitionedIndex(members, usable, meta["dim"], meta["n_trees"], meta["seed"], path)
-    index._indexes = [None] * len(members)
-    return index
 
 
 def query_partitioned(
@@ -362,13 +345,9 @@ def _load_index(directory: Path, p: int, dim: int) -> AnnoyIndex:
     return annoy
 
 
-def _save_meta(index: PartitionedIndex) -> None:
+def _save_members(index: PartitionedIndex) -> None:
     directory = index.saved_in()
     directory.mkdir(parents=True, exist_ok=True)
-    meta = {"dim": index.dim, "n_items": len(index.usable), "n_partitions": index.n_partitions}
-    meta |= {"n_trees": index.n_trees, "seed": index.seed, "metric": "angular"}
-    (directory / _META).write_text(json.dumps(meta, indent=2) + "\n")
-    np.save(directory / "usable.npy", index.usable)
     for p, members in enumerate(index.members):
         np.save(_items_path(directory, p), members)
 

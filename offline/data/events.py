@@ -15,12 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.data.interactions import EVENT_TYPES
 from offline.data.skips import SkipReport
+from recsvc.contract import EVENT_TYPES, LATEST_TIMESTAMP
 from recsvc.exceptions import DataError
-
-#: Timestamps are Unix seconds before 2100-01-01; larger ones are skipped as out of range.
-LATEST_TIMESTAMP = 4102444800.0
 
 #: Taobao UserBehavior names for the contract's event types.
 TAOBAO_TYPES = {"pv": "click", "cart": "cart", "fav": "fav", "buy": "buy"}

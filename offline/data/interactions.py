@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EVENT_TYPES: tuple[str, ...] = ("click", "cart", "fav", "buy")
-CLICK, CART, FAV, BUY = range(len(EVENT_TYPES))
+from recsvc.contract import EVENT_TYPES
+
+#: Integer codes of the event types (``types`` arrays index ``EVENT_TYPES``).
+CLICK, CART, FAV, BUY = (EVENT_TYPES.index(t) for t in ("click", "cart", "fav", "buy"))
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,6 @@ class Interactions:
 
     def of_type(self, event_type: int) -> Interactions:
         return self.select(self.types == event_type)
-
-    def user_offsets(self) -> np.ndarray:
-        """int64 array, shape (n_users + 1,): user u's events are ``[off[u], off[u+1])``."""
-        counts = np.bincount(self.users, minlength=self.n_users)
-        offsets = np.zeros(self.n_users + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        return offsets
 
     def item_counts(self) -> np.ndarray:
         """int64 array, shape (n_items,): events per item."""

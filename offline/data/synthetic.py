@@ -395,9 +395,8 @@ def _available(
     return items
 
 
-def iter_chunks(spec: SyntheticSpec) -> Iterator[Chunk]:
+def iter_chunks(spec: SyntheticSpec, cat: Catalogue) -> Iterator[Chunk]:
     """The log as chunks of whole users, in user order."""
-    cat = build_catalogue(spec)
     counts = user_event_counts(spec)
     for index, (lo, hi) in enumerate(chunk_bounds(counts, spec.chunk_events)):
         yield generate_chunk(spec, cat, counts[lo:hi], lo, index)
@@ -429,7 +428,6 @@ def write_log(spec: SyntheticSpec, out: str | Path, *, progress: bool = True) ->
         raise ConfigError(f"--out: folder {out.parent} does not exist")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     cat = build_catalogue(spec)
-    counts = user_event_counts(spec)
     by_type = np.zeros(4, dtype=np.int64)
     seen = np.zeros(spec.items, dtype=bool)
     try:
@@ -437,8 +435,7 @@ def write_log(spec: SyntheticSpec, out: str | Path, *, progress: bool = True) ->
             tmp.open("w", encoding="utf-8") as handle,
             tqdm(total=spec.events, unit="ev", unit_scale=True, disable=not progress) as bar,
         ):
-            for index, (lo, hi) in enumerate(chunk_bounds(counts, spec.chunk_events)):
-                chunk = generate_chunk(spec, cat, counts[lo:hi], lo, index)
+            for chunk in iter_chunks(spec, cat):
                 handle.write(format_chunk(chunk, cat))
                 by_type += np.bincount(chunk.types, minlength=4)
                 seen[chunk.items] = True

@@ -15,12 +15,13 @@ import numpy as np
 from offline.data.sequences import Cases, next_item_cases
 from offline.evaluation.metrics import Difference, paired_bootstrap, summarize, target_ranks
 from recsvc.bundle import Bundle
-from recsvc.scoring import case_scores
+from recsvc.contract import CANDIDATE_SOURCES, MODELS
+from recsvc.scoring import Scorer
 
 EVAL_ARRAYS = ("eval/users", "eval/items", "eval/types", "eval/is_holdout")
 #: Methods whose pool scores the pipeline stores in ``pool_scores/<method>``.
-POOL_SCORE_METHODS = ("itemcf", "item2vec", "image", "pss")
-PERSONALIZED_METHODS = ("personalized", "personalized_cart")
+POOL_SCORE_METHODS = CANDIDATE_SOURCES
+PERSONALIZED_METHODS = MODELS
 #: Comparisons reported with bootstrap intervals: (a, b, case set).
 COMPARISONS = (
     ("personalized", "itemcf", "click"),
@@ -52,18 +53,10 @@ def method_scores(bundle: Bundle, method: str, cases: Cases, pools: np.ndarray) 
     elif method in POOL_SCORE_METHODS:
         scores = np.asarray(bundle[f"pool_scores/{method}"])[cases.current].astype(np.float64)
     elif method in PERSONALIZED_METHODS:
-        prefix = f"models/{method}"
-        known = np.asarray(bundle[f"{prefix}/known"])
-        windows = np.where(cases.windows >= 0, cases.windows, 0)
-        windows = np.where((cases.windows >= 0) & known[windows], cases.windows, -1)
-        scores = case_scores(
-            windows,
-            pools,
-            np.asarray(bundle[f"{prefix}/input_embeddings"]),
-            np.asarray(bundle[f"{prefix}/output_embeddings"]),
-            np.asarray(bundle[f"{prefix}/position_weights"]),
-            np.asarray(bundle[f"{prefix}/scorable"]),
-        ).astype(np.float64)
+        scorer = Scorer.from_bundle(bundle, method)
+        if scorer is None:
+            raise ValueError(f"bundle {bundle.version} has no model {method!r}")
+        scores = scorer.case_scores(cases.windows, pools).astype(np.float64)
     else:
         raise ValueError(f"unknown method {method!r}")
     scores = np.where(np.isnan(scores) | (pools < 0), -np.inf, scores)

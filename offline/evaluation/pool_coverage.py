@@ -13,7 +13,8 @@ import argparse
 import numpy as np
 
 from offline.evaluation.evaluate import cases_from_bundle
-from recsvc.bundle import SOURCE_BITS, load_bundle
+from recsvc.bundle import load_bundle
+from recsvc.contract import SOURCE_BITS
 
 
 def pool_coverage(bundle_path: str) -> dict[str, float]:

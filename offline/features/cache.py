@@ -84,12 +84,6 @@ class FeatureCache:
         with self._db:
             self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)", rows)
 
-    def prune(self, keep_model: str) -> int:
-        """Delete the vectors of every other model; returns how many rows went."""
-        with self._db:
-            cursor = self._db.execute("DELETE FROM vectors WHERE model != ?", (keep_model,))
-        return cursor.rowcount
-
     def close(self) -> None:
         self._db.close()
 

@@ -323,14 +323,6 @@ class MobileNetEmbedder:
         """Embed an encoded image; float32 array of shape (dim,)."""
         return self.embed_pixels(self.decode(data))
 
-    def embed_file(self, path: str | os.PathLike[str]) -> np.ndarray:
-        """Embed an image file; float32 array of shape (dim,)."""
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from exc
-        return self.embed_bytes(data)
-
 
 def embed_image_folder(
     folder: str | os.PathLike[str],

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from helpers import SMALL
 
-from recsvc.bundle import SOURCE_BITS, load_bundle
+from recsvc.bundle import load_bundle
 from recsvc.cli import main
+from recsvc.contract import SOURCE_BITS
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from helpers import SMALL
 
-from recsvc.bundle import SOURCE_BITS, load_bundle, sha256_file
+from recsvc.bundle import load_bundle
 from recsvc.cli import main
+from recsvc.contract import SOURCE_BITS, sha256_file
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import redis
 from conftest import PrivateRedis
 
-from recsvc.events import EVENT_TYPES, Event
+from recsvc.contract import EVENT_TYPES
+from recsvc.events import Event
 from recsvc.sessions import KEY_PREFIX, SessionEvent, open_store
 
 SESSION_LENGTH = 50

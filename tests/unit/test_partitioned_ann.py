@@ -10,7 +10,6 @@ import pytest
 
 from offline.ann.partitioned import (
     build_partitioned,
-    load_partitioned,
     merge_top_k,
     partition_members,
     query_partitioned,
@@ -62,9 +61,7 @@ def test_worker_processes_on_a_saved_index_give_the_same_answer(tmp_path: Path) 
     )
     items = np.array([5, 17, 42, 299])
     in_process = query_partitioned(built, vectors, 12, items=items, workers=0)
-    loaded = load_partitioned(tmp_path)
-    assert [m.tolist() for m in loaded.members] == [m.tolist() for m in built.members]
-    in_workers = query_partitioned(loaded, vectors, 12, items=items, workers=2, batch=3)
+    in_workers = query_partitioned(built, vectors, 12, items=items, workers=2, batch=3)
     exact = exact_neighbours(vectors, known, 12, items=items)
     np.testing.assert_array_equal(in_workers.items, in_process.items)
     np.testing.assert_array_equal(in_workers.scores, in_process.scores)
@@ -147,5 +144,3 @@ def test_bad_queries_raise_clear_errors(tmp_path: Path) -> None:
         query_partitioned(index, vectors, 5, workers=0, attributes=np.zeros(20), overfetch=0)
     with pytest.raises(ConfigError, match="directory"):
         query_partitioned(index, vectors, 5, workers=2)
-    with pytest.raises(DataError, match="partitioned index"):
-        load_partitioned(tmp_path)

@@ -3,9 +3,13 @@ import numpy as np
 from offline.data.interactions import Catalogue
 from offline.pools import category_fill, merge_pools, newest_fill
 from offline.sources.base import Neighbours
-from recsvc.bundle import SOURCE_BITS, source_names
+from recsvc.contract import SOURCE_BITS
 
 CF, I2V, CAT, NEW = (SOURCE_BITS[n] for n in ("itemcf", "item2vec", "category", "new"))
+
+
+def source_names(flags: int) -> list[str]:
+    return [name for name, bit in SOURCE_BITS.items() if flags & bit]
 
 
 def neighbours(rows: list[list[int]]) -> Neighbours:

@@ -9,7 +9,7 @@ import pytest
 from helpers import check_grouped_append, check_store_contract
 
 from recsvc.events import Event
-from recsvc.sessions import InMemorySessionStore, _member
+from recsvc.sessions import InMemorySessionStore, RedisSessionStore, SessionStoreError, _member
 
 
 def test_in_memory_store_keeps_the_contract() -> None:
@@ -36,3 +36,25 @@ def test_session_members_are_the_compact_json_of_the_event(ids: tuple[str, str, 
     event_id, item_id, kind = ids
     member = _member(Event(event_id, "u", item_id, kind, 1.0))
     assert member == json.dumps([event_id, item_id, kind], separators=(",", ":"))
+
+
+def test_a_failed_write_is_tried_once_so_the_caller_owns_the_retries() -> None:
+    """redis-py must not retry inside the ingest loop's own backoff (which counts retries)."""
+
+    async def scenario() -> int:
+        connections = 0
+
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            writer.close()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        store = RedisSessionStore(f"redis://127.0.0.1:{port}/0", timeout_s=1.0)
+        with pytest.raises(SessionStoreError):
+            await store.append([Event("e1", "u1", "i1", "click", 1.0)])
+        server.close()
+        return connections
+
+    assert asyncio.run(scenario()) == 1

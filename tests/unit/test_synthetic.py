@@ -108,7 +108,7 @@ def test_chunks_stream_whole_users_of_bounded_size():
     spec = SyntheticSpec(**{**SPEC.__dict__, "chunk_events": 2_000})
     sizes, last_user, total = [], -1, 0
     biggest_user = int(synthetic.user_event_counts(spec).max())
-    for chunk in iter_chunks(spec):
+    for chunk in iter_chunks(spec, synthetic.build_catalogue(spec)):
         sizes.append(len(chunk))
         assert chunk.users[0] > last_user  # no user split across chunks
         last_user = int(chunk.users[-1])

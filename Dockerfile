@@ -15,9 +15,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
 RUN pip install --no-cache-dir grpcio-tools==1.85.1 build==1.6.1
 COPY protos/ protos/
 COPY setup.cfg setup.py pyproject.toml README.md ./
+# recsvc/ alone: without offline/ the wheel registers no offline commands (see setup.py),
+# so the image has `recsvc serve` and `recsvc ingest` and no TensorFlow.
 COPY recsvc/ recsvc/
-COPY offline/ offline/
-COPY training/ training/
 RUN python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
         protos/recsvc/v1/recommender.proto \
     && python -m build --wheel --outdir /wheels .

@@ -1,6 +1,20 @@
-"""Build of the two compiled request-path modules; everything else is in setup.cfg."""
+"""Build of the two compiled request-path modules and the entry points; the rest is in
+setup.cfg.
+
+The offline commands are registered only when the tree has ``offline/``: the serving image
+builds its wheel from ``recsvc/`` alone (see the Dockerfile), and that wheel then has only
+``recsvc serve`` and ``recsvc ingest``.
+"""
+
+from pathlib import Path
 
 from setuptools import Extension, setup
+
+HAS_OFFLINE = (Path(__file__).parent / "offline").is_dir()
+
+commands = (
+    ["offline = offline.cli:register"] if (Path(__file__).parent / "offline").is_dir() else []
+)
 
 setup(
     ext_modules=[
@@ -12,5 +26,9 @@ setup(
             extra_compile_args=["-O3", "-ffp-contract=off"],
         ),
         Extension("recsvc._wire", ["recsvc/_wire.c"], extra_compile_args=["-O2"]),
-    ]
+    ],
+    entry_points={
+        "console_scripts": ["recsvc = recsvc.cli:main"],
+        "recsvc.commands": ["offline = offline.cli:register"] if HAS_OFFLINE else [],
+    },
 )

@@ -1,268 +1,60 @@
-"""The ``recsvc`` command: ``pipeline`` builds a bundle, ``train pss`` adds PSS embeddings to
-one, ``eval`` measures it, ``serve`` answers Recommend calls and ``ingest`` feeds the sessions
-from Kafka.
+"""The ``recsvc`` command: ``serve`` answers Recommend calls and ``ingest`` feeds the sessions
+from Kafka. The offline commands (``pipeline``, ``eval``, ``train pss``) are registered from
+outside this package through the ``recsvc.commands`` entry-point group, so a serving-only
+install has just these two.
 
-This module only parses flags and dispatches; the offline commands import their modules
-(and TensorFlow) lazily, so ``recsvc --help`` is instant.
+This module only parses flags and dispatches; each command imports what it runs lazily, so
+``recsvc --help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 
 from recsvc import settings
 from recsvc.exceptions import ConfigError, RecsvcError
 from recsvc.redact import scrub_credentials
 
-EPILOG_PIPELINE = """\
-examples:
-  recsvc pipeline --format taobao --events ../shared/data/taobao/UserBehavior_head.csv \\
-      --timezone +08:00 --out .local/bundles/taobao
-  recsvc pipeline --format csv --delimiter tab --header --user-col SessionId \\
-      --item-col ItemId --time-col Time --events ../shared/data/yoochoose/train.tsv \\
-      --test-events ../shared/data/yoochoose/test.tsv --out .local/bundles/yoochoose
-"""
+#: Entry points here add commands: ``register(subparsers)``, each command parser setting
+#: ``run`` (a function of the parsed args) as a default.
+COMMAND_GROUP = "recsvc.commands"
+#: Commands that the source tree's ``offline`` package registers, named in the hint when a
+#: serving-only install is asked for one.
+OFFLINE_COMMANDS = ("pipeline", "eval", "train")
+
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
-DESCRIPTION_TRAIN_PSS = """\
-Rebuild the bundle's split from the event log (the loader flags as for pipeline; time
-zone, test day and holdout come from the bundle's manifest, and the log must give the
-bundle's items and event counts). Train the PSS SiameseNet on compound features of the
-bundle's item2vec embeddings, its image vectors (or --item-images / --item-vectors) and
---item-titles (else a hashed category embedding); print the verification table. Then
-write a new bundle version: the tower's embeddings (embeddings/pss), pools re-merged from
-the bundle's sources plus the PSS neighbours (tagged pss), every source's pool scores;
-all other arrays are copied unchanged (the personalized models are not retrained). The
-bundle's 'current' link moves to the new version, so a running server hot-swaps it.
-"""
-
-EPILOG_TRAIN_PSS = """\
-examples:
-  recsvc train pss --bundle .local/bundles/taobao --format taobao \\
-      --events ../shared/data/taobao/UserBehavior_head.csv --param pss.loss=hrms
-  recsvc train pss --bundle .local/bundles/shop --format csv --header --user-col user \\
-      --item-col item --time-col ts --events shop.csv --item-titles titles.tsv
-"""
+def command_plugins() -> list[Register]:
+    """The ``register`` functions of the installed ``recsvc.commands`` entry points."""
+    plugins = []
+    for point in sorted(entry_points(group=COMMAND_GROUP), key=lambda p: p.name):
+        try:
+            plugins.append(point.load())
+        except ImportError as exc:
+            print(f"recsvc: commands {point.name!r} not loaded: {exc}", file=sys.stderr)
+    return plugins
 
 
-def _column(text: str) -> int | str:
-    """A column: a 0-based position, or a header name."""
-    return int(text) if text.isdigit() else text
+def build_parser(plugins: Sequence[Register] | None = None) -> argparse.ArgumentParser:
+    """The ``recsvc`` parser: ``plugins`` (default: the installed ones), ``serve``, ``ingest``."""
+    return _build(plugins)[0]
 
 
-def _mapping(text: str) -> dict[str, str]:
-    """``a=b,c=d`` -> {"a": "b", "c": "d"}."""
-    pairs = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {part!r}")
-        pairs[key.strip()] = value.strip()
-    return pairs
-
-
-def _ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--k takes whole numbers like 5,10,20, got {text!r}"
-        ) from None
-    if not ks or ks[0] < 1:
-        raise argparse.ArgumentTypeError(f"--k values must be >= 1, got {text!r}")
-    return ks
-
-
-def _delimiter(text: str) -> str:
-    named = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
-    value = named.get(text, text)
-    if len(value) != 1:
-        raise argparse.ArgumentTypeError(f"a delimiter is one character (or 'tab'), got {text!r}")
-    return value
-
-
-def add_event_arguments(parser: argparse.ArgumentParser) -> None:
-    """The event-log flags (``--events``, ``--format``, csv columns) of pipeline and train."""
-    data = parser.add_argument_group("input")
-    data.add_argument(
-        "--events",
-        required=True,
-        type=Path,
-        help="event log (training days, or everything when the test day is split off by date)",
-    )
-    data.add_argument("--test-events", type=Path, help="separate test-period log (same format)")
-    data.add_argument(
-        "--format",
-        required=True,
-        choices=["taobao", "csv"],
-        help="taobao: UserBehavior user,item,category,behavior,ts without header; "
-        "csv: any delimited file described by the column flags",
-    )
-    columns = parser.add_argument_group("csv columns (position from 0, or header name)")
-    columns.add_argument("--delimiter", type=_delimiter, default=",", help="default ','; 'tab'")
-    columns.add_argument("--header", action="store_true", help="the first line names the columns")
-    columns.add_argument("--user-col", type=_column, help="user (or session) id column")
-    columns.add_argument("--item-col", type=_column, help="item id column")
-    columns.add_argument("--time-col", type=_column, help="Unix-seconds timestamp column")
-    columns.add_argument("--type-col", type=_column, help="event type column (default: none)")
-    columns.add_argument("--category-col", type=_column, help="item category column")
-    columns.add_argument(
-        "--type-map",
-        type=_mapping,
-        default={},
-        help="file type names to click|cart|fav|buy, e.g. pv=click,addtocart=cart",
-    )
-    columns.add_argument(
-        "--default-type",
-        default="click",
-        help="type of every row without --type-col (default click)",
-    )
-
-
-def add_image_arguments(parser: argparse.ArgumentParser, title: str) -> None:
-    """``--item-vectors``, ``--item-images`` and ``--shared`` (where MobileNet is)."""
-    group = parser.add_argument_group(title)
-    group.add_argument("--item-vectors", type=Path, help="item image vectors (.npz or .csv)")
-    group.add_argument(
-        "--item-images", type=Path, help="folder of <item_id>.jpg|png|bmp to embed with MobileNet"
-    )
-    group.add_argument(
-        "--shared",
-        type=Path,
-        default=Path(os.environ.get("RECSVC_SHARED", "../shared")),
-        help="shared folder with models/ (default $RECSVC_SHARED or ../shared)",
-    )
-
-
-def add_title_arguments(parser: argparse.ArgumentParser, default_cache: str, note: str) -> None:
-    """``--item-titles`` and ``--feature-cache`` (PSS title features, cached extraction)."""
-    group = parser.add_argument_group("PSS titles and feature cache (optional)")
-    group.add_argument(
-        "--item-titles",
-        type=Path,
-        help="CSV or TSV of item_id,title (optional header); the titles are embedded with "
-        f"all-MiniLM-L6-v2 into the PSS compound feature in place of the hashed category{note}; "
-        "bad rows are skipped and counted",
-    )
-    group.add_argument(
-        "--feature-cache",
-        type=Path,
-        help="SQLite cache of image (--item-images) and title embeddings, keyed by model, "
-        f"item and input sha256, so a re-run embeds only what changed (default {default_cache})",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
+def _build(
+    plugins: Sequence[Register] | None,
+) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="recsvc", description="Personalized similar-product recommendations."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    pipe = commands.add_parser(
-        "pipeline",
-        help="build an artifact bundle from an event log",
-        description="Load events, split off held-out days, build candidate sources and "
-        "200-item pools, train the personalized models, and write a versioned bundle.",
-        epilog=EPILOG_PIPELINE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_event_arguments(pipe)
-    split = pipe.add_argument_group("split")
-    split.add_argument(
-        "--timezone",
-        help="calendar of the day split: UTC, +08:00, Asia/Shanghai "
-        "(default: +08:00 for taobao, UTC for csv)",
-    )
-    split.add_argument(
-        "--test-day",
-        help="YYYY-MM-DD held out for testing (default: the last "
-        "day); the day before it is the validation day",
-    )
-    split.add_argument(
-        "--holdout",
-        choices=["test", "validation"],
-        default="test",
-        help="evaluate on the test day (fit on all before it) or on the "
-        "validation day (fit on days before it; use this for tuning)",
-    )
-    add_image_arguments(pipe, "image source (optional)")
-    add_title_arguments(pipe, "OUT/feature-cache.sqlite", " (used only with pss.enabled=true)")
-    out = pipe.add_argument_group("output and model")
-    out.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="bundle root: the bundle goes to OUT/<version>, OUT/current links it",
-    )
-    out.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    out.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. personalized.epochs=8, pool_size=200, "
-        "source_weights.itemcf=2 (repeatable; `--param list` shows all)",
-    )
-
-    ev = commands.add_parser(
-        "eval",
-        help="top-K hit ratios of every method on a bundle's held-out days",
-        description="For each held-out click, rank the current item's pool with each method; "
-        "a hit when the next visited item is in the top K. Also over next items that were "
-        "added to cart, where the data has carts.",
-    )
-    ev.add_argument("--bundle", required=True, type=Path, help="bundle version dir or root")
-    ev.add_argument("--json", required=True, type=Path, help="write the results here")
-    ev.add_argument("--plot", type=Path, help="write a bar chart PNG here")
-    ev.add_argument("--k", type=_ks, default=(5, 10, 20), help="cut-offs (default 5,10,20)")
-    ev.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-
-    train = commands.add_parser(
-        "train",
-        help="train a model on an existing bundle and write a new bundle version",
-        description="Train a model on an existing bundle's items and write a new version of "
-        "the bundle with it.",
-    )
-    models = train.add_subparsers(dest="model", required=True, metavar="MODEL")
-    pss = models.add_parser(
-        "pss",
-        help="PSS product embeddings (SiameseNet) into the bundle's pools",
-        description=DESCRIPTION_TRAIN_PSS,
-        epilog=EPILOG_TRAIN_PSS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    pss.add_argument(
-        "--bundle",
-        required=True,
-        type=Path,
-        help="bundle root (its 'current' version is read, the new version written next to "
-        "it) or a version directory (the new version goes to its parent)",
-    )
-    add_event_arguments(pss)
-    add_image_arguments(
-        pss,
-        "image part of the PSS feature (optional; default: the bundle's image vectors; "
-        "the bundle's image source stays as it is)",
-    )
-    add_title_arguments(pss, "BUNDLE_ROOT/feature-cache.sqlite", "")
-    model = pss.add_argument_group("model")
-    model.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a pss.*, source_weights.* or source_quotas.* setting, e.g. "
-        "pss.loss=hrms (repeatable; the rest comes from the bundle's manifest)",
-    )
-    model.add_argument(
-        "--seed", type=int, help="random seed (default: the seed the bundle was built with)"
-    )
+    for register in command_plugins() if plugins is None else plugins:
+        register(commands)
 
     serve = commands.add_parser(
         "serve",
@@ -271,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bundle, personalized by the Redis sessions; Prometheus metrics on --metrics-port. "
         "SIGHUP reloads the bundle; SIGTERM drains and stops.",
     )
+    serve.set_defaults(run=_run_online)
     settings.add_arguments(serve)
     ingest = commands.add_parser(
         "ingest",
@@ -279,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and send invalid ones to --dlq-topic with the reason; offsets are committed after "
         "Redis holds the events.",
     )
+    ingest.set_defaults(run=_run_online)
     settings.add_arguments(ingest)
-    return parser
+    return parser, commands
 
 
 def _run_online(args: argparse.Namespace) -> None:
@@ -308,28 +102,26 @@ def _run_online(args: argparse.Namespace) -> None:
         asyncio.run(ingest(config, store))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, plugins: Sequence[Register] | None = None) -> int:
+    """Run one command; returns the exit status (2 for a configuration error)."""
+    parser, commands = _build(plugins)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    known = list(commands.choices)
+    if argv and argv[0] in OFFLINE_COMMANDS and argv[0] not in known:
+        print(
+            f"recsvc {argv[0]}: not in this install, which has only the serving commands "
+            f"({', '.join(known)}). The offline commands come with the source tree: "
+            "pip install -e '.[offline]' in a checkout of recsvc.",
+            file=sys.stderr,
+        )
+        return 2
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.command == "pipeline":
-            from offline.pipeline import run_from_args
-
-            run_from_args(args)
-        elif args.command == "train":
-            from offline.pss.command import run_train_pss
-
-            run_train_pss(args)
-        elif args.command == "eval":
-            from offline.evaluation.command import run_eval
-
-            run_eval(args)
-        else:
-            _run_online(args)
+        args.run(args)
     except RecsvcError as exc:
         print(f"recsvc {args.command}: error: {scrub_credentials(str(exc))}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1

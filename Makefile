@@ -87,6 +87,7 @@ bundle-memory: install up
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: install lint up
 	RECSVC_SHARED=$(SHARED) $(VENV)/bin/pytest -q -ra

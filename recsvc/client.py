@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Protocol, cast
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -27,11 +28,25 @@ from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 
+class _RecommenderStub(Protocol):
+    """What the generated (unannotated) ``RecommenderStub`` has."""
+
+    Recommend: grpc.UnaryUnaryMultiCallable[pb.RecommendRequest, pb.RecommendResponse]
+
+
+class _HealthStub(Protocol):
+    """``HealthStub``'s ``Check``, which its type stubs leave out."""
+
+    Check: grpc.UnaryUnaryMultiCallable[
+        health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+    ]
+
+
 def recommend(
     target: str, user_id: str, item_id: str, k: int = 0, timeout_s: float = 1.0
 ) -> pb.RecommendResponse:
     with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.RecommenderStub(channel)
+        stub: _RecommenderStub = pb_grpc.RecommenderStub(channel)
         return stub.Recommend(
             pb.RecommendRequest(user_id=user_id, item_id=item_id, k=k), timeout=timeout_s
         )
@@ -51,7 +66,7 @@ def wait_serving(target: str, timeout_s: float) -> bool:
     """Whether the server said SERVING within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        health = cast(_HealthStub, health_pb2_grpc.HealthStub(channel))
         while time.monotonic() < deadline:
             try:
                 status = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
@@ -73,7 +88,8 @@ def popular_items(bundle: str, count: int) -> list[str]:
     full = (np.asarray(loaded["pools"]) >= 0).all(axis=1)
     popularity = np.where(full, np.asarray(loaded["item_popularity"]), -1)
     top = np.argsort(-popularity, kind="stable")[:count]
-    return np.asarray(loaded["item_ids"]).astype(str)[top].tolist()
+    ids: list[str] = np.asarray(loaded["item_ids"]).astype(str)[top].tolist()
+    return ids
 
 
 def example(bundle: str, target: str) -> str:

@@ -60,7 +60,7 @@ def user_vector(
     if not slots:
         return np.zeros(input_embeddings.shape[1], dtype=np.float32)
     items = [window[slot] for slot in slots]
-    pooled = position_weights[slots] @ input_embeddings[items]
+    pooled: np.ndarray = position_weights[slots] @ input_embeddings[items]
     return (pooled / np.float32(len(slots))).astype(np.float32, copy=False)
 
 
@@ -120,15 +120,15 @@ def case_scores(
     float32 array, shape (n, c)
     """
     pools = np.ascontiguousarray(pools, dtype=np.int32)
-    arrays = [
+    inputs, outputs, weights = (
         np.ascontiguousarray(a, dtype=np.float32)
         for a in (input_embeddings, output_embeddings, position_weights)
-    ]
+    )
     if scorable is not None:
         scorable = np.ascontiguousarray(scorable, dtype=bool)
     scores = np.empty(pools.shape, dtype=np.float32)
     for n, window in enumerate(np.asarray(windows).tolist()):
-        scores[n] = window_scores(window, pools[n], *arrays, scorable)
+        scores[n] = window_scores(window, pools[n], inputs, outputs, weights, scorable)
     return scores
 
 

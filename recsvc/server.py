@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,8 +42,9 @@ UNDECODABLE_LOG_INTERVAL_S = 10.0
 #: Exception -> gRPC status: the one place codes are chosen.
 STATUS = {ItemNotFound: grpc.StatusCode.NOT_FOUND, InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT}
 #: Fallback reason and pool-source bit -> proto enum, by the names the proto gives them.
-FALLBACK_PROTO = {
-    reason: pb.FallbackReason.Value(f"FALLBACK_REASON_{reason.upper()}")
+#: (Keyed by ``str | None`` for lookups of ``Ranking.fallback``, None when personalized.)
+FALLBACK_PROTO: dict[str | None, pb.FallbackReason] = {
+    reason: cast(pb.FallbackReason, pb.FallbackReason.Value(f"FALLBACK_REASON_{reason.upper()}"))
     for name, reason in vars(Fallback).items()
     if not name.startswith("_")
 }
@@ -70,7 +72,11 @@ class UndecodableRequest:
     error: str
 
 
-def decode_request(data: bytes) -> pb.RecommendRequest | UndecodableRequest:
+#: What ``Recommend`` is called with: a decoded request, or why it could not be decoded.
+RequestOrError = pb.RecommendRequest | UndecodableRequest
+
+
+def decode_request(data: bytes) -> RequestOrError:
     """``RecommendRequest.FromString`` that never raises (invalid UTF-8 in a string field is
     a decode error too): grpc would answer UNKNOWN with the exception's text and log its
     traceback, where ``Recommend`` answers INVALID_ARGUMENT."""
@@ -80,7 +86,9 @@ def decode_request(data: bytes) -> pb.RecommendRequest | UndecodableRequest:
         return UndecodableRequest(len(data), str(exc).rpartition(": ")[2][:80])
 
 
-def method_handlers(service: RecommenderService) -> dict[str, grpc.RpcMethodHandler]:
+def method_handlers(
+    service: RecommenderService,
+) -> dict[str, grpc.RpcMethodHandler[RequestOrError, pb.RecommendResponse]]:
     """The handlers the generated ``add_RecommenderServicer_to_server`` registers, but
     decoding requests with :func:`decode_request`."""
     return {
@@ -141,8 +149,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
     async def Recommend(
         self,
-        request: pb.RecommendRequest | UndecodableRequest,
-        context: grpc.aio.ServicerContext,
+        request: RequestOrError,
+        context: grpc.aio.ServicerContext[RequestOrError, pb.RecommendResponse],
     ) -> pb.RecommendResponse:
         started = time.perf_counter()
         client_left = context.time_remaining()
@@ -177,7 +185,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             elapsed = time.perf_counter() - started
             self._latency[outcome].observe(elapsed)
 
-    def _decoded(self, request: pb.RecommendRequest | UndecodableRequest) -> pb.RecommendRequest:
+    def _decoded(self, request: RequestOrError) -> pb.RecommendRequest:
         """The request, or :class:`InvalidRequest` for bytes that were not one."""
         if not isinstance(request, UndecodableRequest):
             return request
@@ -237,7 +245,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         response = pb.RecommendResponse(
             bundle_version=version,
             personalized=ranking.personalized,
-            fallback_reason=FALLBACK_PROTO.get(ranking.fallback, 0),
+            fallback_reason=FALLBACK_PROTO.get(ranking.fallback, pb.FALLBACK_REASON_UNSPECIFIED),
             session_events_used=ranking.session_events_used,
         )
         # The items as wire bytes, written in C and parsed by upb: a tenth of the cost of

@@ -167,6 +167,8 @@ def load(
             raw, origin = environ[env_name(f.name)], env_name(f.name)
         else:
             continue
+        # Field types are strings here: this module has `from __future__ import annotations`.
+        assert isinstance(f.type, str)
         values[f.name] = _parse(f.type, raw, origin)
     return Settings(**values)
 

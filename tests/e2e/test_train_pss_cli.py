@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from helpers import SMALL
 
-from recsvc.bundle import load_bundle
+from recsvc.bundle import load_bundle, sha256_file
 from recsvc.cli import main
-from recsvc.contract import SOURCE_BITS, sha256_file
+from recsvc.contract import SOURCE_BITS
 
 pytestmark = pytest.mark.slow
 

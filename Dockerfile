@@ -23,11 +23,13 @@ RUN python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
     && python -m build --wheel --outdir /wheels .
 
 FROM python:3.11-slim
-COPY requirements-serve.txt /tmp/
+# The serving lock (`make lock`): every package pinned with its hashes; recsvc's own wheel,
+# built above, goes in with --no-deps.
+COPY requirements-serve.lock /tmp/
 COPY --from=build /wheels/ /tmp/wheels/
-RUN pip install --no-cache-dir -r /tmp/requirements-serve.txt \
+RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements-serve.lock \
     && pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
-    && rm -rf /tmp/wheels /tmp/requirements-serve.txt \
+    && rm -rf /tmp/wheels /tmp/requirements-serve.lock \
     && useradd --system --uid 10001 --no-create-home recsvc
 USER recsvc
 # Inside a container the server must listen on all interfaces to be reachable.

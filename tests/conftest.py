@@ -11,6 +11,15 @@ from helpers import tiny_bundle_arrays
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("RECSVC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+FOLDER_MARKERS = ("integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration or tests/e2e gets that folder's marker."""
+    for item in items:
+        for name in FOLDER_MARKERS:
+            if REPO / "tests" / name in item.path.parents:
+                item.add_marker(name)
 
 
 def shared_dir() -> Path:

@@ -8,16 +8,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from offline.pss.stage import PSSSettings
+from offline.sources import PSS, SOURCE_NAMES
 from recsvc.exceptions import ConfigError
 from training.configs import Item2VecConfig, PersonalizedConfig
 
 
 def _default_weights() -> dict[str, float]:
-    return {"itemcf": 1.0, "item2vec": 1.0, "image": 1.0, "pss": 1.0}
+    return dict.fromkeys(SOURCE_NAMES, 1.0)
 
 
 def _default_quotas() -> dict[str, int]:
-    return {"itemcf": 200, "item2vec": 200, "image": 200, "pss": 20}
+    return {**dict.fromkeys(SOURCE_NAMES, 200), PSS: 20}
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ class PipelineConfig:
     cart_omega : loss multiplier of add-to-cart targets in ``personalized_cart``
     init_from_item2vec : start the personalized input embeddings from item2vec's
     eval_history : earlier clicks per held-out user kept in the bundle for evaluation
-    pss : the PSS product-embedding source (``pss.enabled=true`` adds it)
+    pss : the PSS stage and its SiameseNet (``pss.enabled=true`` adds the PSS source); the
+        tower's hyper-parameters are those of :class:`training.configs.PSSConfig`, which
+        :class:`offline.pss.stage.PSSSettings` extends: ``pss.width``, ``pss.epochs``, ...
     """
 
     pool_size: int = 200

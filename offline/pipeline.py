@@ -27,7 +27,9 @@ from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimite
 from offline.data.interactions import CART, CLICK, Catalogue
 from offline.peak_memory import PeakMemory
 from offline.pools import Pools, category_fill, merge_pools, newest_fill
+from offline.sources import IMAGE, ITEM2VEC, ITEMCF, PSS
 from offline.sources.base import CandidateSource, Neighbours
+from offline.sources.registry import SourceInputs, build_source
 from recsvc.bundle import sha256_file, write_bundle
 from recsvc.exceptions import ConfigError
 
@@ -153,19 +155,18 @@ def run_pipeline(
         f"{len(data.user_ids)} users"
     )
 
+    # Each source is built by its registered factory once the stage giving its data ran.
     sources: dict[str, CandidateSource] = {}
+    source_inputs = SourceInputs(fit, data.catalogue.item_category)
     with timings.stage("itemcf"):
-        from offline.sources.itemcf import ItemCF
-
-        sources["itemcf"] = ItemCF(fit, data.catalogue.item_category, alpha=config.alpha)
+        sources[ITEMCF] = build_source(ITEMCF, source_inputs, config, seed)
     with timings.stage("item2vec"):
         from training.item2vec import train_item2vec
 
         item2vec = train_item2vec(fit.of_type(CLICK), config.item2vec, seed=seed)
         metrics["item2vec_losses"] = item2vec.losses
-        sources["item2vec"] = _embedding_source(
-            "item2vec", item2vec.embeddings, item2vec.known, config, seed
-        )
+        source_inputs.embeddings[ITEM2VEC] = (item2vec.embeddings, item2vec.known)
+        sources[ITEM2VEC] = build_source(ITEM2VEC, source_inputs, config, seed)
     cache = _feature_cache(inputs, out)
     with timings.stage("image"):
         image = _image_vectors(inputs, data, cache)
@@ -176,8 +177,9 @@ def run_pipeline(
             metrics["image_vectors_computed"] = image.computed
             cached = image.report.loaded - image.computed
             print(f"image features: {image.computed} embedded, {cached} cached")
-        sources["image"] = _embedding_source("image", image.vectors, image.known, config, seed)
-    skipped = {"image": "no --item-vectors or --item-images given"} if image is None else {}
+        source_inputs.embeddings[IMAGE] = (image.vectors, image.known)
+        sources[IMAGE] = build_source(IMAGE, source_inputs, config, seed)
+    skipped = {IMAGE: "no --item-vectors or --item-images given"} if image is None else {}
     pss = None
     if config.pss.enabled:
         with timings.stage("pss"):
@@ -195,9 +197,10 @@ def run_pipeline(
                 parts.append(title)
             pss = run_pss_stage(data, parts, config, seed)
         metrics["pss"] = pss.report
-        sources["pss"] = _embedding_source("pss", pss.embeddings, pss.known, config, seed)
+        source_inputs.embeddings[PSS] = (pss.embeddings, pss.known)
+        sources[PSS] = build_source(PSS, source_inputs, config, seed)
     else:
-        skipped["pss"] = "off (--param pss.enabled=true adds it)"
+        skipped[PSS] = "off (--param pss.enabled=true adds it)"
         if inputs.item_titles is not None:
             print("--item-titles: not used (titles feed the PSS stage; pss.enabled is false)")
     if cache is not None:
@@ -304,22 +307,6 @@ def pool_stage(
         for name, source in sources.items():
             arrays[f"pool_scores/{name}"] = source.pair_scores(queries, pools.items)
     return pools, arrays
-
-
-def _embedding_source(
-    name: str, vectors: np.ndarray, known: np.ndarray, config: PipelineConfig, seed: int
-) -> CandidateSource:
-    from offline.sources.embedding import EmbeddingSource
-
-    return EmbeddingSource(
-        name,
-        vectors,
-        known,
-        n_trees=config.annoy_trees,
-        search_k=config.annoy_search_k,
-        seed=seed,
-        partitions=config.annoy_partitions,
-    )
 
 
 def _annoy_recall(

@@ -7,13 +7,16 @@ them must not load TensorFlow: each model module (:mod:`training.item2vec`,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from recsvc.exceptions import ConfigError
 
 #: Slots of the personalized model's user window: the current item and 7 earlier ones.
 WINDOW = 8
+#: Losses the PSS tower trains with (:attr:`PSSConfig.loss`).
+PSS_LOSSES = ("contrastive", "hrms")
+#: The PSS settings holding one value per HRMS hierarchy level.
+HRMS_PER_LEVEL = ("hrms_alphas", "hrms_betas", "hrms_epsilons", "hrms_weights")
 
 
 @dataclass(frozen=True)
@@ -114,40 +117,66 @@ class PersonalizedConfig:
 
 @dataclass(frozen=True)
 class PSSConfig:
-    """Hyper-parameters of :func:`training.pss.train_pss`.
+    """Hyper-parameters of :func:`training.pss.train_pss`: the one definition of them.
+
+    The pipeline's PSS settings (:class:`offline.pss.stage.PSSSettings`) extend this class
+    with the stage's own settings, so each field here is also ``--param pss.<name>=...``,
+    under the same name, and is recorded as such in the bundle manifest.
 
     Attributes
     ----------
-    widths : tuple of int
-        Output width of each FC layer (the paper's best: 256 x 4).
+    width, depth : int
+        Output width and number of the FC layers (the paper's best: 256 x 4).
     loss : {"contrastive", "hrms"}
     margin : float
         Contrastive margin on the distance of normalised embeddings.
-    task_weights : mapping of task name to weight
-        Tasks missing here weigh 1.
-    hrms_epsilons, hrms_alphas, hrms_betas, hrms_weights : tuples of float
-        HRMS miner margin, loss scales and level weights, one per hierarchy level (default:
-        one level, the category; weights default to 1); ``hrms_lambda`` is shared.
     epochs, batch_size, learning_rate : training loop.
+    hrms_alphas, hrms_betas, hrms_epsilons, hrms_weights : str
+        Comma-separated, one value per level of the HRMS hierarchy (the defaults: two
+        levels): the loss scales, the miner margin and the level weights
+        (:meth:`hrms_values` parses them); ``hrms_lambda`` is shared by the levels.
     """
 
-    widths: tuple[int, ...] = (256, 256, 256, 256)
+    width: int = 256
+    depth: int = 4
     loss: str = "contrastive"
     margin: float = 1.0
-    task_weights: Mapping[str, float] = field(default_factory=dict)
-    hrms_epsilons: tuple[float, ...] = (0.1,)
-    hrms_alphas: tuple[float, ...] = (2.0,)
-    hrms_betas: tuple[float, ...] = (50.0,)
-    hrms_weights: tuple[float, ...] = ()
-    hrms_lambda: float = 0.5
     epochs: int = 10
     batch_size: int = 512
     learning_rate: float = 0.001
+    hrms_alphas: str = "2,2"
+    hrms_betas: str = "50,50"
+    hrms_epsilons: str = "0.1,0.1"
+    hrms_weights: str = "1,1"
+    hrms_lambda: float = 0.5
 
     def __post_init__(self) -> None:
-        if not self.widths or min(self.widths) < 1:
-            raise ConfigError(f"PSSConfig.widths must be positive, got {self.widths}")
-        if self.loss not in ("contrastive", "hrms"):
-            raise ConfigError(f"PSSConfig.loss must be contrastive or hrms, got {self.loss!r}")
+        if self.width < 1 or self.depth < 1:
+            raise ConfigError(f"pss.width and pss.depth must be >= 1: {self.width}, {self.depth}")
+        if self.loss not in PSS_LOSSES:
+            raise ConfigError(f"pss.loss must be contrastive or hrms, got {self.loss!r}")
         if self.margin <= 0 or self.epochs < 0 or self.batch_size < 2 or self.learning_rate <= 0:
             raise ConfigError(f"PSSConfig has an invalid margin, epochs, batch or rate: {self}")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Output width of each FC layer of the tower."""
+        return (self.width,) * self.depth
+
+    def hrms_values(self, name: str) -> tuple[float, ...]:
+        """A comma-separated HRMS setting (``"hrms_alphas"``, ...) as floats, one per level.
+
+        Raises
+        ------
+        ConfigError
+            ``name`` is not one of :data:`HRMS_PER_LEVEL`, or its text is not numbers.
+        """
+        if name not in HRMS_PER_LEVEL:
+            raise ConfigError(
+                f"{name!r} is not one of the per-level HRMS settings {HRMS_PER_LEVEL}"
+            )
+        text = getattr(self, name)
+        try:
+            return tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise ConfigError(f"pss.{name}: {text!r} is not comma-separated numbers") from None

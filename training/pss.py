@@ -20,8 +20,8 @@ import tensorflow as tf
 from offline.data.pairs import Pairs
 from recsvc.exceptions import ConfigError, DataError
 from training.base import Model, NumpyBatch, fit, minibatches, seed_everything
-from training.configs import PSSConfig
-from training.pss_losses import HRMSLevel, contrastive_loss, hrms_loss
+from training.configs import HRMS_PER_LEVEL, PSSConfig
+from training.pss_losses import HRMSLevel, contrastive_loss, hrms_loss, weighted_task_sum
 
 logger = logging.getLogger(__name__)
 BN_MOMENTUM = 0.99
@@ -55,7 +55,8 @@ class SiameseTower(Model):
             self.moving_means.append(tf.Variable(tf.zeros(width), trainable=False))
             self.moving_vars.append(tf.Variable(tf.ones(width), trainable=False))
             fan_in = width
-        self.loss_fn: Callable[[dict[str, tf.Tensor]], tf.Tensor] | None = None
+        #: ``loss_fn(batch, training)``, set by :func:`train_pss`
+        self.loss_fn: Callable[[dict[str, tf.Tensor], bool], tf.Tensor] | None = None
 
     def embed(self, items: tf.Tensor, training: bool = False) -> tf.Tensor:
         """float32 (b, widths[-1]): normalised embeddings of int32 (b,) item indices."""
@@ -143,6 +144,7 @@ def train_pss(
     config: PSSConfig | None = None,
     seed: int = 0,
     hierarchy: np.ndarray | None = None,
+    task_weights: Mapping[str, float] | None = None,
 ) -> tuple[np.ndarray, list[float]]:
     """Train the tower and embed every item.
 
@@ -157,6 +159,8 @@ def train_pss(
         positives, category; items sharing a label are positives at that level, -1 is
         unknown); needed by HRMS, whose batches are the two sides of the tasks' positive
         pairs.
+    task_weights : task name -> weight (>= 0) of its contrastive loss, optional
+        Tasks missing here weigh 1.
 
     Returns
     -------
@@ -168,16 +172,17 @@ def train_pss(
     seed_everything(seed)
     tower = SiameseTower(features, config.widths, seed)
     if config.loss == "contrastive":
-        names = sorted(tasks)
-        weights = [float(config.task_weights.get(name, 1.0)) for name in names]
+        names = sorted(tasks)  # task t's pairs are batch["left{t}"], ... (_pair_batches)
+        given = task_weights or {}
+        weights = {name: float(given.get(name, 1.0)) for name in names}
 
         def pair_loss(batch: dict[str, tf.Tensor], training: bool) -> tf.Tensor:
-            total = tf.constant(0.0)
-            for t, weight in enumerate(weights):
+            losses = {}
+            for t, name in enumerate(names):
                 left = tower.embed(batch[f"left{t}"], training)
                 right = tower.embed(batch[f"right{t}"], training)
-                total += weight * contrastive_loss(left, right, batch[f"label{t}"], config.margin)
-            return total
+                losses[name] = contrastive_loss(left, right, batch[f"label{t}"], config.margin)
+            return weighted_task_sum(losses, weights)
 
         tower.loss_fn = pair_loss
 
@@ -187,18 +192,15 @@ def train_pss(
         if hierarchy is None:
             raise ConfigError("loss='hrms' needs the item hierarchy (e.g. category, root)")
         levels = np.asarray(hierarchy).reshape(len(features), -1)
-        settings = (config.hrms_alphas, config.hrms_betas, config.hrms_epsilons)
-        if any(len(values) != levels.shape[1] for values in settings):
+        alphas, betas, epsilons, level_weights = map(config.hrms_values, HRMS_PER_LEVEL)
+        if any(len(v) != levels.shape[1] for v in (alphas, betas, epsilons, level_weights)):
             raise ConfigError(
-                f"the hierarchy has {levels.shape[1]} levels; give hrms_alphas, hrms_betas "
-                "and hrms_epsilons one value per level"
+                f"the hierarchy has {levels.shape[1]} levels; give {', '.join(HRMS_PER_LEVEL)} "
+                "one value per level"
             )
-        weights = config.hrms_weights or (1.0,) * levels.shape[1]
-        if len(weights) != levels.shape[1]:
-            raise ConfigError(f"hrms_weights needs one value per level ({levels.shape[1]})")
         hrms_levels = [
             HRMSLevel(alpha=a, beta=b, epsilon=e, weight=w)
-            for a, b, e, w in zip(*settings, weights, strict=True)
+            for a, b, e, w in zip(alphas, betas, epsilons, level_weights, strict=True)
         ]
 
         def item_loss(batch: dict[str, tf.Tensor], training: bool) -> tf.Tensor:

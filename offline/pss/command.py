@@ -33,12 +33,14 @@ from offline.pipeline import (
     PipelineInputs,
     Timings,
     _describe_file,
-    _embedding_source,
     _image_vectors,
     column_spec,
     pool_stage,
     run_pss_stage,
 )
+from offline.sources import IMAGE, ITEM2VEC, ITEMCF, PSS, SOURCE_NAMES
+from offline.sources.base import CandidateSource
+from offline.sources.registry import SourceInputs, build_source
 from recsvc.bundle import MANIFEST, Bundle, load_bundle, resolve, write_bundle
 from recsvc.exceptions import BundleError, ConfigError, DataError
 
@@ -176,19 +178,24 @@ def run_train_pss(args: argparse.Namespace) -> Path:
             cache.close()
     metrics["pss"] = pss.report
 
-    ran = list(bundle.manifest.get("sources_ran", ["itemcf", "item2vec"]))
-    sources = {}
-    if "itemcf" in ran:
-        from offline.sources.itemcf import ItemCF
-
-        with timings.stage("itemcf"):
-            sources["itemcf"] = ItemCF(data.fit, data.catalogue.item_category, alpha=config.alpha)
-    for name in ("item2vec", "image"):
+    # The sources the bundle was built with (item-CF rebuilt from the log, the embedding
+    # sources from the bundle's vectors), and PSS; in the pipeline's order.
+    ran = list(bundle.manifest.get("sources_ran", [ITEMCF, ITEM2VEC]))
+    inputs = SourceInputs(data.fit, data.catalogue.item_category)
+    for name in (ITEM2VEC, IMAGE):
         if name in ran and f"embeddings/{name}" in bundle:
-            vectors = np.asarray(bundle[f"embeddings/{name}"])
-            known = np.asarray(bundle[f"embeddings/{name}_known"])
-            sources[name] = _embedding_source(name, vectors, known, config, seed)
-    sources["pss"] = _embedding_source("pss", pss.embeddings, pss.known, config, seed)
+            inputs.embeddings[name] = (
+                np.asarray(bundle[f"embeddings/{name}"]),
+                np.asarray(bundle[f"embeddings/{name}_known"]),
+            )
+    inputs.embeddings[PSS] = (pss.embeddings, pss.known)
+    sources: dict[str, CandidateSource] = {}
+    for name in SOURCE_NAMES:
+        if name == ITEMCF and name in ran:
+            with timings.stage("itemcf"):
+                sources[name] = build_source(name, inputs, config, seed)
+        elif name in inputs.embeddings:
+            sources[name] = build_source(name, inputs, config, seed)
     popularity = np.asarray(bundle["item_popularity"])
     pools, scores = pool_stage(sources, data.catalogue, popularity, config, seed, timings, metrics)
 
@@ -208,7 +215,7 @@ def run_train_pss(args: argparse.Namespace) -> Path:
     )
     kept = ("format", "version", "created_at", "files")
     manifest = {k: v for k, v in bundle.manifest.items() if k not in kept}
-    skipped = {k: v for k, v in manifest.get("sources_skipped", {}).items() if k != "pss"}
+    skipped = {k: v for k, v in manifest.get("sources_skipped", {}).items() if k != PSS}
     manifest.update(
         {
             "parameters": {**config.as_dict(), "seed": seed},
@@ -227,7 +234,7 @@ def run_train_pss(args: argparse.Namespace) -> Path:
     )
     with timings.stage("write"):
         path = write_bundle(root, arrays, manifest)
-    entries = metrics["pools"]["entries_by_source"]["pss"]
+    entries = metrics["pools"]["entries_by_source"][PSS]
     print(
         f"bundle {path} (from {bundle.version}): embeddings/pss {pss.embeddings.shape}, "
         f"{entries} pool entries from pss, sources {list(sources)}; "

@@ -42,6 +42,7 @@ from offline.pss.pairs import (
     split_by_anchor,
 )
 from recsvc.exceptions import ConfigError, DataError
+from training.configs import HRMS_PER_LEVEL, PSSConfig
 
 logger = logging.getLogger(__name__)
 #: Task name of the co-view pairs used when the log has too few add-to-carts and purchases.
@@ -56,32 +57,29 @@ CATEGORY_PART = "category"
 
 
 @dataclass(frozen=True)
-class PSSSettings:
-    """``--param pss.<name>=...`` settings of the PSS stage."""
+class PSSSettings(PSSConfig):
+    """``--param pss.<name>=...`` settings of the PSS stage.
+
+    The SiameseNet's hyper-parameters (``width``, ``depth``, ``loss``, ``margin``,
+    ``epochs``, ``batch_size``, ``learning_rate``, ``hrms_*`` values) are the fields of
+    :class:`training.configs.PSSConfig`, which this class extends and which
+    :func:`build_pss` hands to :func:`training.pss.train_pss` as they are; the fields
+    declared here are the stage's own: whether it runs, the compound feature, mining,
+    cleaning, the held-out split, the HRMS hierarchy and who gets neighbours.
+    """
 
     enabled: bool = False
     feature_size: int = 128
-    width: int = 256
-    depth: int = 4
-    loss: str = "contrastive"
-    margin: float = 1.0
-    epochs: int = 10
-    batch_size: int = 512
-    learning_rate: float = 0.001
     n_back: int = 20
     positive_min: float = 0.6
     negative_max: float = 0.8
     labelled_anchors: int = 20000
     labelled_negatives: int = 5
+    #: Weight of the ``catalogue_labelled`` task's loss (the behavioural task weighs 1).
     labelled_weight: float = 1.0
     holdout_fraction: float = 0.1
     min_negative_ratio: float = 1.0
     hrms_levels: str = "pairs,category"
-    hrms_alphas: str = "2,2"
-    hrms_betas: str = "50,50"
-    hrms_epsilons: str = "0.1,0.1"
-    hrms_weights: str = "1,1"
-    hrms_lambda: float = 0.5
     #: Let items whose compound feature is their category alone into the PSS source, as
     #: queries and as candidates. Off: such an item (new, no image or title) has no more to
     #: go on than the pool merge's category rule, and its PSS neighbours took that rule's
@@ -90,12 +88,11 @@ class PSSSettings:
     category_only_neighbours: bool = False
 
     def __post_init__(self) -> None:
-        if self.feature_size < 1 or self.width < 1 or self.depth < 1:
-            raise ConfigError("pss.feature_size, pss.width and pss.depth must be >= 1")
+        super().__post_init__()
+        if self.feature_size < 1:
+            raise ConfigError(f"pss.feature_size must be >= 1: {self.feature_size}")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"pss.holdout_fraction must be in (0, 1): {self.holdout_fraction}")
-        if self.loss not in ("contrastive", "hrms"):
-            raise ConfigError(f"pss.loss must be contrastive or hrms, got {self.loss!r}")
         levels = self.levels()
         unknown = sorted(set(levels) - set(HRMS_LEVELS))
         if not levels or unknown or len(set(levels)) != len(levels):
@@ -109,7 +106,7 @@ class PSSSettings:
         Not done on construction, so ``--param`` can change the levels and the values one
         at a time; :func:`build_pss` and the commands call it before any work.
         """
-        for name in ("hrms_alphas", "hrms_betas", "hrms_epsilons", "hrms_weights"):
+        for name in HRMS_PER_LEVEL:
             self.floats(name)
 
     def levels(self) -> list[str]:
@@ -117,15 +114,11 @@ class PSSSettings:
         return [name.strip() for name in self.hrms_levels.split(",") if name.strip()]
 
     def floats(self, name: str) -> tuple[float, ...]:
-        """A comma-separated HRMS setting (one value per level) as floats."""
-        text = getattr(self, name)
-        try:
-            values = tuple(float(v) for v in text.split(","))
-        except ValueError:
-            raise ConfigError(f"pss.{name}: {text!r} is not comma-separated numbers") from None
+        """A comma-separated HRMS setting as floats, checked to hold one value per level."""
+        values = self.hrms_values(name)
         if len(values) != len(self.levels()):
             raise ConfigError(
-                f"pss.{name}: {text!r} has {len(values)} values; pss.hrms_levels "
+                f"pss.{name}: {getattr(self, name)!r} has {len(values)} values; pss.hrms_levels "
                 f"{self.hrms_levels!r} needs one per level"
             )
         return values
@@ -228,7 +221,6 @@ def build_pss(
     settings : PSSSettings
     seed : int
     """
-    from training.configs import PSSConfig
     from training.pss import train_pss
 
     settings.validate()
@@ -274,22 +266,11 @@ def build_pss(
             raise DataError(f"pss: no {task} positives left after cleaning")
         train[task], held[task] = split_by_anchor(cleaned, settings.holdout_fraction, seed=seed)
 
-    config = PSSConfig(
-        widths=(settings.width,) * settings.depth,
-        loss=settings.loss,
-        margin=settings.margin,
-        task_weights={CATALOGUE_LABELLED: settings.labelled_weight},
-        hrms_alphas=settings.floats("hrms_alphas"),
-        hrms_betas=settings.floats("hrms_betas"),
-        hrms_epsilons=settings.floats("hrms_epsilons"),
-        hrms_weights=settings.floats("hrms_weights"),
-        hrms_lambda=settings.hrms_lambda,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-    )
     hierarchy = hrms_hierarchy(settings.levels(), train[behaviour.task], catalogue)
-    embeddings, losses = train_pss(features.matrix, train, config, seed=seed, hierarchy=hierarchy)
+    embeddings, losses = train_pss(
+        features.matrix, train, settings, seed=seed, hierarchy=hierarchy,
+        task_weights={CATALOGUE_LABELLED: settings.labelled_weight},
+    )  # fmt: skip
     embeddings[~features.known] = 0.0
     neighbour_items = items_for_neighbours(parts, features.known, settings)
     if not neighbour_items.any():

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from offline.data.interactions import CLICK, Interactions
+from offline.sources import ITEMCF
 from offline.sources.base import CandidateSource, Neighbours
 from recsvc.exceptions import ConfigError, DataError
 
@@ -176,7 +177,7 @@ class ItemCF(CandidateSource):
       evaluation treats it as unscorable instead of ranking it on attributes alone.
     """
 
-    name = "itemcf"
+    name = ITEMCF
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ from offline.sources import IMAGE, ITEM2VEC, ITEMCF, PSS
 from offline.sources.base import CandidateSource, Neighbours
 from offline.sources.registry import SourceInputs, build_source
 from recsvc.bundle import sha256_file, write_bundle
+from recsvc.contract import MODELS
 from recsvc.exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -372,7 +373,8 @@ def _train_personalized(
         else None
     )
     arrays = {}
-    for name, omega in (("personalized", 1.0), ("personalized_cart", config.cart_omega)):
+    # MODELS: the click model, then the one whose cart targets weigh cart_omega.
+    for name, omega in zip(MODELS, (1.0, config.cart_omega), strict=True):
         variant = replace(config.personalized, cart_weight=omega)
         weights = train_personalized(
             examples,

@@ -17,11 +17,19 @@ LATEST_TIMESTAMP = 4_102_444_800.0
 
 #: The personalized models a bundle can hold (``models/<name>/...``).
 MODELS: tuple[str, ...] = ("personalized", "personalized_cart")
-#: Candidate sources, each with its own neighbours and ``pool_scores/<name>``.
-CANDIDATE_SOURCES: tuple[str, ...] = ("itemcf", "item2vec", "image", "pss")
+#: Bit of each candidate source and pool rule in a bundle's ``pool_sources`` (uint8) and in
+#: the proto's ``Source``. Bundles store these bits, so they never change: a new source
+#: takes the next free bit. Sources come in the order the pipeline builds them and the pool
+#: merge sees them; the rules add candidates after them.
+SOURCE_BITS: dict[str, int] = {
+    "itemcf": 1 << 0,
+    "item2vec": 1 << 1,
+    "image": 1 << 2,
+    "pss": 1 << 3,
+    "category": 1 << 4,
+    "new": 1 << 5,
+}
 #: Business rules that add candidates to a pool after the sources.
 POOL_RULES: tuple[str, ...] = ("category", "new")
-#: Bit of each source and rule in a bundle's ``pool_sources`` (and the proto's ``Source``).
-SOURCE_BITS: dict[str, int] = {
-    name: 1 << bit for bit, name in enumerate(CANDIDATE_SOURCES + POOL_RULES)
-}
+#: Candidate sources, each with its own neighbours and ``pool_scores/<name>``.
+CANDIDATE_SOURCES: tuple[str, ...] = tuple(n for n in SOURCE_BITS if n not in POOL_RULES)

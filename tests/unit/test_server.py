@@ -156,7 +156,9 @@ def test_undecodable_bytes_get_invalid_argument_without_a_traceback(
             assert (await stub.Recommend(pb.RecommendRequest(item_id="a", k=1))).items
 
     run(scenario)
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # grpc's teardown may log "Event loop is closed" when the loop ends first: not a request.
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in errors if "Event loop is closed" not in r.getMessage()]
     # Our own line about them, rate-limited: one for the three calls.
     ours = [r for r in caplog.records if r.name == "recsvc.server" and r.levelno >= logging.WARNING]
     assert len(ours) == 1
@@ -220,8 +222,8 @@ def test_a_shorter_client_deadline_is_honoured(tiny_bundle: Path) -> None:
         store = SlowStore(delay_s=5.0)
         async with serving(tiny_bundle, store, budget_ms=5000, store_cooldown_s=0) as (stub, _):
             response = await stub.Recommend(
-                pb.RecommendRequest(user_id="u", item_id="a", k=4), timeout=0.5
-            )
+                pb.RecommendRequest(user_id="u", item_id="a", k=4), timeout=2.0
+            )  # well under the 5 s budget and store delay, with room for a busy machine
         assert response.fallback_reason == pb.FALLBACK_REASON_BUDGET_EXCEEDED
 
     run(scenario)

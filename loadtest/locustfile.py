@@ -12,9 +12,10 @@ it, then produces the view's ``click`` to Kafka (the page's view beacon). After 
 time the shopper may add the item to the cart (``--cart-rate``), then leaves
 (``--leave-rate``) or views the next item: one of the recommendations (``--follow-rate``,
 top positions clicked more) or another popular item, as from search. Clicks reach the
-shopper's Redis session through ``recsvc ingest``, so the share of personalized replies
-grows during the run; it is printed at the end (and written to
-``<--csv>_personalized.json``).
+shopper's Redis session through ``recsvc ingest``, so the share of replies personalized by
+session events grows during the run; it is printed at the end (and written to
+``<--csv>_personalized.json``). A reply the model ranked from the viewed item alone (no
+session events yet) counts as ``EMPTY_SESSION`` among the reasons.
 
 Statistics: ``grpc``/``Recommend`` for the gRPC calls (a reply without items fails), and
 ``kafka``/``click``, ``kafka``/``cart`` for the events, timed until the broker acknowledged.
@@ -51,6 +52,8 @@ from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger("loadtest.shoppers")
 DEFAULT_TARGET = "127.0.0.1:50051"
+#: Reason recorded for a reply that the model ranked with no session event to use.
+EMPTY_SESSION = "EMPTY_SESSION"
 #: Made at import, before ``--processes`` forks, so the processes of a run share it.
 RUN_PREFIX = run_prefix()
 
@@ -261,8 +264,12 @@ class Visit(TaskSet):
         shop.tracker.count("views")
         self.shown = [ranked.item_id for ranked in response.items] if response else []
         if response is not None:
-            reason = pb.FallbackReason.Name(response.fallback_reason)
-            shop.tracker.record(response.personalized, reason.removeprefix("FALLBACK_REASON_"))
+            reason = pb.FallbackReason.Name(response.fallback_reason).removeprefix(
+                "FALLBACK_REASON_"
+            )
+            if response.personalized and not response.session_events_used:
+                reason = EMPTY_SESSION
+            shop.tracker.record(response.session_events_used > 0, reason)
         shop.producer.send(self.user_id, item, "click")
 
     @task

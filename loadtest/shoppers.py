@@ -181,7 +181,8 @@ class EventProducer:
 
 @dataclass
 class PersonalizationTracker:
-    """Recommend replies per time window: how many, how many personalized, and why not.
+    """Recommend replies per time window: how many were personalized by the shopper's
+    session events, and why the others were not.
 
     ``counts`` holds other named tallies of the scenario (visits, views, carts, ...).
 

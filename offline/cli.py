@@ -71,6 +71,13 @@ def _ks(text: str) -> tuple[int, ...]:
     return ks
 
 
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected NAME[,NAME...], got {text!r}")
+    return names
+
+
 def _delimiter(text: str) -> str:
     named = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
     value = named.get(text, text)
@@ -212,6 +219,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ev.add_argument("--plot", type=Path, help="write a bar chart PNG here")
     ev.add_argument("--k", type=_ks, default=(5, 10, 20), help="cut-offs (default 5,10,20)")
     ev.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    ev.add_argument(
+        "--methods",
+        type=_names,
+        help="comma-separated methods to evaluate (default: all the bundle allows: popular, "
+        "each source, each personalized model, sknn and vsknn)",
+    )
+    ev.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.FIELD=VALUE",
+        help="session-kNN setting, e.g. vsknn.k=200, sknn.sample_size=1000, "
+        "vsknn.idf_weight=2 (repeatable; defaults: k=100, sample_size=500)",
+    )
 
     train = commands.add_parser(
         "train",

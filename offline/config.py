@@ -40,6 +40,7 @@ class PipelineConfig:
     cart_omega : loss multiplier of add-to-cart targets in ``personalized_cart``
     init_from_item2vec : start the personalized input embeddings from item2vec's
     eval_history : earlier clicks per held-out user kept in the bundle for evaluation
+    session_gap_s : longest pause inside one session (``sessions/*`` arrays for session-kNN)
     pss : the PSS stage and its SiameseNet (``pss.enabled=true`` adds the PSS source); the
         tower's hyper-parameters are those of :class:`training.configs.PSSConfig`, which
         :class:`offline.pss.stage.PSSSettings` extends: ``pss.width``, ``pss.epochs``, ...
@@ -56,6 +57,7 @@ class PipelineConfig:
     cart_omega: float = 2.0
     init_from_item2vec: bool = False
     eval_history: int = 64
+    session_gap_s: float = 1800.0
     item2vec: Item2VecConfig = field(default_factory=Item2VecConfig)
     personalized: PersonalizedConfig = field(default_factory=PersonalizedConfig)
     pss: PSSSettings = field(default_factory=PSSSettings)
@@ -67,6 +69,8 @@ class PipelineConfig:
             raise ConfigError("cart_omega and source weights must be > 0")
         if any(q < 0 for q in self.source_quotas.values()):
             raise ConfigError("source quotas must be >= 0")
+        if not self.session_gap_s > 0:
+            raise ConfigError(f"session_gap_s must be > 0, got {self.session_gap_s}")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -25,6 +25,7 @@ from offline.config import PipelineConfig, apply_overrides, describe
 from offline.data.dataset import Dataset, build_dataset
 from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
 from offline.data.interactions import CART, CLICK, Catalogue
+from offline.data.sessions import fit_sessions
 from offline.peak_memory import PeakMemory
 from offline.pools import Pools, category_fill, merge_pools, newest_fill
 from offline.sources import IMAGE, ITEM2VEC, ITEMCF, PSS
@@ -208,6 +209,10 @@ def run_pipeline(
         cache.close()
 
     pools, arrays = pool_stage(sources, data.catalogue, popularity, config, seed, timings, metrics)
+    with timings.stage("sessions"):
+        sessions = fit_sessions(fit, config.session_gap_s)
+        arrays.update(sessions.to_arrays())
+        metrics["sessions"] = sessions.n_sessions
     with timings.stage("personalized"):
         arrays.update(_train_personalized(data, pools, item2vec.embeddings, config, seed, metrics))
 

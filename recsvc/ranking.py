@@ -25,7 +25,6 @@ class Fallback:
     """Why an answer is not personalized (names match the proto's ``FallbackReason``)."""
 
     NO_USER = "no_user"
-    NO_SESSION = "no_session"
     SESSION_STORE_UNAVAILABLE = "session_store_unavailable"
     BUDGET_EXCEEDED = "budget_exceeded"
     NO_MODEL = "no_model"
@@ -93,8 +92,10 @@ class Ranker:
     ) -> Ranking:
         """Rank ``item_id``'s pool for a session (oldest event first).
 
-        Without a session, or with ``fallback`` set (the session could not be read), the
-        pool keeps its offline order and the answer says why it is not personalized.
+        The window is ``item_id`` then the session's earlier visits, so an empty session
+        ranks by the current item alone (``session_events_used`` 0). With ``fallback`` set
+        (no user, or the session could not be read) or no model, the pool keeps its offline
+        order and the answer says why it is not personalized.
 
         Raises
         ------
@@ -117,7 +118,7 @@ class Ranker:
 
         history = [e.item_id for e in session if e.type in VISIT_TYPES]
         if fallback is None:
-            fallback = self._why_not_personalized(history)
+            fallback = self._why_not_personalized()
         window, used = None, 0
         if fallback is None:
             window = self._window(item_id, history)
@@ -135,12 +136,10 @@ class Ranker:
             session_events_used=used,
         )
 
-    def _why_not_personalized(self, history: list[str]) -> str | None:
-        if self.model is None:
-            return Fallback.NO_MODEL
-        if not history:
-            return Fallback.NO_SESSION
-        return None
+    def _why_not_personalized(self) -> str | None:
+        # An empty session is no reason: the request's item alone fills the window's first
+        # slot, so the first view of a visit is ranked as it will be once its click lands.
+        return Fallback.NO_MODEL if self.model is None else None
 
     def _window(self, item_id: str, history: list[str]) -> list[int]:
         """Window indices, -1 for empty slots and items the model does not know."""

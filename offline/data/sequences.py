@@ -30,6 +30,9 @@ class Cases:
     current, target : int32 arrays, shape (n,), the item viewed and the next one visited
     is_cart : bool array, shape (n,), the next item was added to cart
     windows : int32 array, shape (n, w), current item then earlier visits, -1 padded
+    window_ts : float64 array, shape (n, w), or None
+        When each window slot's visit began (NaN for padding); given when the events' times
+        were.
     """
 
     users: np.ndarray
@@ -37,9 +40,16 @@ class Cases:
     target: np.ndarray
     is_cart: np.ndarray
     windows: np.ndarray
+    window_ts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.users)
+
+    def select(self, rows: np.ndarray) -> Cases:
+        """The cases at ``rows`` (indices or a mask), in that order."""
+        window_ts = None if self.window_ts is None else self.window_ts[rows]
+        return Cases(self.users[rows], self.current[rows], self.target[rows],
+                     self.is_cart[rows], self.windows[rows], window_ts)  # fmt: skip
 
 
 def visit_starts(users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -55,6 +65,7 @@ def next_item_cases(
     types: np.ndarray,
     eligible: np.ndarray | None = None,
     window: int = 8,
+    ts: np.ndarray | None = None,
 ) -> Cases:
     """Cases from events sorted by (user, time).
 
@@ -66,6 +77,8 @@ def next_item_cases(
         evaluation); other events only give windows their history. Default: all.
     window : int
         Slots of each window.
+    ts : float array, shape (n_events,), optional
+        Event times, for ``Cases.window_ts``.
     """
     if eligible is None:
         eligible = np.ones(len(users), dtype=bool)
@@ -85,5 +98,9 @@ def next_item_cases(
     back = case[:, None] - np.arange(window)[None, :]
     inside = (back >= 0) & (v_users[np.maximum(back, 0)] == v_users[case][:, None])
     windows = np.where(inside, v_items[np.maximum(back, 0)], -1).astype(np.int32)
+    window_ts = None
+    if ts is not None:
+        v_ts = np.asarray(ts, dtype=np.float64)[visit_events][start]
+        window_ts = np.where(inside, v_ts[np.maximum(back, 0)], np.nan)
     return Cases(v_users[case], v_items[case].astype(np.int32), target.astype(np.int32),
-                 is_cart, windows)  # fmt: skip
+                 is_cart, windows, window_ts)  # fmt: skip

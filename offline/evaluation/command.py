@@ -8,15 +8,25 @@ import time
 
 import numpy as np
 
-from offline.evaluation.evaluate import evaluate
+from offline.evaluation.evaluate import available_methods, evaluate
 from offline.evaluation.report import format_differences, format_table, plot_hit_ratios, write_json
+from offline.evaluation.session_knn import knn_params
 from recsvc.bundle import load_bundle
+from recsvc.exceptions import ConfigError
 
 
 def run_eval(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     bundle = load_bundle(args.bundle)
-    evaluation = evaluate(bundle, ks=args.k)
+    knn = knn_params(args.param)
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(available_methods(bundle)))
+        if unknown:
+            raise ConfigError(
+                f"--methods: {', '.join(unknown)} not available for this bundle; it has "
+                f"{', '.join(available_methods(bundle))}"
+            )
+    evaluation = evaluate(bundle, ks=args.k, methods=args.methods, knn=knn)
     result = evaluation.result()
     differences = evaluation.differences(seed=args.seed)
     split = bundle.manifest.get("split", {})

@@ -3,20 +3,25 @@
 Cases are defined in :mod:`offline.data.sequences`: for every held-out viewed item with a next
 visit, the current item's pool is ranked by a method, and it is a hit at K when the next
 visited item is in the top K. Add-to-cart cases are those whose next item was added to cart.
+The session-kNN methods (:mod:`offline.evaluation.session_knn`) rank the whole catalogue
+instead of the pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from offline.data.sequences import Cases, next_item_cases
 from offline.evaluation.metrics import Difference, paired_bootstrap, summarize, target_ranks
+from offline.evaluation.served import served_ranks
+from offline.evaluation.session_knn import KNN_METHODS, all_knn_ranks
 from recsvc.bundle import Bundle
 from recsvc.contract import CANDIDATE_SOURCES, MODELS
 from recsvc.scoring import Scorer
+from recsvc.session_knn import KNNParams
 
 EVAL_ARRAYS = ("eval/users", "eval/items", "eval/types", "eval/is_holdout")
 #: Methods whose pool scores the pipeline stores in ``pool_scores/<method>``.
@@ -24,9 +29,13 @@ POOL_SCORE_METHODS = CANDIDATE_SOURCES
 PERSONALIZED_METHODS = MODELS
 #: Comparisons reported with bootstrap intervals: (a, b, case set).
 COMPARISONS = (
+    ("served", "vsknn", "click"),
+    ("served", "itemcf", "click"),
     ("personalized", "itemcf", "click"),
     ("personalized", "item2vec", "click"),
     ("personalized", "popular", "click"),
+    ("personalized", "sknn", "click"),
+    ("personalized", "vsknn", "click"),
     ("personalized_cart", "personalized", "cart"),
     ("personalized_cart", "personalized", "click"),
 )
@@ -42,6 +51,9 @@ def available_methods(bundle: Bundle) -> list[str]:
     methods = ["popular"]
     methods += [m for m in POOL_SCORE_METHODS if f"pool_scores/{m}" in bundle]
     methods += [m for m in PERSONALIZED_METHODS if f"models/{m}/position_weights" in bundle]
+    methods += [m for m in KNN_METHODS if "sessions/items" in bundle]
+    if "models/personalized/position_weights" in bundle:
+        methods.append("served")
     return methods
 
 
@@ -101,13 +113,24 @@ class Evaluation:
 
 
 def evaluate(
-    bundle: Bundle, ks: Sequence[int] = (5, 10, 20), methods: Sequence[str] | None = None
+    bundle: Bundle,
+    ks: Sequence[int] = (5, 10, 20),
+    methods: Sequence[str] | None = None,
+    knn: Mapping[str, KNNParams] = KNN_METHODS,
 ) -> Evaluation:
-    """Rank every case's pool with each method and record the target's rank."""
+    """Rank every case's candidates with each method and record the target's rank.
+
+    ``knn`` gives the settings of the session-kNN methods (default: the papers').
+    """
     cases = cases_from_bundle(bundle)
     pools = np.asarray(bundle["pools"])[cases.current]
+    chosen = list(methods or available_methods(bundle))
     ranks = {}
-    for method in methods or available_methods(bundle):
-        scores = method_scores(bundle, method, cases, pools)
-        ranks[method] = target_ranks(scores, pools, cases.target)
-    return Evaluation(cases, ranks, tuple(ks))
+    for method in chosen:
+        if method == "served":
+            ranks[method] = served_ranks(bundle, cases)
+        elif method not in knn:
+            scores = method_scores(bundle, method, cases, pools)
+            ranks[method] = target_ranks(scores, pools, cases.target)
+    ranks |= all_knn_ranks(bundle, cases, {m: knn[m] for m in chosen if m in knn})
+    return Evaluation(cases, {m: ranks[m] for m in chosen if m in ranks}, tuple(ks))

@@ -64,10 +64,12 @@ def reciprocal_rank(ranks: np.ndarray, k: int) -> np.ndarray:
 
 
 def summarize(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    """``hr@k`` for each k, ``ndcg@10`` and ``mrr@20`` as fractions in [0, 1]."""
+    """``hr@k`` for each k, ``ndcg@10``, ``mrr@20`` and ``coverage`` (targets in the ranked
+    candidates: the ceiling of every hit ratio) as fractions in [0, 1]."""
     out = {f"hr@{k}": float(hit_ratio(ranks, k).mean()) for k in ks}
     out["ndcg@10"] = float(ndcg(ranks, 10).mean())
     out["mrr@20"] = float(reciprocal_rank(ranks, 20).mean())
+    out["coverage"] = float((ranks != MISS).mean())
     return out
 
 

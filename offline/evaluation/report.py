@@ -13,7 +13,7 @@ CASE_TITLES = {"click": "Click hit ratio (%)", "cart": "Add-to-cart hit ratio (%
 
 def format_table(result: dict, ks: Sequence[int]) -> str:
     """The evaluation as fixed-width text: one block per case set, one row per method."""
-    columns = [f"hr@{k}" for k in ks] + ["ndcg@10", "mrr@20"]
+    columns = [f"hr@{k}" for k in ks] + ["ndcg@10", "mrr@20", "coverage"]
     width = max([len(m) for m in result["methods"]] + [12])
     lines = []
     for subset, title in CASE_TITLES.items():

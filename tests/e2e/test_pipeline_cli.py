@@ -15,7 +15,7 @@ from recsvc.contract import SOURCE_BITS
 
 pytestmark = pytest.mark.slow
 
-METRICS = {"hr@5", "hr@10", "hr@20", "ndcg@10", "mrr@20"}
+METRICS = {"hr@5", "hr@10", "hr@20", "ndcg@10", "mrr@20", "coverage"}
 
 
 def run_pipeline_and_eval(events: Path, out: Path, capsys) -> tuple[dict, str]:
@@ -66,13 +66,16 @@ def test_pipeline_and_eval_on_real_data_are_complete_and_repeatable(
         "pss",
         "personalized",
         "personalized_cart",
+        "sknn",
+        "vsknn",
     }
+    assert "personalized - vsknn on click hr@10" in printed
     for result in first["methods"].values():
         assert set(result) == {"click", "cart"}
         for subset in result.values():
             assert set(subset) == METRICS
             assert all(0.0 <= v <= 1.0 for v in subset.values())
-            assert subset["hr@5"] <= subset["hr@10"] <= subset["hr@20"]
+            assert subset["hr@5"] <= subset["hr@10"] <= subset["hr@20"] <= subset["coverage"]
     assert (tmp_path / "a/eval.png").stat().st_size > 10_000
 
     bundle = load_bundle(tmp_path / "a/bundles")

@@ -38,6 +38,7 @@ def test_metrics_by_hand():
     assert summary["hr@5"] == 0.5 and summary["hr@20"] == 0.75
     assert math.isclose(summary["ndcg@10"], (1 + 0.5) / 4)
     assert math.isclose(summary["mrr@20"], (1 + 1 / 3 + 1 / 12) / 4)
+    assert summary["coverage"] == 0.75  # the MISS is outside the ranked candidates
 
 
 def test_paired_bootstrap_difference_and_interval():

@@ -30,11 +30,25 @@ def test_ranks_by_the_pooled_user_vector(tiny_bundle: Path) -> None:
     assert ranking.personalized and ranking.session_events_used == 1
 
 
+def test_an_empty_session_ranks_by_the_current_item_alone(tiny_bundle: Path) -> None:
+    ranker = Ranker(load_bundle(tiny_bundle))
+    alone = ranker.rank("a", 4)
+    only_favs = ranker.rank("a", 4, [visit("b", "fav")])  # a favourite is not a visit
+    assert alone.personalized and alone.session_events_used == 0
+    assert only_favs == alone
+
+
+def test_recommend_before_the_click_equals_recommend_after_it(tiny_bundle: Path) -> None:
+    ranker = Ranker(load_bundle(tiny_bundle))
+    earlier = [visit("b", ts=1), visit("c", ts=2)]
+    before = ranker.rank("a", 4, earlier)  # the view's click has not reached the session
+    after = ranker.rank("a", 4, [*earlier, visit("a", ts=3)])  # it has
+    assert before == after and before.session_events_used == 2
+    assert ranker.rank("a", 4, []) == ranker.rank("a", 4, [visit("a")])
+
+
 def test_falls_back_to_the_offline_order(tiny_bundle: Path) -> None:
     ranker = Ranker(load_bundle(tiny_bundle))
-    only_favs = ranker.rank("a", 2, [visit("b", "fav")])
-    assert only_favs.items == ["b", "c"] and only_favs.scores == [1.0, 0.75]
-    assert only_favs.fallback == Fallback.NO_SESSION
     down = ranker.rank("a", 4, [visit("b")], fallback=Fallback.SESSION_STORE_UNAVAILABLE)
     assert down.items == ["b", "c", "d", "e"] and not down.personalized
 

@@ -230,8 +230,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="append",
         default=[],
         metavar="METHOD.FIELD=VALUE",
-        help="session-kNN setting, e.g. vsknn.k=200, sknn.sample_size=1000, "
-        "vsknn.idf_weight=2 (repeatable; defaults: k=100, sample_size=500)",
+        help="a session-kNN setting, e.g. vsknn.k=200, sknn.sample_size=1000, "
+        "vsknn.idf_weight=2 (defaults: k=100, sample_size=500), or a candidate setting of "
+        "served, e.g. candidates.knn_items=50, candidates.session_pools=1 (default: the "
+        "bundle's); repeatable",
     )
 
     train = commands.add_parser(

@@ -9,6 +9,7 @@ from typing import Any
 
 from offline.pss.stage import PSSSettings
 from offline.sources import PSS, SOURCE_NAMES
+from recsvc.candidates import CandidateSettings
 from recsvc.exceptions import ConfigError
 from training.configs import Item2VecConfig, PersonalizedConfig
 
@@ -41,6 +42,9 @@ class PipelineConfig:
     init_from_item2vec : start the personalized input embeddings from item2vec's
     eval_history : earlier clicks per held-out user kept in the bundle for evaluation
     session_gap_s : longest pause inside one session (``sessions/*`` arrays for session-kNN)
+    candidates : what a request adds to the item's pool
+        (:class:`recsvc.candidates.CandidateSettings`; the server and ``recsvc eval`` read it
+        from the manifest)
     pss : the PSS stage and its SiameseNet (``pss.enabled=true`` adds the PSS source); the
         tower's hyper-parameters are those of :class:`training.configs.PSSConfig`, which
         :class:`offline.pss.stage.PSSSettings` extends: ``pss.width``, ``pss.epochs``, ...
@@ -58,6 +62,7 @@ class PipelineConfig:
     init_from_item2vec: bool = False
     eval_history: int = 64
     session_gap_s: float = 1800.0
+    candidates: CandidateSettings = field(default_factory=CandidateSettings)
     item2vec: Item2VecConfig = field(default_factory=Item2VecConfig)
     personalized: PersonalizedConfig = field(default_factory=PersonalizedConfig)
     pss: PSSSettings = field(default_factory=PSSSettings)

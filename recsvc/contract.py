@@ -28,8 +28,13 @@ SOURCE_BITS: dict[str, int] = {
     "pss": 1 << 3,
     "category": 1 << 4,
     "new": 1 << 5,
+    "session_knn": 1 << 6,
 }
 #: Business rules that add candidates to a pool after the sources.
 POOL_RULES: tuple[str, ...] = ("category", "new")
-#: Candidate sources, each with its own neighbours and ``pool_scores/<name>``.
-CANDIDATE_SOURCES: tuple[str, ...] = tuple(n for n in SOURCE_BITS if n not in POOL_RULES)
+#: Sources the server adds to a pool per request (from the shopper's session).
+REQUEST_SOURCES: tuple[str, ...] = ("session_knn",)
+#: Candidate sources of the offline pools, each with its neighbours and ``pool_scores/<name>``.
+CANDIDATE_SOURCES: tuple[str, ...] = tuple(
+    n for n in SOURCE_BITS if n not in POOL_RULES + REQUEST_SOURCES
+)

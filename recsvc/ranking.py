@@ -13,9 +13,11 @@ import numpy as np
 
 from recsvc import contract
 from recsvc.bundle import Bundle
+from recsvc.candidates import CandidateBuilder, CandidateSettings
 from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
 from recsvc.redact import clip
-from recsvc.scoring import PoolRanker, Scorer, session_window
+from recsvc.scoring import PoolRanker, Scorer, session_window, window_scores
+from recsvc.session_knn import SessionIndex
 from recsvc.sessions import SessionEvent
 
 VISIT_TYPES = frozenset(contract.VISIT_TYPES)
@@ -50,7 +52,12 @@ class Ranking:
 class Ranker:
     """Ranks pools of one bundle; ``model`` picks the bundle's personalized model."""
 
-    def __init__(self, bundle: Bundle, model: str = "personalized") -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        model: str = "personalized",
+        candidates: CandidateSettings | None = None,
+    ) -> None:
         self.bundle = bundle
         self.version = bundle.version
         self.model_name = model
@@ -71,6 +78,12 @@ class Ranker:
         ids = list(self._index)  # index -> id, the dict's own strings
         self._pools = PoolRanker(self.pools, self.pool_sources, ids, *model_arrays)
         self._width = self.model.width if self.model is not None else 0
+        self._ids = ids
+        if candidates is None:
+            recorded = bundle.manifest.get("parameters", {}).get("candidates", {})
+            candidates = CandidateSettings.from_dict(recorded)
+        sessions = SessionIndex.from_arrays(bundle) if "sessions/items" in bundle else None
+        self._candidates = CandidateBuilder(self.pools, self.pool_sources, sessions, candidates)
 
     def index(self, item_id: str) -> int:
         try:
@@ -90,12 +103,13 @@ class Ranker:
         exclude_seen: bool = False,
         category: str | None = None,
     ) -> Ranking:
-        """Rank ``item_id``'s pool for a session (oldest event first).
+        """Rank ``item_id``'s candidates for a session (oldest event first).
 
         The window is ``item_id`` then the session's earlier visits, so an empty session
-        ranks by the current item alone (``session_events_used`` 0). With ``fallback`` set
-        (no user, or the session could not be read) or no model, the pool keeps its offline
-        order and the answer says why it is not personalized.
+        ranks by the current item alone (``session_events_used`` 0); the candidates are the
+        item's pool and what the session adds (:mod:`recsvc.candidates`). With ``fallback``
+        set (no user, or the session could not be read) or no model, the item's pool keeps
+        its offline order and the answer says why it is not personalized.
 
         Raises
         ------
@@ -104,46 +118,69 @@ class Ranker:
         current = self.index(item_id)
         if not 1 <= k <= self.pool_size:
             raise InvalidRequest(f"k must be in 1..{self.pool_size}, got {k}")
-        keep = None  # padding (-1) is always left out; keep narrows the pool further
-        if category is not None:
-            if category not in self._category:
-                raise InvalidRequest(f"category {clip(category)} is not in the catalogue")
-            pool = self.pools[current]
-            keep = self.item_category[np.maximum(pool, 0)] == self._category[category]
+        if category is not None and category not in self._category:
+            raise InvalidRequest(f"category {clip(category)} is not in the catalogue")
         session = session or ()
-        if exclude_seen and session:
-            seen = [self._index.get(e.item_id, -1) for e in session]
-            unseen = ~np.isin(self.pools[current], seen)
-            keep = unseen if keep is None else keep & unseen
-
+        seen = [self._index.get(e.item_id, -1) for e in session] if exclude_seen else []
         history = [e.item_id for e in session if e.type in VISIT_TYPES]
+        if fallback is None and self.model is None:
+            fallback = Fallback.NO_MODEL
         if fallback is None:
-            fallback = self._why_not_personalized()
-        window, used = None, 0
-        if fallback is None:
-            window = self._window(item_id, history)
+            visits = [self._index.get(i, -1) for i in session_window(item_id, history, self._width)]
+            window = self._window(visits)
             used = sum(item >= 0 for item in window[1:])
-            if window[0] < 0 and not used:
-                fallback, window = Fallback.ITEM_NOT_IN_MODEL, None
-        # window None: the pool in its offline order, scored 1 - slot / pool size.
-        items, scores, sources = self._pools.rank(current, window, keep, k)
+            if window[0] >= 0 or used:
+                return self._rank_candidates(current, visits, window, k, seen, category, used)
+            fallback = Fallback.ITEM_NOT_IN_MODEL
+        # The pool in its offline order, scored 1 - slot / pool size.
+        pool = self.pools[current]
+        keep = self._keep(pool, seen, category)
+        items, scores, sources = self._pools.rank(current, None, keep, k)
+        return Ranking(items, scores, sources, personalized=False, fallback=fallback)
+
+    def _rank_candidates(
+        self,
+        current: int,
+        visits: list[int],
+        window: list[int],
+        k: int,
+        seen: list[int],
+        category: str | None,
+        used: int,
+    ) -> Ranking:
+        assert self.model is not None
+        if not self._candidates.adds_any:  # the pool alone: ranked in C, no array per call
+            ids, scores, sources = self._pools.rank(
+                current, window, self._keep(self.pools[current], seen, category), k
+            )
+            return Ranking(ids, scores, sources, personalized=True, session_events_used=used)
+        items, flags = self._candidates.build(current, visits[1:])
+        keep = self._keep(items, seen, category)
+        if keep is not None:
+            items, flags = items[keep], flags[keep]
+        personal = window_scores(window, items, *self.model.arrays)
+        best = np.argsort(-personal, kind="stable")[:k]  # ties keep the candidates' order
+        names = self._ids
         return Ranking(
-            items=items,
-            scores=scores,
-            sources=sources,
-            personalized=fallback is None,
-            fallback=fallback,
+            items=[names[i] for i in items[best].tolist()],
+            scores=personal[best].tolist(),
+            sources=flags[best].tolist(),
+            personalized=True,
             session_events_used=used,
         )
 
-    def _why_not_personalized(self) -> str | None:
-        # An empty session is no reason: the request's item alone fills the window's first
-        # slot, so the first view of a visit is ranked as it will be once its click lands.
-        return Fallback.NO_MODEL if self.model is None else None
+    def _keep(self, items: np.ndarray, seen: list[int], category: str | None) -> np.ndarray | None:
+        """Which of ``items`` the request's filters allow (None: all of them)."""
+        keep = None
+        if category is not None:
+            keep = self.item_category[np.maximum(items, 0)] == self._category[category]
+        if seen:
+            unseen = ~np.isin(items, seen)
+            keep = unseen if keep is None else keep & unseen
+        return keep
 
-    def _window(self, item_id: str, history: list[str]) -> list[int]:
+    def _window(self, visits: list[int]) -> list[int]:
         """Window indices, -1 for empty slots and items the model does not know."""
         assert self.model is not None
-        items = session_window(item_id, history, self._width)
-        window = self.model.window([self._index.get(item, -1) for item in items])
+        window = self.model.window(visits)
         return window + [-1] * (self._width - len(window))

@@ -10,6 +10,7 @@ import numpy as np
 
 from offline.evaluation.evaluate import available_methods, evaluate
 from offline.evaluation.report import format_differences, format_table, plot_hit_ratios, write_json
+from offline.evaluation.served import candidate_settings
 from offline.evaluation.session_knn import knn_params
 from recsvc.bundle import load_bundle
 from recsvc.exceptions import ConfigError
@@ -18,7 +19,9 @@ from recsvc.exceptions import ConfigError
 def run_eval(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     bundle = load_bundle(args.bundle)
-    knn = knn_params(args.param)
+    served = [p for p in args.param if p.startswith("candidates.")]
+    knn = knn_params([p for p in args.param if not p.startswith("candidates.")])
+    candidates = candidate_settings(bundle, served)
     if args.methods:
         unknown = sorted(set(args.methods) - set(available_methods(bundle)))
         if unknown:
@@ -26,7 +29,7 @@ def run_eval(args: argparse.Namespace) -> dict:
                 f"--methods: {', '.join(unknown)} not available for this bundle; it has "
                 f"{', '.join(available_methods(bundle))}"
             )
-    evaluation = evaluate(bundle, ks=args.k, methods=args.methods, knn=knn)
+    evaluation = evaluate(bundle, ks=args.k, methods=args.methods, knn=knn, candidates=candidates)
     result = evaluation.result()
     differences = evaluation.differences(seed=args.seed)
     split = bundle.manifest.get("split", {})

@@ -19,6 +19,7 @@ from offline.evaluation.metrics import Difference, paired_bootstrap, summarize, 
 from offline.evaluation.served import served_ranks
 from offline.evaluation.session_knn import KNN_METHODS, all_knn_ranks
 from recsvc.bundle import Bundle
+from recsvc.candidates import CandidateSettings
 from recsvc.contract import CANDIDATE_SOURCES, MODELS
 from recsvc.scoring import Scorer
 from recsvc.session_knn import KNNParams
@@ -117,10 +118,12 @@ def evaluate(
     ks: Sequence[int] = (5, 10, 20),
     methods: Sequence[str] | None = None,
     knn: Mapping[str, KNNParams] = KNN_METHODS,
+    candidates: CandidateSettings | None = None,
 ) -> Evaluation:
     """Rank every case's candidates with each method and record the target's rank.
 
-    ``knn`` gives the settings of the session-kNN methods (default: the papers').
+    ``knn`` gives the settings of the session-kNN methods (default: the papers');
+    ``candidates`` replaces the bundle's candidate settings for ``served``.
     """
     cases = cases_from_bundle(bundle)
     pools = np.asarray(bundle["pools"])[cases.current]
@@ -128,7 +131,7 @@ def evaluate(
     ranks = {}
     for method in chosen:
         if method == "served":
-            ranks[method] = served_ranks(bundle, cases)
+            ranks[method] = served_ranks(bundle, cases, candidates=candidates)
         elif method not in knn:
             scores = method_scores(bundle, method, cases, pools)
             ranks[method] = target_ranks(scores, pools, cases.target)

@@ -5,6 +5,7 @@ import pytest
 from helpers import tiny_bundle_arrays
 
 from recsvc.bundle import load_bundle, write_bundle
+from recsvc.candidates import CandidateSettings
 from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
 from recsvc.ranking import Fallback, Ranker
 from recsvc.scoring import session_window
@@ -100,3 +101,28 @@ def test_a_bundle_without_models_serves_the_offline_order(tmp_path: Path) -> Non
     ranking = ranker.rank("e", 3, [visit("b")])
     assert ranking.fallback == Fallback.NO_MODEL
     assert ranking.items == ["a", "b", "c"] and np.allclose(ranking.scores, [1.0, 0.75, 0.5])
+
+
+def test_an_earlier_visits_pool_adds_candidates_when_configured(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    # d's pool is just a. With the session [b], b's pool adds c. The window (d, b) gives
+    # u = (1*[0,0] + 0.5*[0,1]) / 2 = [0, 0.25]: a scores 0, c scores -0.25.
+    plain = Ranker(bundle).rank("d", 2, [visit("b")])
+    joined = Ranker(bundle, candidates=CandidateSettings(session_pools=1)).rank(
+        "d", 2, [visit("b")]
+    )
+    assert plain.items == ["a"]
+    assert joined.items == ["a", "c"] and joined.scores == [0.0, -0.25]
+    assert joined.sources == [1, 1] and joined.personalized
+
+
+@pytest.mark.parametrize("category", [None, "x"])
+def test_the_python_candidate_path_ranks_a_lone_pool_as_the_compiled_one(
+    tiny_bundle: Path, category: str | None
+) -> None:
+    bundle = load_bundle(tiny_bundle)
+    compiled = Ranker(bundle)  # adds nothing to pools: PoolRanker ranks in C
+    joined = Ranker(bundle, candidates=CandidateSettings(session_pools=1))
+    for session in ([], [visit("a")], [visit("a"), visit("b", "fav")]):
+        want = compiled.rank("a", 4, session, category=category)
+        assert joined.rank("a", 4, session, category=category) == want

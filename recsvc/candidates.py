@@ -1,0 +1,130 @@
+"""The candidates of one request: the viewed item's pool joined with what the session adds.
+
+Offline, every item gets a pool. A shopper's next item is often outside the pool of the item
+in view but inside the pool of an item viewed just before, or among the items that similar
+sessions went on to (:mod:`recsvc.session_knn`). So a request's candidates are, in this
+order of priority, deduplicated and capped:
+
+1. the current item's pool;
+2. the top ``knn_items`` of V-SKNN for the session (flag ``session_knn``);
+3. the pools of the ``session_pools`` most recent earlier visits.
+
+A candidate proposed more than once keeps every proposer's flags. The current item itself is
+never a candidate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from recsvc.contract import SOURCE_BITS
+from recsvc.exceptions import ConfigError
+from recsvc.session_knn import KNNParams, SessionIndex
+
+SESSION_KNN = np.uint8(SOURCE_BITS["session_knn"])
+
+
+def _session_knn() -> KNNParams:
+    # V-SKNN as tuned on the YooChoose validation day (docs/RESULTS.md).
+    return KNNParams(k=100, sample_size=500, similarity="vector", idf_weight=5.0)
+
+
+@dataclass(frozen=True)
+class CandidateSettings:
+    """How a request's candidates are gathered (recorded in the bundle manifest)."""
+
+    # Off by default: ranked by the personalized model alone, the extra candidates lowered
+    # the Taobao validation day's HR@10 (docs/RESULTS.md); a second stage that weighs them
+    # is what they wait for.
+    session_pools: int = 0
+    knn_items: int = 0
+    cap: int = 400
+    knn: KNNParams = field(default_factory=_session_knn)
+
+    def __post_init__(self) -> None:
+        for name in ("session_pools", "knn_items", "cap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"candidates.{name} must be an int >= 0, got {value!r}")
+        if self.cap < 1:
+            raise ConfigError(f"candidates.cap must be >= 1, got {self.cap}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> CandidateSettings:
+        """Settings from a manifest's ``candidates`` (missing keys keep their defaults)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown candidate settings: {sorted(unknown)}")
+        knn = values.get("knn")
+        kwargs = {k: v for k, v in values.items() if k != "knn"}
+        if isinstance(knn, Mapping):
+            kwargs["knn"] = KNNParams(**knn)
+        return cls(**kwargs)
+
+
+class CandidateBuilder:
+    """Gathers candidates from one bundle's pools and training sessions (read-only)."""
+
+    def __init__(
+        self,
+        pools: np.ndarray,
+        pool_sources: np.ndarray,
+        sessions: SessionIndex | None,
+        settings: CandidateSettings,
+    ) -> None:
+        self.pools = pools
+        self.pool_sources = pool_sources
+        self.sessions = sessions
+        self.settings = settings
+
+    @property
+    def adds_any(self) -> bool:
+        """Whether a request can get candidates beyond its item's pool."""
+        s = self.settings
+        return s.session_pools > 0 or (s.knn_items > 0 and self.sessions is not None)
+
+    def build(self, current: int, visits: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(items int32, source flags uint8) of one request, in priority order.
+
+        Parameters
+        ----------
+        current : the viewed item's index
+        visits : the session's earlier visits, newest first (indices; -1 for items the
+            bundle does not know)
+        """
+        s = self.settings
+        earlier = [v for v in visits if v >= 0]
+        items = [self.pools[current]]
+        flags = [self.pool_sources[current]]
+        if self.sessions is not None and s.knn_items:
+            session = [*earlier[::-1], current]  # oldest first, the current item last
+            knn, _ = self.sessions.top_items(session, s.knn, s.knn_items)
+            items.append(knn)
+            flags.append(np.full(len(knn), SESSION_KNN, dtype=np.uint8))
+        rows = earlier[: s.session_pools]
+        if rows:
+            items.append(self.pools[rows].ravel())
+            flags.append(self.pool_sources[rows].ravel())
+        return _merge(np.concatenate(items), np.concatenate(flags), current, s.cap)
+
+
+def _merge(
+    items: np.ndarray, flags: np.ndarray, current: int, cap: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """First occurrences in order, each with the OR of all its flags; at most ``cap``."""
+    valid = (items >= 0) & (items != current)
+    items, flags = items[valid], flags[valid]
+    unique, first, inverse = np.unique(items, return_index=True, return_inverse=True)
+    merged = np.zeros(len(unique), dtype=np.uint8)
+    np.bitwise_or.at(merged, inverse, flags)
+    order = np.argsort(first, kind="stable")[:cap]
+    return unique[order].astype(np.int32), merged[order]

@@ -10,6 +10,7 @@ from typing import Any
 from offline.pss.stage import PSSSettings
 from offline.sources import PSS, SOURCE_NAMES
 from recsvc.candidates import CandidateSettings
+from recsvc.contract import CANDIDATE_SOURCES
 from recsvc.exceptions import ConfigError
 from training.configs import Item2VecConfig, PersonalizedConfig
 
@@ -42,6 +43,9 @@ class PipelineConfig:
     init_from_item2vec : start the personalized input embeddings from item2vec's
     eval_history : earlier clicks per held-out user kept in the bundle for evaluation
     session_gap_s : longest pause inside one session (``sessions/*`` arrays for session-kNN)
+    fallback_order : the stored order of each pool, which every fallback answer returns:
+        ``merge`` (the sources interleaved by weight) or a source's own order (``itemcf``:
+        best on both validation days, docs/RESULTS.md)
     candidates : what a request adds to the item's pool
         (:class:`recsvc.candidates.CandidateSettings`; the server and ``recsvc eval`` read it
         from the manifest)
@@ -62,6 +66,7 @@ class PipelineConfig:
     init_from_item2vec: bool = False
     eval_history: int = 64
     session_gap_s: float = 1800.0
+    fallback_order: str = "itemcf"
     candidates: CandidateSettings = field(default_factory=CandidateSettings)
     item2vec: Item2VecConfig = field(default_factory=Item2VecConfig)
     personalized: PersonalizedConfig = field(default_factory=PersonalizedConfig)
@@ -74,6 +79,11 @@ class PipelineConfig:
             raise ConfigError("cart_omega and source weights must be > 0")
         if any(q < 0 for q in self.source_quotas.values()):
             raise ConfigError("source quotas must be >= 0")
+        if self.fallback_order not in ("merge", *CANDIDATE_SOURCES):
+            raise ConfigError(
+                f"fallback_order must be merge or one of {', '.join(CANDIDATE_SOURCES)}, "
+                f"got {self.fallback_order!r}"
+            )
         if not self.session_gap_s > 0:
             raise ConfigError(f"session_gap_s must be > 0, got {self.session_gap_s}")
 

@@ -27,7 +27,7 @@ from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimite
 from offline.data.interactions import CART, CLICK, Catalogue
 from offline.data.sessions import fit_sessions
 from offline.peak_memory import PeakMemory
-from offline.pools import Pools, category_fill, merge_pools, newest_fill
+from offline.pools import Pools, category_fill, merge_pools, newest_fill, order_pools
 from offline.sources import IMAGE, ITEM2VEC, ITEMCF, PSS
 from offline.sources.base import CandidateSource, Neighbours
 from offline.sources.registry import SourceInputs, build_source
@@ -312,6 +312,15 @@ def pool_stage(
         queries = np.arange(catalogue.n_items)
         for name, source in sources.items():
             arrays[f"pool_scores/{name}"] = source.pair_scores(queries, pools.items)
+    if config.fallback_order != "merge":
+        scores = {name.removeprefix("pool_scores/"): a for name, a in arrays.items()}
+        if config.fallback_order not in scores:
+            raise ConfigError(
+                f"fallback_order={config.fallback_order}, but that source did not run "
+                f"(ran: {', '.join(scores)})"
+            )
+        pools, scores = order_pools(pools, scores, config.fallback_order)
+        arrays = {f"pool_scores/{name}": a for name, a in scores.items()}
     return pools, arrays
 
 

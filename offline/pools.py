@@ -156,3 +156,20 @@ def _merge_rows(
     out_items[slot[keep], position[keep]] = cand[keep]
     out_bits[slot[keep], position[keep]] = merged[keep]
     return out_items, out_bits
+
+
+def order_pools(
+    pools: Pools, scores: dict[str, np.ndarray], by: str
+) -> tuple[Pools, dict[str, np.ndarray]]:
+    """Each pool sorted by the ``pool_scores`` of source ``by`` (best first; candidates it
+    does not score keep their merge order after the ones it does), with every score array
+    moved along. This stored order is what a fallback answer returns.
+    """
+    key = np.where(np.isnan(scores[by]), -np.inf, scores[by])
+    order = np.argsort(-key, axis=1, kind="stable")
+
+    def move(array: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(array, order, axis=1)
+
+    moved = Pools(move(pools.items), move(pools.sources))
+    return moved, {name: move(array) for name, array in scores.items()}

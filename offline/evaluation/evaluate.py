@@ -49,7 +49,7 @@ def cases_from_bundle(bundle: Bundle) -> Cases:
 
 
 def available_methods(bundle: Bundle) -> list[str]:
-    methods = ["popular"]
+    methods = ["popular", "fallback"]
     methods += [m for m in POOL_SCORE_METHODS if f"pool_scores/{m}" in bundle]
     methods += [m for m in PERSONALIZED_METHODS if f"models/{m}/position_weights" in bundle]
     methods += [m for m in KNN_METHODS if "sessions/items" in bundle]
@@ -60,7 +60,9 @@ def available_methods(bundle: Bundle) -> list[str]:
 
 def method_scores(bundle: Bundle, method: str, cases: Cases, pools: np.ndarray) -> np.ndarray:
     """Scores of each case's pool under ``method``: float array (n, pool size), -inf unscorable."""
-    if method == "popular":
+    if method == "fallback":  # the pool's stored order: what a fallback answer returns
+        scores = np.broadcast_to(-np.arange(pools.shape[1], dtype=np.float64), pools.shape)
+    elif method == "popular":
         popularity = np.asarray(bundle["item_popularity"], dtype=np.float64)
         scores = popularity[np.maximum(pools, 0)]
     elif method in POOL_SCORE_METHODS:

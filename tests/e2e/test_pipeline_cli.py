@@ -68,6 +68,8 @@ def test_pipeline_and_eval_on_real_data_are_complete_and_repeatable(
         "personalized_cart",
         "sknn",
         "vsknn",
+        "fallback",
+        "served",
     }
     assert "personalized - vsknn on click hr@10" in printed
     for result in first["methods"].values():

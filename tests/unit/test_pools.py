@@ -1,7 +1,7 @@
 import numpy as np
 
 from offline.data.interactions import Catalogue
-from offline.pools import category_fill, merge_pools, newest_fill
+from offline.pools import Pools, category_fill, merge_pools, newest_fill, order_pools
 from offline.sources.base import Neighbours
 from recsvc.contract import SOURCE_BITS
 
@@ -108,3 +108,17 @@ def test_a_source_quota_leaves_room_for_the_rules():
         ["category"],
         ["category"],
     ]
+
+
+def test_pools_are_stored_in_one_sources_order_with_unscored_candidates_after() -> None:
+    pools = Pools(
+        np.array([[4, 5, 6, -1]], dtype=np.int32), np.array([[CF, I2V, CF, 0]], dtype=np.uint8)
+    )
+    scores = {
+        "itemcf": np.array([[0.2, np.nan, 0.9, np.nan]], dtype=np.float32),
+        "item2vec": np.array([[0.1, 0.5, 0.3, np.nan]], dtype=np.float32),
+    }
+    ordered, moved = order_pools(pools, scores, "itemcf")
+    assert ordered.items.tolist() == [[6, 4, 5, -1]]
+    assert ordered.sources.tolist() == [[CF, CF, I2V, 0]]
+    np.testing.assert_array_equal(moved["item2vec"], np.float32([[0.3, 0.1, 0.5, np.nan]]))

@@ -389,6 +389,15 @@ def _train_personalized(
     arrays = {}
     # MODELS: the click model, then the one whose cart targets weigh cart_omega.
     for name, omega in zip(MODELS, (1.0, config.cart_omega), strict=True):
+        if omega != 1.0 and not examples.is_cart.any():
+            # It would train the click model again, under another name.
+            print(
+                f"{name}: not trained: no next visit of the fit period includes an "
+                "add-to-cart (purchases are not visits; --type-map NAME=cart makes a "
+                "conversion event an add-to-cart)"
+            )
+            metrics["models_skipped"] = {name: "no add-to-cart targets"}
+            continue
         variant = replace(config.personalized, cart_weight=omega)
         weights = train_personalized(
             examples,

@@ -62,7 +62,9 @@ def test_bundles_of_different_held_out_events_are_refused(tmp_path: Path, capsys
     other = write_bundle(tmp_path / "other", arrays, {"source": "tests"})
     assert main(["--base", str(base), "--other", str(other)]) == 2
     assert "hold different held-out events" in capsys.readouterr().err
-    with pytest.raises(RecsvcError, match="no method 'pss'; it has popular, fallback, personalized"):
+    with pytest.raises(
+        RecsvcError, match="no method 'pss'; it has popular, fallback, personalized"
+    ):
         compare_bundles(load_bundle(base), load_bundle(base), "pss")
 
 

@@ -1,0 +1,45 @@
+"""End to end on the real YooChoose sample: a clicks-only log with sessions as users."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import SMALL
+
+from recsvc.bundle import load_bundle
+from recsvc.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_clicks_only_log_gets_no_cart_model_and_the_session_baselines(
+    shared: Path, tmp_path: Path, capsys
+) -> None:
+    data = shared / "data/yoochoose"
+    columns = ["--delimiter", "tab", "--header", "--user-col", "SessionId", "--item-col",
+               "ItemId", "--time-col", "Time"]  # fmt: skip
+    out = tmp_path / "bundles"
+    code = main(
+        ["pipeline", "--format", "csv", *columns, "--events", str(data / "train.tsv"),
+         "--test-events", str(data / "test.tsv"), "--out", str(out), *SMALL]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "personalized_cart: not trained: no next visit" in printed
+    bundle = load_bundle(out)
+    assert not [name for name in bundle.arrays if name.startswith("models/personalized_cart/")]
+    assert bundle.manifest["parameters"]["fallback_order"] == "itemcf"
+
+    assert main(["eval", "--bundle", str(out), "--json", str(tmp_path / "eval.json")]) == 0
+    methods = json.loads((tmp_path / "eval.json").read_text())["methods"]
+    assert {"sknn", "vsknn", "served", "fallback", "personalized"} <= set(methods)
+    assert "personalized_cart" not in methods
+    click = {name: result["click"] for name, result in methods.items()}
+    # The server's own path with the bundle's default candidates is the pool ranked by the
+    # model; the stored pool order is item-CF's.
+    assert click["served"] == click["personalized"]
+    assert click["fallback"]["hr@10"] == click["itemcf"]["hr@10"]
+    for result in click.values():
+        assert result["hr@20"] <= result["coverage"]

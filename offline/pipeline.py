@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from offline.config import PipelineConfig, apply_overrides, describe
-from offline.data.dataset import Dataset, build_dataset
+from offline.data.dataset import Dataset, build_dataset, describe_split
 from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
 from offline.data.interactions import CART, CLICK, Catalogue
 from offline.data.sessions import fit_sessions
@@ -152,9 +152,7 @@ def run_pipeline(
     fit = data.fit
     popularity = fit.of_type(CLICK).item_counts()
     print(
-        f"split ({data.split['timezone']}): {data.split['events']}; holdout = "
-        f"{data.split['holdout']}; {data.catalogue.n_items} items, "
-        f"{len(data.user_ids)} users"
+        f"{describe_split(data.split)}; {data.catalogue.n_items} items, {len(data.user_ids)} users"
     )
 
     # Each source is built by its registered factory once the stage giving its data ran.

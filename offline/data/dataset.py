@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -209,3 +209,23 @@ def _encode(
     )
     catalogue = Catalogue(item_ids, item_category, category_names, first_seen)
     return catalogue, user_ids, events, holdout[order]
+
+
+def describe_split(split: dict[str, Any]) -> str:
+    """One plain line: what the models are fitted on and what is held out."""
+    n = split["events"]
+    validation, test = split["validation_day"], split["test"]
+    if split["holdout"] == "test":
+        text = (
+            f"fit on {n['train'] + n['validation']:,} events (everything before the test "
+            f"period: {n['train']:,} training and {n['validation']:,} validation events); "
+            f"held out: {n['test']:,} events of the test period ({test})"
+        )
+    else:
+        text = (
+            f"fit on {n['train']:,} training events; held out: {n['validation']:,} events of "
+            f"the validation period ({validation}); the {n['test']:,} test events are left out"
+        )
+    if n["after_test_day"]:
+        text += f"; {n['after_test_day']:,} events after the test day are dropped"
+    return f"split ({split['timezone']}): {text}"

@@ -3,7 +3,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from offline.data.dataset import build_dataset, local_days, parse_timezone
+from offline.data.dataset import build_dataset, describe_split, local_days, parse_timezone
 from offline.data.events import EventLog
 from offline.data.interactions import CART, CLICK
 from offline.data.skips import SkipReport
@@ -98,3 +98,21 @@ def test_empty_holdout_is_a_clear_error():
         build_dataset(make_log(ROWS), timezone="+08:00", test_day="2017-12-09")
     with pytest.raises(ConfigError, match="YYYY-MM-DD"):
         build_dataset(make_log(ROWS), test_day="12/03/2017")
+
+
+def test_the_split_line_says_what_is_fitted_on() -> None:
+    split = {
+        "timezone": "UTC",
+        "holdout": "test",
+        "validation_day": "after 2014-09-28T00:00:00+00:00",
+        "test": "test file",
+        "events": {"train": 53256, "validation": 17022, "test": 13568, "after_test_day": 0},
+    }
+    assert describe_split(split) == (
+        "split (UTC): fit on 70,278 events (everything before the test period: 53,256 "
+        "training and 17,022 validation events); held out: 13,568 events of the test "
+        "period (test file)"
+    )
+    tuning = describe_split({**split, "holdout": "validation"})
+    assert "fit on 53,256 training events; held out: 17,022 events" in tuning
+    assert "the 13,568 test events are left out" in tuning

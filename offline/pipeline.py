@@ -149,11 +149,54 @@ def run_pipeline(
             test_day=inputs.test_day,
             holdout=inputs.holdout,
         )  # type: ignore[arg-type]
-    fit = data.fit
-    popularity = fit.of_type(CLICK).item_counts()
     print(
         f"{describe_split(data.split)}; {data.catalogue.n_items} items, {len(data.user_ids)} users"
     )
+    arrays, sources, skipped = build_arrays(data, inputs, config, seed, timings, metrics, out)
+    cat = data.catalogue
+    with timings.stage("write"):
+        manifest = {
+            "source": {
+                "format": data_format,
+                "files": [_describe_file(x) for x in filter(None, (log, test_log))],
+            },
+            "parameters": {**config.as_dict(), "seed": seed},
+            "split": data.split,
+            "sources_ran": list(sources),
+            "sources_skipped": skipped,
+            "metrics": metrics,
+        }
+        path = write_bundle(
+            out, arrays, {**manifest, "timings": timings.seconds, "peak_mib": timings.peak_mib}
+        )
+    total = sum(timings.seconds.values())
+    print(
+        f"bundle {path}: {cat.n_items} items, pools of {config.pool_size} "
+        f"(mean filled {metrics['pools']['mean_length']:.1f}), sources {list(sources)}, "
+        f"skipped {list(skipped)}; annoy recall@{config.pool_size} "
+        f"{ {k: v['recall'] for k, v in metrics['annoy'].items()} }; {total:.0f}s"
+    )
+    return path
+
+
+
+def build_arrays(
+    data: Dataset,
+    inputs: PipelineInputs,
+    config: PipelineConfig,
+    seed: int,
+    timings: Timings,
+    metrics: dict[str, Any],
+    out: Path,
+) -> tuple[dict[str, np.ndarray], dict[str, CandidateSource], dict[str, str]]:
+    """Every array of a bundle from a split dataset: sources, pools, sessions, models.
+
+    Returns
+    -------
+    (arrays, the sources that ran, the skipped sources with the reason)
+    """
+    fit = data.fit
+    popularity = fit.of_type(CLICK).item_counts()
 
     # Each source is built by its registered factory once the stage giving its data ran.
     sources: dict[str, CandidateSource] = {}
@@ -234,29 +277,7 @@ def run_pipeline(
         arrays["embeddings/image"], arrays["embeddings/image_known"] = image.vectors, image.known
     if pss is not None:
         arrays["embeddings/pss"], arrays["embeddings/pss_known"] = pss.embeddings, pss.known
-    with timings.stage("write"):
-        manifest = {
-            "source": {
-                "format": data_format,
-                "files": [_describe_file(x) for x in filter(None, (log, test_log))],
-            },
-            "parameters": {**config.as_dict(), "seed": seed},
-            "split": data.split,
-            "sources_ran": list(sources),
-            "sources_skipped": skipped,
-            "metrics": metrics,
-        }
-        path = write_bundle(
-            out, arrays, {**manifest, "timings": timings.seconds, "peak_mib": timings.peak_mib}
-        )
-    total = sum(timings.seconds.values())
-    print(
-        f"bundle {path}: {cat.n_items} items, pools of {config.pool_size} "
-        f"(mean filled {metrics['pools']['mean_length']:.1f}), sources {list(sources)}, "
-        f"skipped {list(skipped)}; annoy recall@{config.pool_size} "
-        f"{ {k: v['recall'] for k, v in metrics['annoy'].items()} }; {total:.0f}s"
-    )
-    return path
+    return arrays, sources, skipped
 
 
 def run_pss_stage(data: Dataset, parts: list[Part], config: PipelineConfig, seed: int) -> PSSResult:

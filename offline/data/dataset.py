@@ -165,6 +165,26 @@ def build_dataset(
     return Dataset(dataset[0], dataset[1], dataset[2], dataset[3], split)
 
 
+def fit_period_log(
+    log: EventLog,
+    test_log: EventLog | None = None,
+    *,
+    timezone: str = "UTC",
+    test_day: str | None = None,
+    holdout: Holdout = "test",
+) -> EventLog:
+    """The rows of ``log`` that :func:`build_dataset` with the same arguments fits on.
+
+    A time split inside them (their last day held out) trains the second-stage ranker on
+    cases that the first-stage models never saw, and never on the held-out period.
+    """
+    tz = parse_timezone(timezone)
+    test_span = float(np.ptp(test_log.ts)) if test_log is not None else None
+    phase, _ = assign_phases(log, tz, parse_day(test_day) if test_day else None, test_span)
+    target = TEST if holdout == "test" else VALIDATION
+    return log.select((phase >= 0) & (phase < target))
+
+
 def _concat(logs: list[EventLog], attr: str) -> np.ndarray:
     return np.concatenate([getattr(log, attr) for log in logs])
 

@@ -92,6 +92,12 @@ class EventLog:
     def __len__(self) -> int:
         return len(self.user_ids)
 
+    def select(self, mask: np.ndarray) -> EventLog:
+        """The rows where ``mask`` is true (the load report stays the file's)."""
+        categories = None if self.categories is None else self.categories[mask]
+        return EventLog(self.user_ids[mask], self.item_ids[mask], self.types[mask],
+                        self.ts[mask], categories, self.report)  # fmt: skip
+
 
 def load_taobao(path: str | Path) -> EventLog:
     """Load Taobao UserBehavior (``user,item,category,behavior,timestamp``, no header)."""

@@ -12,10 +12,6 @@ from setuptools import Extension, setup
 
 HAS_OFFLINE = (Path(__file__).parent / "offline").is_dir()
 
-commands = (
-    ["offline = offline.cli:register"] if (Path(__file__).parent / "offline").is_dir() else []
-)
-
 setup(
     ext_modules=[
         Extension(

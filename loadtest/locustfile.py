@@ -14,8 +14,9 @@ time the shopper may add the item to the cart (``--cart-rate``), then leaves
 top positions clicked more) or another popular item, as from search. Clicks reach the
 shopper's Redis session through ``recsvc ingest``, so the share of replies personalized by
 session events grows during the run; it is printed at the end (and written to
-``<--csv>_personalized.json``). A reply the model ranked from the viewed item alone (no
-session events yet) counts as ``EMPTY_SESSION`` among the reasons.
+``<--csv>_personalized.json``), with the reasons of the other replies: the fallback reasons,
+or ``ITEM_ONLY`` for a reply the model ranked from the viewed item alone (no session event
+it knows yet).
 
 Statistics: ``grpc``/``Recommend`` for the gRPC calls (a reply without items fails), and
 ``kafka``/``click``, ``kafka``/``cart`` for the events, timed until the broker acknowledged.
@@ -52,8 +53,9 @@ from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger("loadtest.shoppers")
 DEFAULT_TARGET = "127.0.0.1:50051"
-#: Reason recorded for a reply that the model ranked with no session event to use.
-EMPTY_SESSION = "EMPTY_SESSION"
+#: Why a reply the model ranked did not use the session: no session event the model knows
+#: (a first view, or only unknown items), so the viewed item alone filled the window.
+ITEM_ONLY = "ITEM_ONLY"
 #: Made at import, before ``--processes`` forks, so the processes of a run share it.
 RUN_PREFIX = run_prefix()
 
@@ -268,7 +270,7 @@ class Visit(TaskSet):
                 "FALLBACK_REASON_"
             )
             if response.personalized and not response.session_events_used:
-                reason = EMPTY_SESSION
+                reason = ITEM_ONLY
             shop.tracker.record(response.session_events_used > 0, reason)
         shop.producer.send(self.user_id, item, "click")
 

@@ -209,9 +209,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ev = commands.add_parser(
         "eval",
         help="top-K hit ratios of every method on a bundle's held-out days",
-        description="For each held-out click, rank the current item's pool with each method; "
-        "a hit when the next visited item is in the top K. Also over next items that were "
-        "added to cart, where the data has carts.",
+        description="For each held-out click, rank the current item's candidates with each "
+        "method (the pool, or for sknn and vsknn the whole catalogue; served: the server's "
+        "own ranking); a hit when the next visited item is in the top K. Also over next "
+        "items that were added to cart, where the data has carts.",
     )
     ev.set_defaults(run=_run_eval)
     ev.add_argument("--bundle", required=True, type=Path, help="bundle version dir or root")
@@ -223,7 +224,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--methods",
         type=_names,
         help="comma-separated methods to evaluate (default: all the bundle allows: popular, "
-        "each source, each personalized model, sknn and vsknn)",
+        "fallback, each source, each personalized model, sknn, vsknn and served)",
     )
     ev.add_argument(
         "--param",

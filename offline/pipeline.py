@@ -135,6 +135,14 @@ def run_pipeline(
     inputs: PipelineInputs, config: PipelineConfig, out: Path, *, seed: int, data_format: str
 ) -> Path:
     """Build and write a bundle; returns its version directory."""
+    will_run = {ITEMCF, ITEM2VEC, *([PSS] if config.pss.enabled else [])}
+    if inputs.item_vectors is not None or inputs.item_images is not None:
+        will_run.add(IMAGE)
+    if config.fallback_order not in ("merge", *will_run):
+        raise ConfigError(
+            f"fallback_order={config.fallback_order}, but that source will not run "
+            f"(will run: {', '.join(sorted(will_run))})"
+        )
     timings = Timings()
     metrics: dict[str, Any] = {}
     with timings.stage("load"):
@@ -177,7 +185,6 @@ def run_pipeline(
         f"{ {k: v['recall'] for k, v in metrics['annoy'].items()} }; {total:.0f}s"
     )
     return path
-
 
 
 def build_arrays(
@@ -408,7 +415,7 @@ def _train_personalized(
     arrays = {}
     # MODELS: the click model, then the one whose cart targets weigh cart_omega.
     for name, omega in zip(MODELS, (1.0, config.cart_omega), strict=True):
-        if omega != 1.0 and not examples.is_cart.any():
+        if name == "personalized_cart" and not examples.is_cart.any():
             # It would train the click model again, under another name.
             print(
                 f"{name}: not trained: no next visit of the fit period includes an "

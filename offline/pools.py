@@ -158,18 +158,23 @@ def _merge_rows(
     return out_items, out_bits
 
 
+#: Rows sorted at a time by :func:`order_pools`.
+ORDER_BLOCK = 65536
+
+
 def order_pools(
     pools: Pools, scores: dict[str, np.ndarray], by: str
 ) -> tuple[Pools, dict[str, np.ndarray]]:
     """Each pool sorted by the ``pool_scores`` of source ``by`` (best first; candidates it
     does not score keep their merge order after the ones it does), with every score array
-    moved along. This stored order is what a fallback answer returns.
+    moved along, in place (no second copy of the pools). This stored order is what a
+    fallback answer returns.
     """
-    key = np.where(np.isnan(scores[by]), -np.inf, scores[by])
-    order = np.argsort(-key, axis=1, kind="stable")
-
-    def move(array: np.ndarray) -> np.ndarray:
-        return np.take_along_axis(array, order, axis=1)
-
-    moved = Pools(move(pools.items), move(pools.sources))
-    return moved, {name: move(array) for name, array in scores.items()}
+    arrays = (pools.items, pools.sources, *scores.values())
+    for lo in range(0, len(pools.items), ORDER_BLOCK):  # blocks bound the argsort's int64s
+        rows = slice(lo, lo + ORDER_BLOCK)
+        key = np.where(np.isnan(scores[by][rows]), -np.inf, scores[by][rows])
+        order = np.argsort(-key, axis=1, kind="stable")
+        for array in arrays:
+            array[rows] = np.take_along_axis(array[rows], order, axis=1)
+    return pools, scores

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from recsvc.contract import SOURCE_BITS
+from recsvc.contract import CANDIDATE_SOURCES, POOL_RULES, SOURCE_BITS
 from recsvc.exceptions import BundleError
 
 FORMAT = "recsvc-bundle/1"
@@ -276,7 +276,8 @@ def _check_values(directory: Path, arrays: dict[str, np.ndarray]) -> None:
     for name in arrays:
         if name.endswith("/position_weights"):
             _check_score_bound(directory, name.removesuffix("/position_weights"), arrays)
-    known_bits = np.uint8(sum(SOURCE_BITS.values()))
+    # Request-time sources (session-kNN) are never stored in a pool.
+    known_bits = np.uint8(sum(SOURCE_BITS[n] for n in CANDIDATE_SOURCES + POOL_RULES))
     for pools, flags in zip(
         _row_blocks(arrays["pools"]), _row_blocks(arrays["pool_sources"]), strict=True
     ):

@@ -58,17 +58,28 @@ class CandidateSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> CandidateSettings:
-        """Settings from a manifest's ``candidates`` (missing keys keep their defaults)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown candidate settings: {sorted(unknown)}")
-        knn = values.get("knn")
-        kwargs = {k: v for k, v in values.items() if k != "knn"}
-        if isinstance(knn, Mapping):
-            kwargs["knn"] = KNNParams(**knn)
+    def from_dict(cls, values: object) -> CandidateSettings:
+        """Settings from a manifest's ``candidates`` (missing keys keep their defaults).
+
+        Raises
+        ------
+        ConfigError
+            Not a mapping, an unknown key, or a value out of range.
+        """
+        kwargs = dict(_mapping("candidates", values, {f.name for f in dataclasses.fields(cls)}))
+        if "knn" in kwargs:
+            knn_fields = {f.name for f in dataclasses.fields(KNNParams)}
+            kwargs["knn"] = KNNParams(**_mapping("candidates.knn", kwargs["knn"], knn_fields))
         return cls(**kwargs)
+
+
+def _mapping(name: str, values: object, known: set[str]) -> Mapping[str, Any]:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{name} must be a mapping of settings, got {values!r}")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {name} settings {unknown} (known: {sorted(known)})")
+    return values
 
 
 class CandidateBuilder:

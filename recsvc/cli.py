@@ -107,9 +107,10 @@ def main(argv: Sequence[str] | None = None, plugins: Sequence[Register] | None =
     parser, commands = _build(plugins)
     argv = sys.argv[1:] if argv is None else list(argv)
     known = list(commands.choices)
-    if argv and argv[0] in OFFLINE_COMMANDS and argv[0] not in known:
+    asked = next((a for a in argv if not a.startswith("-")), None)  # the command, past -v
+    if asked in OFFLINE_COMMANDS and asked not in known:
         print(
-            f"recsvc {argv[0]}: not in this install, which has only the serving commands "
+            f"recsvc {asked}: not in this install, which has only the serving commands "
             f"({', '.join(known)}). The offline commands come with the source tree: "
             "pip install -e '.[offline]' in a checkout of recsvc.",
             file=sys.stderr,

@@ -14,7 +14,7 @@ import numpy as np
 from recsvc import contract
 from recsvc.bundle import Bundle
 from recsvc.candidates import CandidateBuilder, CandidateSettings
-from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
+from recsvc.exceptions import BundleError, ConfigError, InvalidRequest, ItemNotFound
 from recsvc.redact import clip
 from recsvc.scoring import PoolRanker, Scorer, session_window, window_scores
 from recsvc.session_knn import SessionIndex
@@ -81,8 +81,14 @@ class Ranker:
         self._ids = ids
         if candidates is None:
             recorded = bundle.manifest.get("parameters", {}).get("candidates", {})
-            candidates = CandidateSettings.from_dict(recorded)
-        sessions = SessionIndex.from_arrays(bundle) if "sessions/items" in bundle else None
+            try:
+                candidates = CandidateSettings.from_dict(recorded)
+            except ConfigError as exc:
+                raise BundleError(f"bundle {bundle.version}: manifest: {exc}") from None
+        # The training sessions are read (and checked) only when a request can use them.
+        sessions = None
+        if candidates.knn_items and "sessions/items" in bundle:
+            sessions = SessionIndex.from_arrays(bundle, n_items=len(self._ids))
         self._candidates = CandidateBuilder(self.pools, self.pool_sources, sessions, candidates)
 
     def index(self, item_id: str) -> int:
@@ -133,9 +139,9 @@ class Ranker:
                 return self._rank_candidates(current, visits, window, k, seen, category, used)
             fallback = Fallback.ITEM_NOT_IN_MODEL
         # The pool in its offline order, scored 1 - slot / pool size.
-        pool = self.pools[current]
-        keep = self._keep(pool, seen, category)
-        items, scores, sources = self._pools.rank(current, None, keep, k)
+        items, scores, sources = self._pools.rank(
+            current, None, self._pool_keep(current, seen, category), k
+        )
         return Ranking(items, scores, sources, personalized=False, fallback=fallback)
 
     def _rank_candidates(
@@ -151,7 +157,7 @@ class Ranker:
         assert self.model is not None
         if not self._candidates.adds_any:  # the pool alone: ranked in C, no array per call
             ids, scores, sources = self._pools.rank(
-                current, window, self._keep(self.pools[current], seen, category), k
+                current, window, self._pool_keep(current, seen, category), k
             )
             return Ranking(ids, scores, sources, personalized=True, session_events_used=used)
         items, flags = self._candidates.build(current, visits[1:])
@@ -168,6 +174,12 @@ class Ranker:
             personalized=True,
             session_events_used=used,
         )
+
+    def _pool_keep(self, current: int, seen: list[int], category: str | None) -> np.ndarray | None:
+        """:meth:`_keep` for ``current``'s pool, indexed only when a filter needs it."""
+        if not seen and category is None:
+            return None
+        return self._keep(self.pools[current], seen, category)
 
     def _keep(self, items: np.ndarray, seen: list[int], category: str | None) -> np.ndarray | None:
         """Which of ``items`` the request's filters allow (None: all of them)."""

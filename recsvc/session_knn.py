@@ -147,10 +147,13 @@ class SessionIndex:
         return {prefix + name: getattr(self, name) for name in ARRAY_DTYPES}
 
     @classmethod
-    def from_arrays(cls, mapping: ArraySource, prefix: str = "sessions/") -> SessionIndex:
+    def from_arrays(
+        cls, mapping: ArraySource, prefix: str = "sessions/", n_items: int | None = None
+    ) -> SessionIndex:
         """Read and check the arrays ``to_arrays`` wrote; :class:`BundleError` if unusable.
 
         Arrays are used as given (memory-mapped ones stay mapped): the dtypes must match.
+        ``n_items``, when given, is the catalogue the index must cover exactly (a bundle's).
         """
         arrays: dict[str, np.ndarray] = {}
         for name, dtype in ARRAY_DTYPES.items():
@@ -166,6 +169,11 @@ class SessionIndex:
                 )
             arrays[name] = array
         index = cls(**arrays)
+        if n_items is not None and index.n_items != n_items:
+            raise BundleError(
+                f"session index: {prefix}item_offsets covers {index.n_items} items, the "
+                f"catalogue has {n_items}"
+            )
         index._validate(prefix)
         return index
 

@@ -73,6 +73,17 @@ def tiny_bundle_arrays(weights: tuple[float, ...] = (1.0, 0.5, 0.25)) -> dict[st
     return arrays
 
 
+def with_sessions(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``tiny_bundle_arrays`` plus training sessions {d, e} and {a, b}: V-SKNN proposes e
+    after d, which d's pool (just a) lacks."""
+    from recsvc.session_knn import build_session_index
+
+    index = build_session_index(
+        np.array([0, 0, 1, 1]), np.array([3, 4, 0, 1]), np.array([2.0, 2, 1, 1]), n_items=5
+    )
+    return {**arrays, **index.to_arrays()}
+
+
 def event(n: int, user: str = "u", kind: str = "click") -> Event:
     return Event(f"e{n}", user, f"i{n}", kind, 1000.0 + n)
 

@@ -30,9 +30,11 @@ class Cases:
     current, target : int32 arrays, shape (n,), the item viewed and the next one visited
     is_cart : bool array, shape (n,), the next item was added to cart
     windows : int32 array, shape (n, w), current item then earlier visits, -1 padded
-    window_ts : float64 array, shape (n, w), or None
-        When each window slot's visit began (NaN for padding); given when the events' times
-        were.
+    window_gaps : float64 array, shape (n, w), or None
+        Seconds from the end of each slot's visit (its last event) to the start of the next
+        newer slot's visit: 0 in slot 0, NaN for padding. Given when the events' times were;
+        a session is cut where it exceeds the session gap, as :mod:`offline.data.sessions`
+        cuts the training sessions between consecutive events.
     """
 
     users: np.ndarray
@@ -40,16 +42,16 @@ class Cases:
     target: np.ndarray
     is_cart: np.ndarray
     windows: np.ndarray
-    window_ts: np.ndarray | None = None
+    window_gaps: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.users)
 
     def select(self, rows: np.ndarray) -> Cases:
         """The cases at ``rows`` (indices or a mask), in that order."""
-        window_ts = None if self.window_ts is None else self.window_ts[rows]
+        gaps = None if self.window_gaps is None else self.window_gaps[rows]
         return Cases(self.users[rows], self.current[rows], self.target[rows],
-                     self.is_cart[rows], self.windows[rows], window_ts)  # fmt: skip
+                     self.is_cart[rows], self.windows[rows], gaps)  # fmt: skip
 
 
 def visit_starts(users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -78,7 +80,7 @@ def next_item_cases(
     window : int
         Slots of each window.
     ts : float array, shape (n_events,), optional
-        Event times, for ``Cases.window_ts``.
+        Event times, for ``Cases.window_gaps``.
     """
     if eligible is None:
         eligible = np.ones(len(users), dtype=bool)
@@ -98,9 +100,15 @@ def next_item_cases(
     back = case[:, None] - np.arange(window)[None, :]
     inside = (back >= 0) & (v_users[np.maximum(back, 0)] == v_users[case][:, None])
     windows = np.where(inside, v_items[np.maximum(back, 0)], -1).astype(np.int32)
-    window_ts = None
+    window_gaps = None
     if ts is not None:
-        v_ts = np.asarray(ts, dtype=np.float64)[visit_events][start]
-        window_ts = np.where(inside, v_ts[np.maximum(back, 0)], np.nan)
+        e_ts = np.asarray(ts, dtype=np.float64)[visit_events]
+        begins = e_ts[start]
+        ends = np.maximum.reduceat(e_ts, np.flatnonzero(start)) if len(e_ts) else e_ts
+        # Slot j's gap: from the end of visit (case - j) to the start of visit (case - j + 1).
+        newer = np.minimum(back + 1, len(begins) - 1)
+        gaps = begins[np.maximum(newer, 0)] - ends[np.maximum(back, 0)]
+        gaps[:, 0] = 0.0
+        window_gaps = np.where(inside, gaps, np.nan)
     return Cases(v_users[case], v_items[case].astype(np.int32), target.astype(np.int32),
-                 is_cart, windows, window_ts)  # fmt: skip
+                 is_cart, windows, window_gaps)  # fmt: skip

@@ -22,6 +22,13 @@ def run_eval(args: argparse.Namespace) -> dict:
     served = [p for p in args.param if p.startswith("candidates.")]
     knn = knn_params([p for p in args.param if not p.startswith("candidates.")])
     candidates = candidate_settings(bundle, served)
+    if served and args.methods and "served" not in args.methods:
+        raise ConfigError("--param candidates.* sets up served, which --methods leaves out")
+    if candidates is not None and candidates.knn_items and "sessions/items" not in bundle:
+        raise ConfigError(
+            "--param candidates.knn_items needs the training sessions (sessions/*), which "
+            "this bundle does not have: rebuild it with this version of recsvc pipeline"
+        )
     if args.methods:
         unknown = sorted(set(args.methods) - set(available_methods(bundle)))
         if unknown:

@@ -134,8 +134,9 @@ def evaluate(
     for method in chosen:
         if method == "served":
             ranks[method] = served_ranks(bundle, cases, candidates=candidates)
-        elif method not in knn:
+        elif method not in KNN_METHODS:
             scores = method_scores(bundle, method, cases, pools)
             ranks[method] = target_ranks(scores, pools, cases.target)
-    ranks |= all_knn_ranks(bundle, cases, {m: knn[m] for m in chosen if m in knn})
+    chosen_knn = {m: knn.get(m, p) for m, p in KNN_METHODS.items() if m in chosen}
+    ranks |= all_knn_ranks(bundle, cases, chosen_knn)
     return Evaluation(cases, {m: ranks[m] for m in chosen if m in ranks}, tuple(ks))

@@ -1,10 +1,12 @@
 """The ``served`` method of ``recsvc eval``: each case ranked by the server's own code.
 
 A case becomes the request the server would get: the current item, and the shopper's
-session as the session store holds it (the earlier visits, oldest first). The ranking is
-:meth:`recsvc.ranking.Ranker.rank`, the call the gRPC handler makes, so what this method
-scores is what the server answers (``tests/e2e/test_serving_matches_offline.py`` checks that
-over gRPC and the real Redis).
+session as the session store would hold it (the case's earlier visits, oldest first, as
+many as the model's window has slots). The ranking is :meth:`recsvc.ranking.Ranker.rank`,
+the call the gRPC handler makes, so for the same session what this method scores is what
+the server answers (``tests/e2e/test_serving_matches_offline.py`` checks that over gRPC and
+the real Redis). A live session can differ from the case's: Redis keeps a user's last
+``--session-length`` events of any type and drops them ``--session-ttl-s`` after the last.
 """
 
 from __future__ import annotations

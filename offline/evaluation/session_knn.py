@@ -62,12 +62,9 @@ def current_sessions(bundle: Bundle, cases: Cases) -> list[list[int]]:
     ):
         raise AssertionError("session-kNN cases differ from the evaluation's cases")
     keep = long.windows >= 0
-    if long.window_ts is not None:
+    if long.window_gaps is not None:
         gap = float(bundle.manifest.get("parameters", {}).get("session_gap_s", DEFAULT_GAP_S))
-        apart = long.window_ts[:, :-1] - long.window_ts[:, 1:]
-        same = np.ones_like(keep)
-        same[:, 1:] = np.cumprod(apart <= gap, axis=1).astype(bool)
-        keep &= same
+        keep &= np.cumprod(long.window_gaps <= gap, axis=1).astype(bool)
     return [row[mask][::-1].tolist() for row, mask in zip(long.windows, keep, strict=True)]
 
 
@@ -86,7 +83,9 @@ def knn_ranks(
 
 def session_index(bundle: Bundle) -> SessionIndex | None:
     """The bundle's training sessions, or None for a bundle built before they were kept."""
-    return SessionIndex.from_arrays(bundle) if "sessions/items" in bundle else None
+    if "sessions/items" not in bundle:
+        return None
+    return SessionIndex.from_arrays(bundle, n_items=len(bundle["item_ids"]))
 
 
 def all_knn_ranks(

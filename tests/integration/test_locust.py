@@ -69,7 +69,7 @@ def test_shoppers_are_reported_and_their_clicks_personalize_later_replies(
     summary = json.loads(Path(f"{report}_personalized.json").read_text())
     assert summary["user_prefix"] == users
     assert 0 < summary["personalized"] < summary["recommend_replies"]  # the first views: none
-    assert summary["fallback_reasons"]["EMPTY_SESSION"] > 0
+    assert summary["fallback_reasons"]["ITEM_ONLY"] > 0
     assert "recsvc shoppers:" in output
     ingest.stop()  # nothing writes these sessions any more
     client.delete(*client.scan_iter(f"{KEY_PREFIX}{users}*"))

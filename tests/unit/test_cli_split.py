@@ -3,6 +3,7 @@ install (the Docker image's wheel, built from ``recsvc/`` alone) has just serve 
 
 from __future__ import annotations
 
+import configparser
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,8 @@ def test_without_the_offline_package_an_offline_command_says_where_it_is(capsys)
     assert main(["pipeline", "--events", "x.csv"], plugins=[]) == 2
     err = capsys.readouterr().err
     assert "recsvc pipeline: not in this install" in err and "serve, ingest" in err
+    assert main(["-v", "eval", "--bundle", "b"], plugins=[]) == 2
+    assert "recsvc eval: not in this install" in capsys.readouterr().err
 
 
 def test_the_parser_loads_no_offline_module_beyond_its_flags() -> None:
@@ -66,8 +69,10 @@ def test_the_serving_wheel_has_no_offline_code_and_no_offline_commands(tmp_path:
         names = archive.namelist()
         archive.extractall(tmp_path / "site")
     assert {n.split("/")[0] for n in names if not n.startswith("recsvc")} == set()
-    points = next((tmp_path / "site").glob("recsvc-*.dist-info/entry_points.txt")).read_text()
-    assert "recsvc.commands" not in points or "offline" not in points
+    parsed = configparser.ConfigParser()
+    parsed.read(next((tmp_path / "site").glob("recsvc-*.dist-info/entry_points.txt")))
+    assert dict(parsed["console_scripts"]) == {"recsvc": "recsvc.cli:main"}
+    assert not parsed.has_section("recsvc.commands") or not dict(parsed["recsvc.commands"])
 
     # The installed wheel alone on the path (-S: no site-packages, so no source install).
     run = subprocess.run(

@@ -2,10 +2,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle_arrays
+from helpers import tiny_bundle_arrays, with_sessions
 
 from recsvc.bundle import load_bundle, write_bundle
 from recsvc.candidates import CandidateSettings
+from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
 from recsvc.ranking import Fallback, Ranker
 from recsvc.scoring import session_window
@@ -126,3 +127,20 @@ def test_the_python_candidate_path_ranks_a_lone_pool_as_the_compiled_one(
     for session in ([], [visit("a")], [visit("a"), visit("b", "fav")]):
         want = compiled.rank("a", 4, session, category=category)
         assert joined.rank("a", 4, session, category=category) == want
+
+
+def test_session_knn_candidates_carry_their_flag(tmp_path: Path) -> None:
+    bundle = load_bundle(write_bundle(tmp_path, with_sessions(tiny_bundle_arrays()), {}))
+    ranker = Ranker(bundle, candidates=CandidateSettings(knn_items=5))
+    # The window (d) pools to u = [0, 0]: every score ties, so the candidates keep their order.
+    ranking = ranker.rank("d", 2, [])
+    assert ranking.items == ["a", "e"] and ranking.sources == [1, SOURCE_BITS["session_knn"]]
+    assert Ranker(bundle).rank("d", 2, []).items == ["a"]  # off by default
+
+
+def test_a_manifest_with_bad_candidate_settings_is_a_bundle_error(tmp_path: Path) -> None:
+    for bad in ({"knn": {"k": 5, "colour": 1}}, {"knn": 3}, {"cap": 0}, ["cap"]):
+        version = write_bundle(tmp_path / str(len(str(bad))), tiny_bundle_arrays(),
+                               {"parameters": {"candidates": bad}})  # fmt: skip
+        with pytest.raises(BundleError, match="manifest: "):
+            Ranker(load_bundle(version))

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from helpers import serving, tiny_bundle_arrays
+from helpers import serving, tiny_bundle_arrays, with_sessions
 
 from recsvc.bundle import write_bundle
 from recsvc.events import Event
@@ -335,5 +335,20 @@ def test_a_bundle_without_a_version_is_refused_and_the_next_good_one_swaps_in(
             fixed = write_bundle(tiny_bundle, tiny_bundle_arrays(), {"source": "tests"})
             assert await server.bundles.reload()
             assert server.bundles.ranker.version == fixed.name
+
+    run(scenario)
+
+
+def test_a_session_knn_candidate_is_marked_in_the_reply(tmp_path: Path) -> None:
+    manifest = {"parameters": {"candidates": {"knn_items": 5}}}
+    write_bundle(tmp_path / "bundles", with_sessions(tiny_bundle_arrays()), manifest)
+
+    async def scenario() -> None:
+        async with serving(tmp_path / "bundles", InMemorySessionStore()) as (stub, _):
+            reply = await stub.Recommend(pb.RecommendRequest(user_id="u", item_id="d", k=2))
+        assert [(i.item_id, list(i.sources)) for i in reply.items] == [
+            ("a", [pb.SOURCE_ITEMCF]),
+            ("e", [pb.SOURCE_SESSION_KNN]),
+        ]
 
     run(scenario)

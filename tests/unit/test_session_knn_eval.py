@@ -11,6 +11,7 @@ from offline.data.interactions import CART, CLICK, FAV, Interactions
 from offline.data.sequences import next_item_cases
 from offline.data.sessions import fit_sessions, session_numbers
 from offline.evaluation.metrics import MISS
+from offline.evaluation.served import candidate_settings
 from offline.evaluation.session_knn import current_sessions, knn_params, knn_ranks
 from recsvc.exceptions import ConfigError
 from recsvc.session_knn import SKNN, VSKNN, build_session_index
@@ -55,6 +56,23 @@ def test_the_current_session_is_cut_at_the_gap_and_ends_with_the_current_item() 
     assert current_sessions(bundle, cases) == [[5], [5, 6], [7]]
 
 
+def test_the_gap_runs_from_a_visits_last_event_to_the_next_visits_first() -> None:
+    # Visit 1 is clicks at 0 and 1700, visit 2 starts at 3400: 1700 s apart, one session
+    # (as the training sessions are cut between consecutive events), not 3400.
+    bundle = FakeBundle(
+        {
+            "eval/users": np.zeros(4, dtype=np.int32),
+            "eval/items": np.array([1, 1, 2, 3], dtype=np.int32),
+            "eval/types": np.full(4, CLICK, dtype=np.int8),
+            "eval/is_holdout": np.ones(4, dtype=bool),
+            "eval/ts": np.array([0.0, 1700.0, 3400.0, 3500.0]),
+        }
+    )
+    arrays = [bundle[f"eval/{n}"] for n in ("users", "items", "types", "is_holdout")]
+    cases = next_item_cases(*arrays, window=8)
+    assert current_sessions(bundle, cases) == [[1], [1, 2]]
+
+
 def test_ranks_come_from_the_session_index_and_an_unscored_target_is_a_miss() -> None:
     # Training sessions {1, 2} and {1, 3}: after item 1, items 2 and 3 tie (ids break it).
     index = build_session_index(
@@ -77,3 +95,13 @@ def test_knn_flags_override_one_field_of_one_method() -> None:
 def test_bad_knn_flags_are_clear_errors(text: str) -> None:
     with pytest.raises(ConfigError):
         knn_params([text])
+
+
+def test_candidate_flags_for_served_override_the_bundles_settings() -> None:
+    bundle = FakeBundle()
+    assert candidate_settings(bundle, []) is None
+    settings = candidate_settings(bundle, ["candidates.knn_items=50", "candidates.cap=300"])
+    assert settings is not None and (settings.knn_items, settings.cap) == (50, 300)
+    for bad in ("candidates.nope=1", "candidates.cap=many", "candidates.cap=0"):
+        with pytest.raises(ConfigError):
+            candidate_settings(bundle, [bad])

@@ -1,0 +1,434 @@
+"""Per-candidate features of the learned second-stage ranker.
+
+One :class:`FeatureBuilder` per bundle, read-only after it is built; its :meth:`build`
+turns one request (the viewed item, the session's earlier visits, the personalized model's
+window) and its candidates into a float32 matrix, one row per candidate and one column per
+name of :data:`FEATURES`, NaN where a feature is not defined. The server calls it on the
+request path and the offline training calls the same method on its cases, so a model is
+trained on exactly the features it is served with. It needs numpy only.
+
+The visits
+    ``visits`` are the session's earlier visits, newest first, without the current view;
+    ``-1`` for items the bundle does not know. The *weighted* visits are those the
+    personalized model's window holds: visit ``j`` (1-based) sits in window slot ``j`` and
+    weighs the model's position weight ``w_j``, clipped at 0; only the first ``width - 1``
+    visits count. Without a model every visit counts, with weight 1. A pooled value is the
+    weighted mean over the weighted visits that define it: ``sum w_j x_j / sum w_j``, NaN
+    when no visit of positive weight defines it.
+
+The columns
+    ``personalized``
+        The model's score of the candidate for ``window`` (:func:`~recsvc.scoring.
+        window_scores`, the served score). NaN when the model cannot score the candidate,
+        when the window holds no known item, and throughout without a model.
+    ``personalized_item``
+        The same for the window holding only the current item; NaN when the model does not
+        know it.
+    ``itemcf_current``
+        ``pool_scores/itemcf`` of (current item, candidate): NaN when the candidate is not
+        in the current item's pool or item-CF did not score it there.
+    ``itemcf_session``
+        Item-CF score of the candidate in each weighted visit's pool, pooled.
+    ``item2vec_current``
+        Cosine of the candidate's and the current item's item2vec embeddings; NaN when
+        either is unknown (``embeddings/item2vec_known``) or has norm 0.
+    ``item2vec_session``
+        Cosine of the candidate to each weighted visit, pooled.
+    ``vsknn``
+        V-SKNN score (:meth:`~recsvc.session_knn.SessionIndex.scores`) of the candidate for
+        the session: the known visits oldest first, then the current item (as
+        :mod:`recsvc.candidates` builds it); 0 when V-SKNN does not score it.
+    ``log_popularity``
+        ``log1p(item_popularity)``: clicks in the fit period.
+    ``log_recent_clicks``
+        ``log1p(item_recent_clicks)``: clicks in the fit period's last day.
+    ``age_days``
+        Days from the candidate's first event (``item_first_seen``) to the end of the fit
+        period, taken as ``max(item_first_seen)``: the bundle records no fit-period end,
+        and the pipeline gives items first seen in the held-out period the held-out
+        period's first event time, so the largest first-seen time is that start (or the
+        last new listing of the fit period, when no item is new in the held-out period).
+        The server uses the same bundle value, not the clock, so an age means what it meant
+        in training.
+    ``same_category``
+        1 when the candidate's category is the current item's, else 0; NaN when either is
+        unknown (-1).
+    ``session_category_share``
+        Share of the earlier visits of known category (all of them, not only the weighted
+        ones) that have the candidate's category; NaN when there are none or the
+        candidate's category is unknown.
+    ``pool_position``
+        The candidate's 0-based slot in the current item's pool divided by the pool width
+        (``pools.shape[1]``); NaN when it is not in the pool.
+    ``source_itemcf`` ... ``source_session_knn``
+        1 when the candidate's source flags have that source's bit
+        (:data:`recsvc.contract.SOURCE_BITS`, in its order), else 0.
+    ``scorable``
+        1 when the model can score the candidate, else 0; NaN without a model.
+    ``session_length``
+        The number of earlier visits the bundle knows (the same for every candidate).
+
+A feature whose bundle array is absent (``pool_scores/itemcf``, ``embeddings/item2vec``,
+``item_recent_clicks``, the training sessions, the model) is NaN throughout.
+
+Cost
+    A request costs a fixed number of numpy calls (about seventy) over all candidates at
+    once, so it grows little with their number: the pool slots of every candidate in the
+    pools of the current item and the visits come from a per-thread item -> candidate table
+    (``n_items`` int32 per thread that builds), the cosines from one matrix product, the
+    columns of the candidate alone from one gather of a table built with the builder
+    (``n_items`` x 3 float32). Nothing loops over candidates; a few Python steps loop over
+    the visits. V-SKNN scores the session again when :mod:`recsvc.candidates` already did.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsvc.bundle import Bundle
+from recsvc.contract import SOURCE_BITS
+from recsvc.exceptions import BundleError, InvalidRequest
+from recsvc.scoring import Scorer, window_scores
+from recsvc.session_knn import KNNParams, SessionIndex
+
+FEATURES: tuple[str, ...] = (
+    "personalized",
+    "personalized_item",
+    "itemcf_current",
+    "itemcf_session",
+    "item2vec_current",
+    "item2vec_session",
+    "vsknn",
+    "log_popularity",
+    "log_recent_clicks",
+    "age_days",
+    "same_category",
+    "session_category_share",
+    "pool_position",
+    *(f"source_{name}" for name in SOURCE_BITS),
+    "scorable",
+    "session_length",
+)
+#: Column of each feature.
+COLUMNS: dict[str, int] = {name: j for j, name in enumerate(FEATURES)}
+
+_SOURCE_COLUMN = COLUMNS[f"source_{next(iter(SOURCE_BITS))}"]
+_SOURCE_BITS = np.array(list(SOURCE_BITS.values()), dtype=np.uint8)
+_SECONDS_PER_DAY = 86400.0
+_STATIC = [COLUMNS[name] for name in ("log_popularity", "log_recent_clicks", "age_days")]
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """One request, as the features see it.
+
+    Attributes
+    ----------
+    current : the viewed item's dense index
+    visits : the session's earlier visits, newest first, the current view excluded; -1 for
+        items the bundle does not know
+    window : the personalized model's window (current first, then the earlier visits, -1
+        for empty or unknown slots), as :meth:`recsvc.scoring.Scorer.window` gives it
+    """
+
+    current: int
+    visits: Sequence[int]
+    window: Sequence[int]
+
+
+class FeatureBuilder:
+    """The features of one bundle's candidates (see the module docstring); read-only."""
+
+    def __init__(
+        self,
+        *,
+        pools: np.ndarray,
+        category: np.ndarray,
+        popularity: np.ndarray,
+        first_seen: np.ndarray,
+        itemcf: np.ndarray | None = None,
+        item2vec: np.ndarray | None = None,
+        item2vec_known: np.ndarray | None = None,
+        recent_clicks: np.ndarray | None = None,
+        scorer: Scorer | None = None,
+        sessions: SessionIndex | None = None,
+        knn: KNNParams | None = None,
+    ) -> None:
+        """Arrays by role; :meth:`from_bundle` takes them from a bundle.
+
+        Parameters
+        ----------
+        pools : int32 (n_items, pool), -1 padded
+        category : int (n_items,), -1 unknown
+        popularity, first_seen : (n_items,): clicks in the fit period, first event (Unix s)
+        itemcf : float32 (n_items, pool), NaN where item-CF does not score the pair
+        item2vec : float (n_items, d); item2vec_known : bool (n_items,) (default: all)
+        recent_clicks : int (n_items,): clicks in the fit period's last day
+        scorer : the personalized model
+        sessions, knn : the training sessions and how V-SKNN scores them (both or neither)
+        """
+        # Plain views of the (memory-mapped) arrays: indexing a np.memmap costs a Python call.
+        pools, category, popularity, first_seen = (
+            np.asarray(a) for a in (pools, category, popularity, first_seen)
+        )
+        itemcf, item2vec, item2vec_known, recent_clicks = (
+            None if a is None else np.asarray(a)
+            for a in (itemcf, item2vec, item2vec_known, recent_clicks)
+        )
+        n_items = len(pools)
+        self.n_items = n_items
+        self.pools = pools
+        self._scratch = threading.local()
+        self.pool_width = pools.shape[1]
+        self.category = category
+        self.popularity = popularity
+        self.first_seen = first_seen
+        self.itemcf = itemcf
+        self.item2vec = item2vec
+        if item2vec is not None and item2vec_known is None:
+            item2vec_known = np.ones(n_items, dtype=bool)
+        self.item2vec_known = item2vec_known
+        self.recent_clicks = recent_clicks
+        self.scorer = scorer
+        if (sessions is None) != (knn is None):
+            raise ValueError("sessions and knn come together")
+        self.sessions = sessions
+        self.knn = knn
+        finite = first_seen[np.isfinite(first_seen)]
+        #: The fit period's end for ``age_days`` (see the module docstring).
+        self.now = float(finite.max()) if len(finite) else float("nan")
+        # The columns that depend on the candidate alone, one row per item (12 bytes each):
+        # one gather per request instead of a dozen numpy calls.
+        static = np.full((n_items, len(_STATIC)), np.nan, dtype=np.float32)
+        static[:, 0] = np.log1p(popularity.astype(np.float64))
+        if recent_clicks is not None:
+            static[:, 1] = np.log1p(recent_clicks.astype(np.float64))
+        with np.errstate(invalid="ignore"):  # inf - inf: an item never seen
+            age = (self.now - first_seen.astype(np.float64)) / _SECONDS_PER_DAY
+        static[:, 2] = np.where(np.isfinite(age), age, np.nan)
+        self._static = static
+        weights = (
+            np.maximum(np.asarray(scorer.position_weights, dtype=np.float64), 0.0)
+            if scorer is not None
+            else None
+        )
+        #: Weights of the visits in window slots 1.. (None: no model, every visit weighs 1).
+        self._visit_weights = weights[1:] if weights is not None else None
+        for name, array in (
+            ("category", category),
+            ("popularity", popularity),
+            ("first_seen", first_seen),
+            ("itemcf", itemcf),
+            ("item2vec", item2vec),
+            ("item2vec_known", item2vec_known),
+            ("recent_clicks", recent_clicks),
+        ):
+            if array is not None and len(array) != n_items:
+                raise BundleError(f"features: {name} has {len(array)} rows, pools {n_items}")
+        if itemcf is not None and itemcf.shape != pools.shape:
+            raise BundleError(f"features: itemcf has shape {itemcf.shape}, pools {pools.shape}")
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        scorer: Scorer | None,
+        sessions: SessionIndex | None,
+        knn: KNNParams,
+    ) -> FeatureBuilder:
+        """The builder of one bundle; arrays stay memory-mapped, nothing is copied."""
+
+        return cls(
+            pools=bundle["pools"],
+            category=bundle["item_category"],
+            popularity=bundle["item_popularity"],
+            first_seen=bundle["item_first_seen"],
+            itemcf=bundle.arrays.get("pool_scores/itemcf"),
+            item2vec=bundle.arrays.get("embeddings/item2vec"),
+            item2vec_known=bundle.arrays.get("embeddings/item2vec_known"),
+            recent_clicks=bundle.arrays.get("item_recent_clicks"),
+            scorer=scorer,
+            sessions=sessions,
+            knn=knn if sessions is not None else None,
+        )
+
+    def build(self, ctx: RequestContext, items: np.ndarray, flags: np.ndarray) -> np.ndarray:
+        """float32 (len(items), len(FEATURES)): the features of each candidate; NaN missing.
+
+        Parameters
+        ----------
+        ctx : the request
+        items : int (c,): candidate indices
+        flags : uint8 (c,): their source flags (:data:`recsvc.contract.SOURCE_BITS`)
+
+        Raises
+        ------
+        InvalidRequest
+            An item index outside the catalogue, or flags of another length.
+        """
+        items = np.ascontiguousarray(items, dtype=np.int32)
+        flags = np.asarray(flags, dtype=np.uint8)
+        n = len(items)
+        if flags.shape != items.shape:
+            raise InvalidRequest(f"{len(flags)} source flags for {n} candidates")
+        current = int(ctx.current)
+        if not 0 <= current < self.n_items:
+            raise InvalidRequest(f"current item {current} is outside 0..{self.n_items - 1}")
+        out = np.full((n, len(FEATURES)), np.nan, dtype=np.float32)
+        if n == 0:
+            return out
+        if int(items.min()) < 0 or int(items.max()) >= self.n_items:
+            raise InvalidRequest(f"candidates outside 0..{self.n_items - 1}")
+        visits = [int(v) if 0 <= v < self.n_items else -1 for v in ctx.visits]
+        known_visits = [v for v in visits if v >= 0]
+
+        # The weighted visits: (item, weight) of those the window holds; a visit of weight 0
+        # would change no mean.
+        if self._visit_weights is None:
+            weighted = [(v, 1.0) for v in known_visits]
+        else:
+            slot_weights = self._visit_weights
+            weighted = [
+                (v, float(slot_weights[j]))
+                for j, v in enumerate(visits[: len(slot_weights)])
+                if v >= 0 and slot_weights[j] > 0
+            ]
+        rows = [current, *(v for v, _ in weighted)]
+        weights = np.array([w for _, w in weighted], dtype=np.float64)
+
+        self._personalized(ctx, current, items, out)
+
+        # Pool slots of the candidates in the pools of the current item and the visits.
+        slots = self._pool_slots(rows, items)  # (m, c), -1 absent
+        in_pool = slots >= 0
+        slot0 = slots[0]
+        here = in_pool[0]
+        position = out[:, COLUMNS["pool_position"]]
+        position[here] = slot0[here] / np.float32(self.pool_width)
+        if self.itemcf is not None:
+            scores = np.take_along_axis(self.itemcf[rows], np.maximum(slots, 0), axis=1)
+            scores = np.where(in_pool, scores, np.float32(np.nan))
+            out[:, COLUMNS["itemcf_current"]] = scores[0]
+            out[:, COLUMNS["itemcf_session"]] = _weighted_mean(scores[1:], weights)
+
+        if self.item2vec is not None and self.item2vec_known is not None:
+            cosines = _cosines(self.item2vec, self.item2vec_known, items, rows)  # (m, c)
+            out[:, COLUMNS["item2vec_current"]] = cosines[0]
+            out[:, COLUMNS["item2vec_session"]] = _weighted_mean(cosines[1:], weights)
+
+        if self.sessions is not None and self.knn is not None:
+            session = [*known_visits[::-1], current]
+            knn_items, knn_scores = self.sessions.scores(session, self.knn)
+            out[:, COLUMNS["vsknn"]] = _lookup(knn_items, knn_scores, items)
+
+        out[:, _STATIC] = self._static[items]
+        self._categories(current, known_visits, items, out)
+        out[:, _SOURCE_COLUMN : _SOURCE_COLUMN + len(_SOURCE_BITS)] = (
+            flags[:, None] & _SOURCE_BITS
+        ) != 0
+        out[:, COLUMNS["session_length"]] = len(known_visits)
+        return out
+
+    def _pool_slots(self, rows: list[int], items: np.ndarray) -> np.ndarray:
+        """int64 (len(rows), c): slot of each item in each row's pool, -1 where absent.
+
+        Through a per-thread table item -> candidate position (``n_items`` int32, never
+        cleared: a stale entry is caught by checking that the position holds the item), so
+        the lookup is a few gathers, with no sort or search. A repeated candidate gets the
+        slots of its last occurrence, which are the same.
+        """
+        where: np.ndarray | None = getattr(self._scratch, "where", None)
+        if where is None:
+            where = np.zeros(self.n_items, dtype=np.int32)
+            self._scratch.where = where
+        n = len(items)
+        where[items] = np.arange(n, dtype=np.int32)
+        canonical = where[items]  # each candidate's last occurrence
+        block = self.pools[rows]  # (m, pool), -1 padded
+        position = np.minimum(where[block], n - 1)  # padding reads where[-1]: caught below
+        hit = items[position] == block
+        row, slot = np.nonzero(hit)
+        by_position = np.full((len(rows), n), -1, dtype=np.int64)
+        # reversed, so that an item twice in a pool keeps its first slot
+        by_position[row[::-1], position[row, slot][::-1]] = slot[::-1]
+        slots: np.ndarray = by_position[:, canonical]
+        return slots
+
+    def _personalized(
+        self, ctx: RequestContext, current: int, items: np.ndarray, out: np.ndarray
+    ) -> None:
+        scorer = self.scorer
+        if scorer is None:
+            return
+        arrays = scorer.arrays
+        if any(v >= 0 for v in ctx.window):
+            out[:, COLUMNS["personalized"]] = _finite(window_scores(ctx.window, items, *arrays))
+        if scorer.known[current]:
+            out[:, COLUMNS["personalized_item"]] = _finite(window_scores([current], items, *arrays))
+        out[:, COLUMNS["scorable"]] = scorer.scorable[items]
+
+    def _categories(
+        self, current: int, visits: list[int], items: np.ndarray, out: np.ndarray
+    ) -> None:
+        category = self.category[items]
+        known = category >= 0
+        own = int(self.category[current])
+        if own >= 0:
+            out[:, COLUMNS["same_category"]] = np.where(known, category == own, np.nan)
+        if visits:
+            seen = self.category[visits]
+            seen = seen[seen >= 0]
+            if len(seen):
+                share = (category[:, None] == seen[None, :]).mean(axis=1)
+                out[:, COLUMNS["session_category_share"]] = np.where(known, share, np.nan)
+
+
+def _cosines(
+    vectors: np.ndarray, known: np.ndarray, items: np.ndarray, rows: list[int]
+) -> np.ndarray:
+    """float32 (len(rows), c): cosine of each item to each row's item; NaN if unknown."""
+    cand = np.asarray(vectors[items], dtype=np.float32)
+    ref = np.asarray(vectors[rows], dtype=np.float32)
+    cand_norm = np.sqrt(np.einsum("ij,ij->i", cand, cand))
+    ref_norm = np.sqrt(np.einsum("ij,ij->i", ref, ref))
+    cand_norm[~known[items] | (cand_norm == 0)] = np.nan
+    ref_norm[~known[rows] | (ref_norm == 0)] = np.nan
+    cosines: np.ndarray = (ref @ cand.T) / (ref_norm[:, None] * cand_norm[None, :])
+    return cosines
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(c,) mean over the rows of ``values`` (m, c) with row weights, NaN values skipped;
+    NaN where no row of positive weight has a value."""
+    if len(weights) == 0:
+        return np.full(values.shape[1], np.nan)
+    present = ~np.isnan(values)
+    total = weights @ present
+    summed = weights @ np.where(present, values, 0.0)
+    mean = np.full(values.shape[1], np.nan)
+    np.divide(summed, total, out=mean, where=total > 0)
+    return mean
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``values`` of each item by ``keys`` (distinct), 0 where an item is not a key."""
+    found = np.zeros(len(items), dtype=np.float64)
+    if len(keys) == 0:
+        return found
+    if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+        order = np.argsort(keys)
+        keys, values = keys[order], values[order]
+    at = np.minimum(np.searchsorted(keys, items), len(keys) - 1)
+    hit = keys[at] == items
+    found[hit] = values[at[hit]]
+    return found
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """Scores with ``-inf`` (not scorable) as NaN."""
+    scores[np.isneginf(scores)] = np.nan
+    return scores

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from offline.pss.stage import PSSSettings
+from offline.ranker.settings import RankerSettings
 from offline.sources import PSS, SOURCE_NAMES
 from recsvc.candidates import CandidateSettings
 from recsvc.contract import CANDIDATE_SOURCES
@@ -46,6 +47,9 @@ class PipelineConfig:
     fallback_order : the stored order of each pool, which every fallback answer returns:
         ``merge`` (the sources interleaved by weight) or a source's own order (``itemcf``:
         best on both validation days, docs/RESULTS.md)
+    ranker : the learned second stage (:class:`offline.ranker.settings.RankerSettings`),
+        trained on the fit period's last ``span_hours`` with first-stage models fitted on
+        the time before
     candidates : what a request adds to the item's pool
         (:class:`recsvc.candidates.CandidateSettings`; the server and ``recsvc eval`` read it
         from the manifest)
@@ -68,6 +72,7 @@ class PipelineConfig:
     session_gap_s: float = 1800.0
     fallback_order: str = "itemcf"
     candidates: CandidateSettings = field(default_factory=CandidateSettings)
+    ranker: RankerSettings = field(default_factory=RankerSettings)
     item2vec: Item2VecConfig = field(default_factory=Item2VecConfig)
     personalized: PersonalizedConfig = field(default_factory=PersonalizedConfig)
     pss: PSSSettings = field(default_factory=PSSSettings)

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from offline.config import PipelineConfig, apply_overrides, describe
-from offline.data.dataset import Dataset, build_dataset, describe_split
+from offline.data.dataset import Dataset, build_dataset, describe_split, fit_period_log
 from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
 from offline.data.interactions import CART, CLICK, Catalogue
 from offline.data.sessions import fit_sessions
@@ -31,9 +32,10 @@ from offline.pools import Pools, category_fill, merge_pools, newest_fill, order_
 from offline.sources import IMAGE, ITEM2VEC, ITEMCF, PSS
 from offline.sources.base import CandidateSource, Neighbours
 from offline.sources.registry import SourceInputs, build_source
-from recsvc.bundle import sha256_file, write_bundle
+from recsvc.bundle import load_bundle, sha256_file, write_bundle
 from recsvc.contract import MODELS
-from recsvc.exceptions import ConfigError
+from recsvc.exceptions import ConfigError, DataError
+from recsvc.second_stage import MODEL_ARRAY, model_array
 
 if TYPE_CHECKING:
     from offline.features.cache import FeatureCache
@@ -160,7 +162,25 @@ def run_pipeline(
     print(
         f"{describe_split(data.split)}; {data.catalogue.n_items} items, {len(data.user_ids)} users"
     )
+    ranker_model = None
+    if config.ranker.enabled:
+        with timings.stage("second_stage"):
+            ranker_model, metrics["second_stage"] = train_second_stage(
+                fit_period_log(
+                    log,
+                    test_log,
+                    timezone=inputs.timezone,
+                    test_day=inputs.test_day,
+                    holdout=inputs.holdout,  # type: ignore[arg-type]
+                ),
+                inputs,
+                config,
+                seed,
+                out,
+            )
     arrays, sources, skipped = build_arrays(data, inputs, config, seed, timings, metrics, out)
+    if ranker_model is not None:
+        arrays[MODEL_ARRAY] = model_array(ranker_model)
     cat = data.catalogue
     with timings.stage("write"):
         manifest = {
@@ -287,6 +307,43 @@ def build_arrays(
     return arrays, sources, skipped
 
 
+def train_second_stage(
+    fit_log: EventLog, inputs: PipelineInputs, config: PipelineConfig, seed: int, out: Path
+) -> tuple[str, dict[str, Any]]:
+    """The second stage's model, trained on the fit period's last ``ranker.span_hours``.
+
+    A first-stage bundle is built on the time before them (every source and model, as for
+    the real bundle) in a temporary directory, and its held-out cases become the training
+    queries (:mod:`offline.ranker.training`). Nothing of the held-out period is read.
+    """
+    from offline.ranker.training import train_ranker, training_rows
+
+    late = fit_log.ts > float(fit_log.ts.max()) - 3600.0 * config.ranker.span_hours
+    if late.all() or not late.any():
+        raise DataError(
+            f"ranker.span_hours={config.ranker.span_hours} leaves nothing to fit the first "
+            "stage on before it, or nothing after"
+        )
+    inner = build_dataset(
+        fit_log.select(~late), fit_log.select(late), timezone=inputs.timezone, holdout="test"
+    )
+    print(f"second stage, first stage {describe_split(inner.split)}")
+    first = replace(config, ranker=replace(config.ranker, enabled=False))
+    inner_metrics: dict[str, Any] = {}
+    arrays, _, _ = build_arrays(inner, inputs, first, seed, Timings(), inner_metrics, out)
+    with tempfile.TemporaryDirectory(prefix="recsvc-second-stage-") as tmp:
+        manifest = {"parameters": {**first.as_dict(), "seed": seed}, "split": inner.split}
+        bundle = load_bundle(write_bundle(Path(tmp), arrays, manifest))
+        rows = training_rows(bundle, config.ranker.negatives, seed)
+    model, metrics = train_ranker(rows, config.ranker, seed)
+    print(
+        f"second stage: {metrics['queries']} of {metrics['cases']} cases have their next item "
+        f"among the candidates; {metrics['rows']} rows; best iteration "
+        f"{metrics['best_iteration']}, validation {metrics['valid_ndcg']}"
+    )
+    return model, metrics
+
+
 def run_pss_stage(data: Dataset, parts: list[Part], config: PipelineConfig, seed: int) -> PSSResult:
     """The PSS stage: embeddings from the raw parts (behaviour = item2vec, image, title; the
     category part is added when there are no titles), with the verification table printed.
@@ -398,8 +455,6 @@ def _train_personalized(
     seed: int,
     metrics: dict[str, Any],
 ) -> dict[str, np.ndarray]:
-    from dataclasses import replace
-
     from training.personalized import build_examples, train_personalized
 
     examples = build_examples(data.fit, window=config.personalized.window)

@@ -15,8 +15,10 @@ from recsvc import contract
 from recsvc.bundle import Bundle
 from recsvc.candidates import CandidateBuilder, CandidateSettings
 from recsvc.exceptions import BundleError, ConfigError, InvalidRequest, ItemNotFound
+from recsvc.features import FEATURES, FeatureBuilder, RequestContext
 from recsvc.redact import clip
 from recsvc.scoring import PoolRanker, Scorer, session_window, window_scores
+from recsvc.second_stage import SecondStage
 from recsvc.session_knn import SessionIndex
 from recsvc.sessions import SessionEvent
 
@@ -85,11 +87,19 @@ class Ranker:
                 candidates = CandidateSettings.from_dict(recorded)
             except ConfigError as exc:
                 raise BundleError(f"bundle {bundle.version}: manifest: {exc}") from None
-        # The training sessions are read (and checked) only when a request can use them.
-        sessions = None
-        if candidates.knn_items and "sessions/items" in bundle:
-            sessions = SessionIndex.from_arrays(bundle, n_items=len(self._ids))
+        # The training sessions are read (and checked) only when something uses them: V-SKNN
+        # candidates here, the second stage's features below.
+        self._sessions: SessionIndex | None = None
+        if candidates.knn_items:
+            self._sessions = self._session_index()
+        sessions = self._sessions
         self._candidates = CandidateBuilder(self.pools, self.pool_sources, sessions, candidates)
+        self._feature_builder: FeatureBuilder | None = None
+        # The learned second stage, when the bundle has one; its features are built now so
+        # that no request pays for it.
+        self._second = SecondStage.from_bundle(bundle, FEATURES) if self.model is not None else None
+        if self._second is not None:
+            self._feature_builder = self.features
 
     def index(self, item_id: str) -> int:
         try:
@@ -155,21 +165,26 @@ class Ranker:
         used: int,
     ) -> Ranking:
         assert self.model is not None
-        if not self._candidates.adds_any:  # the pool alone: ranked in C, no array per call
-            ids, scores, sources = self._pools.rank(
+        if self._second is None and not self._candidates.adds_any:
+            # The pool alone, by the personalized model: ranked in C, no array per call.
+            ids, values, sources = self._pools.rank(
                 current, window, self._pool_keep(current, seen, category), k
             )
-            return Ranking(ids, scores, sources, personalized=True, session_events_used=used)
+            return Ranking(ids, values, sources, personalized=True, session_events_used=used)
         items, flags = self._candidates.build(current, visits[1:])
         keep = self._keep(items, seen, category)
         if keep is not None:
             items, flags = items[keep], flags[keep]
-        personal = window_scores(window, items, *self.model.arrays)
-        best = np.argsort(-personal, kind="stable")[:k]  # ties keep the candidates' order
+        if self._second is not None:
+            context = RequestContext(current, visits[1:], window)
+            scores = self._second.scores(self.features.build(context, items, flags))
+        else:
+            scores = window_scores(window, items, *self.model.arrays)
+        best = np.argsort(-scores, kind="stable")[:k]  # ties keep the candidates' order
         names = self._ids
         return Ranking(
             items=[names[i] for i in items[best].tolist()],
-            scores=personal[best].tolist(),
+            scores=scores[best].tolist(),
             sources=flags[best].tolist(),
             personalized=True,
             session_events_used=used,
@@ -180,6 +195,38 @@ class Ranker:
         if not seen and category is None:
             return None
         return self._keep(self.pools[current], seen, category)
+
+    def candidate_features(
+        self, item_id: str, session: Sequence[SessionEvent]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(candidates, their second-stage features) of a request, exactly as :meth:`rank`
+        gathers and builds them, or None when the model cannot rank it (then it falls back).
+        The second stage's training rows come from here."""
+        current = self.index(item_id)
+        if self.model is None:
+            return None
+        history = [e.item_id for e in session if e.type in VISIT_TYPES]
+        visits = [self._index.get(i, -1) for i in session_window(item_id, history, self._width)]
+        window = self._window(visits)
+        if window[0] < 0 and not any(item >= 0 for item in window[1:]):
+            return None
+        items, flags = self._candidates.build(current, visits[1:])
+        return items, self.features.build(RequestContext(current, visits[1:], window), items, flags)
+
+    @property
+    def features(self) -> FeatureBuilder:
+        """The second stage's feature builder (made on first use)."""
+        if self._feature_builder is None:
+            self._sessions = self._sessions or self._session_index()
+            self._feature_builder = FeatureBuilder.from_bundle(
+                self.bundle, self.model, self._sessions, self._candidates.settings.knn
+            )
+        return self._feature_builder
+
+    def _session_index(self) -> SessionIndex | None:
+        if "sessions/items" not in self.bundle:
+            return None
+        return SessionIndex.from_arrays(self.bundle, n_items=len(self._ids))
 
     def _keep(self, items: np.ndarray, seen: list[int], category: str | None) -> np.ndarray | None:
         """Which of ``items`` the request's filters allow (None: all of them)."""

@@ -1,0 +1,76 @@
+"""The second stage's model in a bundle: round trip, refusal when broken, and ranking by it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightgbm
+import numpy as np
+import pytest
+from helpers import tiny_bundle_arrays
+
+from recsvc.bundle import load_bundle, write_bundle
+from recsvc.exceptions import BundleError
+from recsvc.features import FEATURES
+from recsvc.ranking import Ranker
+from recsvc.second_stage import MODEL_ARRAY, SecondStage, model_array
+
+POPULARITY = FEATURES.index("log_popularity")
+
+
+def unpopular_first(names: list[str] = list(FEATURES)) -> str:  # noqa: B006 (read only)
+    """A LambdaRank model that learned to put the least popular candidate first."""
+    rng = np.random.default_rng(0)
+    groups, size = 200, 5
+    features = rng.normal(size=(groups * size, len(names))).astype(np.float32)
+    features[:, POPULARITY] = rng.uniform(0.0, 5.0, size=groups * size)  # log1p of 0..150
+    popularity = features[:, POPULARITY].reshape(groups, size)
+    labels = (popularity == popularity.min(axis=1, keepdims=True)).astype(float).ravel()
+    data = lightgbm.Dataset(features, labels, group=[size] * groups, feature_name=names)
+    params = {"objective": "lambdarank", "verbosity": -1, "min_data_in_leaf": 5, "seed": 0}
+    return lightgbm.train(params, data, num_boost_round=40).model_to_string()
+
+
+def bundle_with(tmp_path: Path, model: np.ndarray) -> Path:
+    # Clicks far apart on the log scale: a (100), b (40), c (12), d (3), e (0).
+    popularity = np.array([100, 40, 12, 3, 0], dtype=np.int64)
+    arrays = {**tiny_bundle_arrays(), "item_popularity": popularity, MODEL_ARRAY: model}
+    return write_bundle(tmp_path, arrays, {})
+
+
+def test_the_model_round_trips_through_the_bundle_and_ranks(tmp_path: Path) -> None:
+    text = unpopular_first()
+    bundle = load_bundle(bundle_with(tmp_path, model_array(text)))
+    stage = SecondStage.from_bundle(bundle, FEATURES)
+    assert stage is not None and stage.features == FEATURES
+    # a's pool is b, c, d, e, in falling popularity: the model reverses it, scoring
+    # the items the personalized model cannot tell apart as well.
+    ranking = Ranker(bundle).rank("a", 4, [])
+    assert ranking.items == ["e", "d", "c", "b"] and ranking.personalized
+    assert all(np.isfinite(ranking.scores))
+
+
+def test_a_bundle_without_a_model_ranks_as_before(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    assert SecondStage.from_bundle(bundle, FEATURES) is None
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        lambda text: model_array(text[: len(text) // 3]),  # cut short
+        lambda text: model_array("not a model at all"),
+        lambda text: np.frombuffer(b"\xff\xfe\x00", dtype=np.uint8).copy(),  # not UTF-8
+    ],
+)
+def test_a_broken_model_is_refused_with_the_bundle(tmp_path: Path, broken) -> None:
+    bundle = load_bundle(bundle_with(tmp_path, broken(unpopular_first())))
+    with pytest.raises(BundleError, match="ranker/model"):
+        Ranker(bundle)
+
+
+def test_a_model_of_other_features_is_refused(tmp_path: Path) -> None:
+    names = [*FEATURES[:-1], "something_else"]
+    bundle = load_bundle(bundle_with(tmp_path, model_array(unpopular_first(names))))
+    with pytest.raises(BundleError, match="trained on the features"):
+        Ranker(bundle)

@@ -95,6 +95,10 @@ class Ranker:
         sessions = self._sessions
         self._candidates = CandidateBuilder(self.pools, self.pool_sources, sessions, candidates)
         self._feature_builder: FeatureBuilder | None = None
+        # Items with events before the held-out period; without the array, all of them.
+        self._has_history = np.ones(len(ids), dtype=bool)
+        if "item_fit_events" in bundle:
+            self._has_history = np.asarray(bundle["item_fit_events"]) > 0
         # The learned second stage, when the bundle has one; its features are built now so
         # that no request pays for it.
         self._second = SecondStage.from_bundle(bundle, FEATURES) if self.model is not None else None
@@ -178,6 +182,9 @@ class Ranker:
         if self._second is not None:
             context = RequestContext(current, visits[1:], window)
             scores = self._second.scores(self.features.build(context, items, flags))
+            # An item with no event before the held-out period is in an evaluation bundle's
+            # catalogue only because it is clicked there: no score may use that.
+            scores[~self._has_history[items]] = -np.inf
         else:
             scores = window_scores(window, items, *self.model.arrays)
         best = np.argsort(-scores, kind="stable")[:k]  # ties keep the candidates' order

@@ -4,7 +4,8 @@ The pipeline builds a first-stage bundle on the fit period minus its last day an
 day out (:func:`offline.data.dataset.fit_period_log`). Each held-out case becomes a query:
 its candidates exactly as the server gathers them, their features exactly as the server
 builds them (:meth:`recsvc.ranking.Ranker.candidate_features`), label 1 for the next item.
-Cases whose next item is not among the candidates teach nothing and are left out. The last
+Cases whose next item is not among the candidates teach nothing and are left out, as are
+candidates without a fit-period event (see :meth:`recsvc.ranking.Ranker.rank`). The last
 ``valid_share`` of the cases in time order decide when boosting stops.
 """
 
@@ -40,6 +41,9 @@ def training_rows(bundle: Bundle, negatives: int, seed: int) -> TrainingRows:
     with the target and at most ``negatives`` other candidates drawn at random."""
     ranker = Ranker(bundle)
     cases = cases_from_bundle(bundle)
+    # Items without a fit-period event are in the catalogue only because the held-out day
+    # clicks them: they are never learned from (the server never scores them either).
+    has_history = np.asarray(bundle["item_fit_events"]) > 0
     item_ids = np.asarray(bundle["item_ids"]).astype(str).tolist()
     rng = np.random.default_rng(seed)
     blocks, labels, groups = [], [], []
@@ -50,6 +54,8 @@ def training_rows(bundle: Bundle, negatives: int, seed: int) -> TrainingRows:
         if found is None:
             continue
         items, features = found
+        usable = has_history[items]
+        items, features = items[usable], features[usable]
         hit = np.flatnonzero(items == target)
         if not len(hit):
             continue

@@ -74,3 +74,13 @@ def test_a_model_of_other_features_is_refused(tmp_path: Path) -> None:
     bundle = load_bundle(bundle_with(tmp_path, model_array(unpopular_first(names))))
     with pytest.raises(BundleError, match="trained on the features"):
         Ranker(bundle)
+
+
+def test_items_without_a_fit_period_event_are_never_scored(tmp_path: Path) -> None:
+    # e has no event before the held-out period: it is in the catalogue only because the
+    # held-out period clicks it, so even a model that likes it must leave it last.
+    arrays = {**tiny_bundle_arrays(), "item_fit_events": np.array([9, 9, 9, 9, 0])}
+    arrays |= {"item_popularity": np.array([100, 40, 12, 3, 0]), MODEL_ARRAY: model_array(
+        unpopular_first())}  # fmt: skip
+    ranking = Ranker(load_bundle(write_bundle(tmp_path, arrays, {}))).rank("a", 4, [])
+    assert ranking.items == ["d", "c", "b", "e"] and ranking.scores[-1] == -np.inf

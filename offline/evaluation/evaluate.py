@@ -32,6 +32,7 @@ PERSONALIZED_METHODS = MODELS
 COMPARISONS = (
     ("served", "vsknn", "click"),
     ("served", "itemcf", "click"),
+    ("served", "personalized", "click"),
     ("personalized", "itemcf", "click"),
     ("personalized", "item2vec", "click"),
     ("personalized", "popular", "click"),

@@ -25,7 +25,7 @@ import numpy as np
 from offline.config import PipelineConfig, apply_overrides, describe
 from offline.data.dataset import Dataset, build_dataset, describe_split, fit_period_log
 from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
-from offline.data.interactions import CART, CLICK, Catalogue
+from offline.data.interactions import CART, CLICK, Catalogue, Interactions
 from offline.data.sessions import fit_sessions
 from offline.peak_memory import PeakMemory
 from offline.pools import Pools, category_fill, merge_pools, newest_fill, order_pools
@@ -293,6 +293,7 @@ def build_arrays(
             "item_first_seen": cat.first_seen,
             "item_popularity": popularity.astype(np.int64),
             "item_fit_events": fit.item_counts().astype(np.int64),
+            "item_recent_clicks": _recent_clicks(fit, hours=24.0),
             "pools": pools.items,
             "pool_sources": pools.sources,
             "embeddings/item2vec": item2vec.embeddings,
@@ -342,6 +343,15 @@ def train_second_stage(
         f"{metrics['best_iteration']}, validation {metrics['valid_ndcg']}"
     )
     return model, metrics
+
+
+def _recent_clicks(fit: Interactions, hours: float) -> np.ndarray:
+    """Clicks per item in the fit period's last ``hours`` (int64, one per item)."""
+    clicks = fit.of_type(CLICK)
+    if not len(clicks.ts):
+        return np.zeros(fit.n_items, dtype=np.int64)
+    late = clicks.select(clicks.ts > float(clicks.ts.max()) - 3600.0 * hours)
+    return late.item_counts().astype(np.int64)
 
 
 def run_pss_stage(data: Dataset, parts: list[Part], config: PipelineConfig, seed: int) -> PSSResult:

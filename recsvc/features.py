@@ -39,9 +39,11 @@ The columns
         the session: the known visits oldest first, then the current item (as
         :mod:`recsvc.candidates` builds it); 0 when V-SKNN does not score it.
     ``log_popularity``
-        ``log1p(item_popularity)``: clicks in the fit period.
+        ``log1p`` of the item's share of the fit period's clicks, per million: a share, so
+        that the training bundle (a shorter fit period) and the served one mean the same.
     ``log_recent_clicks``
-        ``log1p(item_recent_clicks)``: clicks in the fit period's last day.
+        The same of ``item_recent_clicks``: the share of the clicks of the fit period's
+        last 24 hours.
     ``age_days``
         Days from the candidate's first event (``item_first_seen``) to the end of the fit
         period, taken as ``max(item_first_seen)``: the bundle records no fit-period end,
@@ -204,9 +206,9 @@ class FeatureBuilder:
         # The columns that depend on the candidate alone, one row per item (12 bytes each):
         # one gather per request instead of a dozen numpy calls.
         static = np.full((n_items, len(_STATIC)), np.nan, dtype=np.float32)
-        static[:, 0] = np.log1p(popularity.astype(np.float64))
+        static[:, 0] = _log_share(popularity)
         if recent_clicks is not None:
-            static[:, 1] = np.log1p(recent_clicks.astype(np.float64))
+            static[:, 1] = _log_share(recent_clicks)
         with np.errstate(invalid="ignore"):  # inf - inf: an item never seen
             age = (self.now - first_seen.astype(np.float64)) / _SECONDS_PER_DAY
         static[:, 2] = np.where(np.isfinite(age), age, np.nan)
@@ -432,3 +434,10 @@ def _finite(scores: np.ndarray) -> np.ndarray:
     """Scores with ``-inf`` (not scorable) as NaN."""
     scores[np.isneginf(scores)] = np.nan
     return scores
+
+
+def _log_share(counts: np.ndarray) -> np.ndarray:
+    """``log1p`` of each item's share of all ``counts``, per million (0 for no counts)."""
+    counts = counts.astype(np.float64)
+    total = counts.sum()
+    return np.log1p(counts * (1e6 / total)) if total > 0 else np.zeros_like(counts)

@@ -103,6 +103,11 @@ class Ranker:
         # that no request pays for it.
         self._second = SecondStage.from_bundle(bundle, FEATURES) if self.model is not None else None
         if self._second is not None:
+            missing = [n for n in ("sessions/items", "item_fit_events") if n not in bundle]
+            if missing:
+                raise BundleError(
+                    f"bundle {bundle.version}: its ranker model needs {', '.join(missing)}"
+                )
             self._feature_builder = self.features
 
     def index(self, item_id: str) -> int:
@@ -225,8 +230,13 @@ class Ranker:
         """The second stage's feature builder (made on first use)."""
         if self._feature_builder is None:
             self._sessions = self._sessions or self._session_index()
+            # The features use the click model whichever model ranks without a second
+            # stage: the second stage was trained on them.
             self._feature_builder = FeatureBuilder.from_bundle(
-                self.bundle, self.model, self._sessions, self._candidates.settings.knn
+                self.bundle,
+                Scorer.from_bundle(self.bundle, "personalized"),
+                self._sessions,
+                self._candidates.settings.knn,
             )
         return self._feature_builder
 

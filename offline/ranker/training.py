@@ -5,8 +5,9 @@ day out (:func:`offline.data.dataset.fit_period_log`). Each held-out case become
 its candidates exactly as the server gathers them, their features exactly as the server
 builds them (:meth:`recsvc.ranking.Ranker.candidate_features`), label 1 for the next item.
 Cases whose next item is not among the candidates teach nothing and are left out, as are
-candidates without a fit-period event (see :meth:`recsvc.ranking.Ranker.rank`). The last
-``valid_share`` of the cases in time order decide when boosting stops.
+candidates without a fit-period event (see :meth:`recsvc.ranking.Ranker.rank`). The queries
+of the last ``valid_share`` of the users (cases come in user order) decide when boosting
+stops, on NDCG@10.
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def training_rows(bundle: Bundle, negatives: int, seed: int) -> TrainingRows:
         labels.append((items[rows] == target).astype(np.float32))
         groups.append(len(rows))
     if not groups:
-        raise DataError("no held-out case has its next item among its candidates: no ranker")
+        raise DataError(
+            f"none of the {len(cases)} cases of the second stage's training hours has its "
+            "next item among its candidates: no ranker to train (a longer ranker.span_hours?)"
+        )
     return TrainingRows(
         np.concatenate(blocks), np.concatenate(labels), np.array(groups), len(cases), len(groups)
     )
@@ -86,7 +90,7 @@ def train_ranker(rows: TrainingRows, settings: RankerSettings, seed: int) -> tup
     params: dict[str, Any] = {
         "objective": "lambdarank",
         "metric": "ndcg",
-        "eval_at": [10, 20],
+        "eval_at": [10],
         "learning_rate": settings.learning_rate,
         "num_leaves": settings.num_leaves,
         "min_data_in_leaf": settings.min_data_in_leaf,

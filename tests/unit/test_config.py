@@ -34,3 +34,13 @@ def test_overrides_reach_nested_settings_with_their_types():
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(PipelineConfig(), [override])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["ranker.learning_rate=nan", "ranker.min_data_in_leaf=0", "ranker.early_stopping=0",
+     "ranker.span_hours=0", "ranker.valid_share=1", "ranker.negatives=0"],
+)  # fmt: skip
+def test_bad_second_stage_settings_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        apply_overrides(PipelineConfig(), [text])

@@ -3,7 +3,13 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from offline.data.dataset import build_dataset, describe_split, local_days, parse_timezone
+from offline.data.dataset import (
+    build_dataset,
+    describe_split,
+    fit_period_log,
+    local_days,
+    parse_timezone,
+)
 from offline.data.events import EventLog
 from offline.data.interactions import CART, CLICK
 from offline.data.skips import SkipReport
@@ -116,3 +122,22 @@ def test_the_split_line_says_what_is_fitted_on() -> None:
     tuning = describe_split({**split, "holdout": "validation"})
     assert "fit on 53,256 training events; held out: 17,022 events" in tuning
     assert "the 13,568 test events are left out" in tuning
+
+
+@pytest.mark.parametrize(
+    "holdout, test_day", [("test", None), ("validation", None), ("test", "2017-12-02")]
+)
+def test_the_fit_period_log_is_what_the_dataset_fits_on(holdout: str, test_day: str | None):
+    log = make_log(ROWS)
+    data = build_dataset(log, timezone="+08:00", holdout=holdout, test_day=test_day)
+    fit = fit_period_log(log, timezone="+08:00", holdout=holdout, test_day=test_day)
+    assert sorted(fit.ts.tolist()) == sorted(data.events.ts[~data.is_holdout].tolist())
+
+
+def test_the_fit_period_log_of_a_separate_test_file_never_holds_it():
+    test = make_log([("u3", "b", "c1", CLICK, START + 3 * DAY)])
+    train = make_log([*ROWS[:2], ("u2", "a", "c1", CLICK, START + DAY + 3 * 3600)])
+    for holdout in ("test", "validation"):
+        data = build_dataset(train, test, timezone="+08:00", holdout=holdout)
+        fit = fit_period_log(train, test, timezone="+08:00", holdout=holdout)
+        assert sorted(fit.ts.tolist()) == sorted(data.events.ts[~data.is_holdout].tolist())

@@ -135,8 +135,11 @@ def test_hand_computed_features(tmp_path: Path) -> None:
     assert close(column(features, "vsknn"), [1.75, 1, 2.75, 0])
 
     # popularity 5 3 2 1, recent clicks 0 3 0 7, first seen day 0 3 10 4 of 10 ("now").
-    assert close(column(features, "log_popularity"), np.log1p([5, 3, 2, 1]).tolist())
-    assert close(column(features, "log_recent_clicks"), np.log1p([0, 3, 0, 7]).tolist())
+    # Shares per million of all clicks: popularity 5,4,3,2,1 sums to 15; recent clicks to 11.
+    share = np.log1p(np.array([5, 3, 2, 1]) * 1e6 / 15).tolist()
+    assert close(column(features, "log_popularity"), share)
+    recent = np.log1p(np.array([0, 3, 0, 7]) * 1e6 / 11).tolist()
+    assert close(column(features, "log_recent_clicks"), recent)
     assert column(features, "age_days") == [10, 7, 0, 6]
 
     # categories: b 0; a 0, c 1, d 1, e unknown. Visits c 1, a 0, d 1: shares 1/3, 2/3.

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightgbm
 import numpy as np
 import pytest
-from helpers import tiny_bundle_arrays
+from helpers import tiny_bundle_arrays, with_sessions
 
 from recsvc.bundle import load_bundle, write_bundle
 from recsvc.exceptions import BundleError
@@ -22,8 +22,10 @@ def unpopular_first(names: list[str] = list(FEATURES)) -> str:  # noqa: B006 (re
     """A LambdaRank model that learned to put the least popular candidate first."""
     rng = np.random.default_rng(0)
     groups, size = 200, 5
-    features = rng.normal(size=(groups * size, len(names))).astype(np.float32)
-    features[:, POPULARITY] = rng.uniform(0.0, 5.0, size=groups * size)  # log1p of 0..150
+    # Every other column missing: the model can only learn from popularity.
+    features = np.full((groups * size, len(names)), np.nan, dtype=np.float32)
+    # log1p of a share per million, as recsvc.features computes it: 0 to about 14.
+    features[:, POPULARITY] = rng.uniform(0.0, 15.0, size=groups * size)
     popularity = features[:, POPULARITY].reshape(groups, size)
     labels = (popularity == popularity.min(axis=1, keepdims=True)).astype(float).ravel()
     data = lightgbm.Dataset(features, labels, group=[size] * groups, feature_name=names)
@@ -32,9 +34,10 @@ def unpopular_first(names: list[str] = list(FEATURES)) -> str:  # noqa: B006 (re
 
 
 def bundle_with(tmp_path: Path, model: np.ndarray) -> Path:
-    # Clicks far apart on the log scale: a (100), b (40), c (12), d (3), e (0).
-    popularity = np.array([100, 40, 12, 3, 0], dtype=np.int64)
-    arrays = {**tiny_bundle_arrays(), "item_popularity": popularity, MODEL_ARRAY: model}
+    # Clicks far apart on the log scale: a 100k, b 3000, c 100, d 3, e 0.
+    popularity = np.array([100_000, 3000, 100, 3, 0], dtype=np.int64)
+    arrays = {**with_sessions(tiny_bundle_arrays()), "item_popularity": popularity}
+    arrays |= {"item_fit_events": np.full(5, 9), MODEL_ARRAY: model}
     return write_bundle(tmp_path, arrays, {})
 
 
@@ -79,8 +82,22 @@ def test_a_model_of_other_features_is_refused(tmp_path: Path) -> None:
 def test_items_without_a_fit_period_event_are_never_scored(tmp_path: Path) -> None:
     # e has no event before the held-out period: it is in the catalogue only because the
     # held-out period clicks it, so even a model that likes it must leave it last.
-    arrays = {**tiny_bundle_arrays(), "item_fit_events": np.array([9, 9, 9, 9, 0])}
-    arrays |= {"item_popularity": np.array([100, 40, 12, 3, 0]), MODEL_ARRAY: model_array(
+    arrays = {**with_sessions(tiny_bundle_arrays()), "item_fit_events": np.array([9, 9, 9, 9, 0])}
+    arrays |= {"item_popularity": np.array([100_000, 3000, 100, 3, 0]), MODEL_ARRAY: model_array(
         unpopular_first())}  # fmt: skip
     ranking = Ranker(load_bundle(write_bundle(tmp_path, arrays, {}))).rank("a", 4, [])
     assert ranking.items == ["d", "c", "b", "e"] and ranking.scores[-1] == -np.inf
+
+
+@pytest.mark.parametrize("missing", ["sessions/items", "item_fit_events"])
+def test_a_model_without_the_arrays_its_features_need_is_refused(
+    tmp_path: Path, missing: str
+) -> None:
+    version = bundle_with(tmp_path, model_array(unpopular_first()))
+    arrays = dict(load_bundle(version).arrays)
+    arrays = {name: np.asarray(a) for name, a in arrays.items() if name != missing}
+    if missing == "sessions/items":
+        arrays = {n: a for n, a in arrays.items() if not n.startswith("sessions/")}
+    bundle = load_bundle(write_bundle(tmp_path / "without", arrays, {}))
+    with pytest.raises(BundleError, match="ranker model needs"):
+        Ranker(bundle)

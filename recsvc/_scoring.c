@@ -22,6 +22,20 @@
  *       without a ``keep`` filter pays for no buffer, view or scores array; window None
  *       ranks the pool in its offline order, scored 1 - slot / pool size.
  *
+ *   forest_scores(features, split_feature, threshold, decision_type, left_child,
+ *                 right_child, leaf_value, tree_node_offset, tree_leaf_offset, out)
+ *       Adds, tree after tree, the leaf value each row of ``features`` reaches in each tree
+ *       of a LightGBM forest (recsvc.forest flattens its text model) to ``out``: its raw
+ *       score, decided as LightGBM decides numerical splits (see forest_step), and
+ *       summed in LightGBM's order, so the same double as Booster.predict(raw_score=True).
+ *       It checks and packs the forest on every call (some 80 µs for 150 trees of 31
+ *       leaves);
+ *
+ *   PackedForest(split_feature, threshold, decision_type, left_child, right_child,
+ *                leaf_value, tree_node_offset, tree_leaf_offset, n_features)
+ *       .scores(features, out)
+ *       does so once, for the server: each call then only walks the trees.
+ *
  * Arrays come in through the buffer protocol (numpy arrays, memory-mapped bundle arrays),
  * so no numpy headers are needed to build.  Floating-point sums have a fixed order (eight
  * lanes, then a fixed pairing; setup.py builds with -ffp-contract=off, so no fused
@@ -63,6 +77,7 @@ static int get_array(PyObject *obj, Py_buffer *view, const char *name, const cha
         PyErr_Format(PyExc_TypeError, "%s must be a %d-d array of %s, got format %s ndim %d",
                      name, ndim,
                      kinds[0] == 'f'   ? "float32"
+                     : kinds[0] == 'd' ? "float64"
                      : kinds[0] == '?' ? "bool"
                      : kinds[0] == 'B' ? "uint8"
                                        : "int32",
@@ -480,12 +495,428 @@ static PyTypeObject PoolRankerType = {
     .tp_methods = PoolRanker_methods,
 };
 
+/* ---- forest_scores: a LightGBM forest's raw score per row ---------------------------- */
+
+/* LightGBM's decision_type bits (include/LightGBM/tree.h): 1 categorical, 2 default left,
+ * (>> 2) & 3 the missing type: 0 None, 1 Zero, 2 NaN. */
+#define DT_CATEGORICAL 1
+#define DT_DEFAULT_LEFT 2
+#define MISSING_NONE 0
+#define MISSING_ZERO 1
+#define MISSING_NAN 2
+/* LightGBM's kZeroThreshold (1e-35f): its dense predictor drops the features within it of
+ * zero, so they reach the trees as exactly 0. */
+#define ZERO_THRESHOLD 1e-35f
+
+/* A split as the walk reads it: 16 bytes, four to a cache line. ``feature`` carries flags
+ * above FOREST_FEATURE_MASK; ``threshold`` is a float such that, for every float x,
+ * x <= threshold exactly when LightGBM sends x left by its double threshold (see
+ * pack_threshold), so the rows are compared as they come, without widening to double. */
+typedef struct {
+    float threshold;
+    int32_t feature;
+    int32_t child[2]; /* left, right: a later node of the tree, or ~leaf */
+} ForestNode;
+
+#define FOREST_FEATURE_MASK 0x0FFFFFFF
+#define FOREST_NAN_LEFT (1 << 30)     /* NaN goes left */
+#define FOREST_ZERO_MISSING (1 << 29) /* missing type Zero: 0 takes the default side */
+#define FOREST_DEFAULT_LEFT (1 << 28) /* the default side is left */
+
+/* The float threshold of a split on ``threshold`` (double): the largest float at most
+ * ``threshold``, except near zero, where LightGBM compares 0 for any |x| <= ZERO_THRESHOLD,
+ * so that whole band must fall on the side 0 falls on. NaN stays NaN: nothing goes left
+ * by comparison, as in LightGBM. */
+static float pack_threshold(double threshold) {
+    if (threshold >= -(double)ZERO_THRESHOLD && threshold < 0.0) {
+        return -nextafterf(ZERO_THRESHOLD, INFINITY); /* the band, and 0, go right */
+    }
+    if (threshold >= 0.0 && threshold < (double)ZERO_THRESHOLD) {
+        return ZERO_THRESHOLD; /* the band, and 0, go left */
+    }
+    float f = (float)threshold;
+    if ((double)f > threshold) {
+        f = nextafterf(f, -INFINITY);
+    }
+    return f;
+}
+
+/* Tree::NumericalDecision on the value LightGBM's predictor hands it: NaN is 0 unless the
+ * missing type is NaN; a missing value (NaN for type NaN, NaN or 0 for type Zero) takes the
+ * default side; any other goes left when x <= threshold. No branches (a split is a coin
+ * toss to the branch predictor); zero_missing is a constant in each caller. */
+static inline int32_t forest_step(const ForestNode *node, const float *row, int zero_missing) {
+    int32_t flags = node->feature;
+    float x = row[flags & FOREST_FEATURE_MASK];
+    int left = (x <= node->threshold) | ((x != x) & ((flags & FOREST_NAN_LEFT) != 0));
+    if (zero_missing) {
+        int zero = fabsf(x) <= ZERO_THRESHOLD && (flags & FOREST_ZERO_MISSING);
+        left = zero ? (flags & FOREST_DEFAULT_LEFT) != 0 : left;
+    }
+    return node->child[!left];
+}
+
+/* Rows walked down one tree side by side, so that the CPU overlaps their walks: each walks
+ * ``depth`` steps, staying on its leaf once there. */
+#define FOREST_BLOCK 8
+
+static inline void forest_tree(const float *x, Py_ssize_t n_rows, Py_ssize_t n_features,
+                               const ForestNode *nodes, int32_t depth, const double *leaf,
+                               double *scores, int zero_missing) {
+    Py_ssize_t r = 0;
+    for (; r + FOREST_BLOCK <= n_rows; r += FOREST_BLOCK) {
+        const float *rows = x + r * n_features;
+        int32_t at[FOREST_BLOCK] = {0};
+        for (int32_t d = 0; d < depth; d++) {
+            for (int b = 0; b < FOREST_BLOCK; b++) {
+                int32_t node = at[b] & ~(at[b] >> 31); /* a leaf's row reads node 0 */
+                int32_t next = forest_step(nodes + node, rows + b * n_features, zero_missing);
+                at[b] = at[b] < 0 ? at[b] : next;
+            }
+        }
+        for (int b = 0; b < FOREST_BLOCK; b++) {
+            scores[r + b] += leaf[~at[b]];
+        }
+    }
+    for (; r < n_rows; r++) {
+        const float *row = x + r * n_features;
+        int32_t node = 0;
+        while (node >= 0) {
+            node = forest_step(nodes + node, row, zero_missing);
+        }
+        scores[r] += leaf[~node];
+    }
+}
+
+enum { F_SPLIT, F_THRESHOLD, F_TYPE, F_LEFT, F_RIGHT, F_LEAF, F_NODE_OFFSET, F_LEAF_OFFSET, F_N };
+
+static const char *const forest_names[F_N] = {
+    "split_feature", "threshold",        "decision_type",   "left_child",
+    "right_child",   "leaf_value",       "tree_node_offset", "tree_leaf_offset",
+};
+
+/* A forest checked and packed for walking, in memory of its own (one block). */
+typedef struct {
+    Py_ssize_t n_trees, n_features;
+    ForestNode *nodes;   /* every tree's, tree after tree */
+    double *leaf;        /* every tree's leaf values */
+    int32_t *node_offset, *leaf_offset; /* n_trees + 1 */
+    int32_t *depth;      /* steps to each tree's deepest leaf; bit 31: it has a Zero split */
+} Packed;
+
+/* Checks the arrays ``a`` describe a forest that walks safely on ``n_features`` columns,
+ * and packs it into ``p`` (whose ``nodes`` block the caller frees with PyMem_Free). Offsets
+ * run from 0 to the arrays' lengths, never decreasing; each tree has n leaves and n - 1
+ * nodes; features are in range; splits are numerical; every child is a later node of its
+ * tree or one of its leaves, so that every walk ends, inside the arrays, after at most
+ * ``depth`` steps. */
+static int pack_forest(Py_buffer *a, Py_ssize_t n_features, Packed *p) {
+    Py_ssize_t n_nodes = a[F_SPLIT].shape[0], n_leaves = a[F_LEAF].shape[0];
+    Py_ssize_t n_offsets = a[F_NODE_OFFSET].shape[0];
+    const int32_t *split = a[F_SPLIT].buf, *type = a[F_TYPE].buf, *left = a[F_LEFT].buf,
+                  *right = a[F_RIGHT].buf, *node_offset = a[F_NODE_OFFSET].buf,
+                  *leaf_offset = a[F_LEAF_OFFSET].buf;
+    const double *threshold = a[F_THRESHOLD].buf;
+    memset(p, 0, sizeof(*p));
+    if (n_features > FOREST_FEATURE_MASK) {
+        PyErr_Format(PyExc_ValueError, "%zd features, at most %d are supported", n_features,
+                     FOREST_FEATURE_MASK);
+        return -1;
+    }
+    for (int i = F_THRESHOLD; i <= F_RIGHT; i++) {
+        if (a[i].shape[0] != n_nodes) {
+            PyErr_Format(PyExc_ValueError, "%s has %zd entries, split_feature %zd",
+                         forest_names[i], a[i].shape[0], n_nodes);
+            return -1;
+        }
+    }
+    if (n_offsets < 1 || a[F_LEAF_OFFSET].shape[0] != n_offsets) {
+        PyErr_SetString(PyExc_ValueError, "tree_node_offset and tree_leaf_offset must have "
+                                          "the same length, one more than the trees");
+        return -1;
+    }
+    if (node_offset[0] != 0 || leaf_offset[0] != 0 || node_offset[n_offsets - 1] != n_nodes ||
+        leaf_offset[n_offsets - 1] != n_leaves) {
+        PyErr_SetString(PyExc_ValueError, "the tree offsets must run from 0 to the lengths "
+                                          "of the node and leaf arrays");
+        return -1;
+    }
+    Py_ssize_t n_trees = n_offsets - 1;
+    for (Py_ssize_t t = 0; t < n_trees; t++) { /* first all offsets: none past the arrays */
+        if (node_offset[t + 1] < node_offset[t] || leaf_offset[t + 1] < leaf_offset[t]) {
+            PyErr_Format(PyExc_ValueError, "the tree offsets decrease at tree %zd", t);
+            return -1;
+        }
+    }
+    /* One block: nodes, leaf values, the offsets, depths, and each node's depth (scratch). */
+    char *memory = PyMem_Malloc(n_nodes * sizeof(ForestNode) + n_leaves * sizeof(double) +
+                                (3 * n_offsets + n_nodes) * sizeof(int32_t) + 1);
+    if (memory == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    p->n_trees = n_trees;
+    p->n_features = n_features;
+    p->nodes = (ForestNode *)memory;
+    p->leaf = (double *)(memory + n_nodes * sizeof(ForestNode));
+    p->node_offset = (int32_t *)(p->leaf + n_leaves);
+    p->leaf_offset = p->node_offset + n_offsets;
+    p->depth = p->leaf_offset + n_offsets;
+    int32_t *node_depth = p->depth + n_offsets;
+    memcpy(p->leaf, a[F_LEAF].buf, n_leaves * sizeof(double));
+    memcpy(p->node_offset, node_offset, n_offsets * sizeof(int32_t));
+    memcpy(p->leaf_offset, leaf_offset, n_offsets * sizeof(int32_t));
+    for (Py_ssize_t t = 0; t < n_trees; t++) {
+        Py_ssize_t first = node_offset[t], n = (Py_ssize_t)node_offset[t + 1] - first;
+        Py_ssize_t leaves = (Py_ssize_t)leaf_offset[t + 1] - leaf_offset[t];
+        if (n != leaves - 1) {
+            PyErr_Format(PyExc_ValueError,
+                         "tree %zd has %zd leaves and %zd nodes (by the offsets); a tree has "
+                         "one node less than leaves",
+                         t, leaves, n);
+            goto fail;
+        }
+        int32_t deepest = 0, flags = 0;
+        int32_t *level = node_depth + first; /* steps from the root to each node */
+        if (n > 0) {
+            level[0] = 0;
+        }
+        for (Py_ssize_t j = 0; j < n; j++) {
+            Py_ssize_t i = first + j;
+            if (split[i] < 0 || split[i] >= n_features) {
+                PyErr_Format(PyExc_ValueError, "tree %zd node %zd splits on feature %d of %zd",
+                             t, j, split[i], n_features);
+                goto fail;
+            }
+            int missing = (type[i] >> 2) & 3, default_left = (type[i] & DT_DEFAULT_LEFT) != 0;
+            if ((type[i] & ~0xF) || (type[i] & DT_CATEGORICAL) || missing == 3) {
+                PyErr_Format(PyExc_ValueError,
+                             "tree %zd node %zd has decision_type %d: only numerical splits "
+                             "(missing type None, Zero or NaN) are supported",
+                             t, j, type[i]);
+                goto fail;
+            }
+            int32_t children[2] = {left[i], right[i]};
+            for (int c = 0; c < 2; c++) {
+                int32_t child = children[c];
+                if (child >= 0 ? (child <= j || child >= n) : ~child >= leaves) {
+                    PyErr_Format(PyExc_ValueError,
+                                 "tree %zd node %zd has child %d: neither a later node of its "
+                                 "%zd nor one of its %zd leaves",
+                                 t, j, child, n, leaves);
+                    goto fail;
+                }
+                if (child >= 0) {
+                    level[child] = level[j] + 1;
+                } else if (level[j] + 1 > deepest) {
+                    deepest = level[j] + 1;
+                }
+            }
+            int nan_left = missing == MISSING_NONE ? 0.0 <= threshold[i] : default_left;
+            p->nodes[i].threshold = pack_threshold(threshold[i]);
+            p->nodes[i].feature = split[i] | (nan_left ? FOREST_NAN_LEFT : 0) |
+                                  (missing == MISSING_ZERO ? FOREST_ZERO_MISSING : 0) |
+                                  (default_left ? FOREST_DEFAULT_LEFT : 0);
+            p->nodes[i].child[0] = left[i];
+            p->nodes[i].child[1] = right[i];
+            flags |= missing == MISSING_ZERO ? (int32_t)0x80000000 : 0;
+        }
+        p->depth[t] = deepest | flags;
+    }
+    return 0;
+fail:
+    PyMem_Free(memory);
+    memset(p, 0, sizeof(*p));
+    return -1;
+}
+
+/* Acquires the eight arrays of a forest from ``objs`` (in forest_names order) and packs
+ * them; the buffers are released either way. */
+static int acquire_forest(PyObject *const *objs, Py_ssize_t n_features, Packed *p) {
+    Py_buffer a[F_N] = {{0}};
+    int acquired = 0, status = -1;
+    for (; acquired < F_N; acquired++) {
+        int is_double = acquired == F_THRESHOLD || acquired == F_LEAF;
+        if (get_array(objs[acquired], &a[acquired], forest_names[acquired],
+                      is_double ? "d" : "i", is_double ? 8 : 4, 1, 0)) {
+            break;
+        }
+    }
+    if (acquired == F_N) {
+        status = pack_forest(a, n_features, p);
+    }
+    for (int i = 0; i < acquired; i++) {
+        PyBuffer_Release(&a[i]);
+    }
+    return status;
+}
+
+/* Adds each row's raw score to ``scores``: tree after tree, so that each row's sum has
+ * LightGBM's order (GBDT::PredictRaw). Needs no GIL. */
+static void walk_forest(const Packed *p, const float *x, Py_ssize_t n_rows, double *scores) {
+    for (Py_ssize_t t = 0; t < p->n_trees; t++) {
+        const ForestNode *tree = p->nodes + p->node_offset[t];
+        const double *leaf = p->leaf + p->leaf_offset[t];
+        int32_t steps = p->depth[t] & 0x7FFFFFFF;
+        if (p->node_offset[t + 1] == p->node_offset[t]) { /* a single leaf */
+            for (Py_ssize_t r = 0; r < n_rows; r++) {
+                scores[r] += leaf[0];
+            }
+        } else if (p->depth[t] < 0) {
+            forest_tree(x, n_rows, p->n_features, tree, steps, leaf, scores, 1);
+        } else {
+            forest_tree(x, n_rows, p->n_features, tree, steps, leaf, scores, 0);
+        }
+    }
+}
+
+/* Acquires features (float32, n_rows x n_features) and out (float64, n_rows, writable). */
+static int acquire_rows(PyObject *features_obj, PyObject *out_obj, Py_buffer *features,
+                        Py_buffer *out) {
+    if (get_array(features_obj, features, "features", "f", 4, 2, 0)) {
+        return -1;
+    }
+    if (get_array(out_obj, out, "out", "d", 8, 1, 1)) {
+        PyBuffer_Release(features);
+        return -1;
+    }
+    if (out->shape[0] != features->shape[0]) {
+        PyErr_Format(PyExc_ValueError, "out has %zd entries for %zd rows", out->shape[0],
+                     features->shape[0]);
+        PyBuffer_Release(features);
+        PyBuffer_Release(out);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *forest_scores(PyObject *self, PyObject *args) {
+    PyObject *features_obj, *out_obj, *objs[F_N];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOO:forest_scores", &features_obj, &objs[F_SPLIT],
+                          &objs[F_THRESHOLD], &objs[F_TYPE], &objs[F_LEFT], &objs[F_RIGHT],
+                          &objs[F_LEAF], &objs[F_NODE_OFFSET], &objs[F_LEAF_OFFSET], &out_obj)) {
+        return NULL;
+    }
+    Py_buffer features = {0}, out = {0};
+    Packed packed;
+    if (acquire_rows(features_obj, out_obj, &features, &out)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (acquire_forest(objs, features.shape[1], &packed) == 0) {
+        Py_BEGIN_ALLOW_THREADS
+        walk_forest(&packed, features.buf, features.shape[0], out.buf);
+        Py_END_ALLOW_THREADS
+        PyMem_Free(packed.nodes);
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&features);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* ---- PackedForest: a forest checked and packed once, scored per request -------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Packed packed;
+    int ready;
+} PackedForest;
+
+static void PackedForest_dealloc(PackedForest *self) {
+    PyMem_Free(self->packed.nodes);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int PackedForest_init(PackedForest *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"split_feature",    "threshold",  "decision_type",
+                            "left_child",       "right_child", "leaf_value",
+                            "tree_node_offset", "tree_leaf_offset", "n_features", NULL};
+    PyObject *objs[F_N];
+    Py_ssize_t n_features;
+    if (self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "a PackedForest is initialised once");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOn:PackedForest", names,
+                                     &objs[F_SPLIT], &objs[F_THRESHOLD], &objs[F_TYPE],
+                                     &objs[F_LEFT], &objs[F_RIGHT], &objs[F_LEAF],
+                                     &objs[F_NODE_OFFSET], &objs[F_LEAF_OFFSET], &n_features)) {
+        return -1;
+    }
+    if (n_features < 0) {
+        PyErr_SetString(PyExc_ValueError, "n_features must not be negative");
+        return -1;
+    }
+    if (acquire_forest(objs, n_features, &self->packed)) {
+        return -1;
+    }
+    self->ready = 1;
+    return 0;
+}
+
+static PyObject *PackedForest_scores(PackedForest *self, PyObject *args) {
+    PyObject *features_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OO:scores", &features_obj, &out_obj)) {
+        return NULL;
+    }
+    if (!self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "the PackedForest was not initialised");
+        return NULL;
+    }
+    Py_buffer features = {0}, out = {0};
+    if (acquire_rows(features_obj, out_obj, &features, &out)) {
+        return NULL;
+    }
+    if (features.shape[1] != self->packed.n_features) {
+        PyErr_Format(PyExc_ValueError, "features has %zd columns, the forest %zd",
+                     features.shape[1], self->packed.n_features);
+        PyBuffer_Release(&features);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    walk_forest(&self->packed, features.buf, features.shape[0], out.buf);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&features);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef PackedForest_methods[] = {
+    {"scores", (PyCFunction)PackedForest_scores, METH_VARARGS,
+     "scores(features, out)\n--\n\n"
+     "Add each row's raw score to out (float64, one per row). features: float32\n"
+     "(n_rows, n_features), NaN missing."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject PackedForestType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "recsvc._scoring.PackedForest",
+    .tp_doc = PyDoc_STR("PackedForest(split_feature, threshold, decision_type, left_child, "
+                        "right_child, leaf_value, tree_node_offset, tree_leaf_offset, "
+                        "n_features)\n--\n\n"
+                        "A flattened LightGBM forest, checked and packed once (see "
+                        "forest_scores for the arrays); scores is safe from any thread."),
+    .tp_basicsize = sizeof(PackedForest),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)PackedForest_init,
+    .tp_dealloc = (destructor)PackedForest_dealloc,
+    .tp_methods = PackedForest_methods,
+};
+
 static PyMethodDef methods[] = {
     {"pool_scores", pool_scores, METH_VARARGS,
      "pool_scores(window, pool, input_embeddings, output_embeddings, position_weights, "
      "scorable, out)\n--\n\n"
      "Write the personalized score of each pool slot into out (-inf for padding and\n"
      "unscorable items). window: item indices, current item first, -1 for empty slots."},
+    {"forest_scores", forest_scores, METH_VARARGS,
+     "forest_scores(features, split_feature, threshold, decision_type, left_child, "
+     "right_child, leaf_value, tree_node_offset, tree_leaf_offset, out)\n--\n\n"
+     "Add each row's raw score under a flattened LightGBM forest (see recsvc.forest) to\n"
+     "out (float64, one per row). features: float32 (n_rows, n_features), NaN missing."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -496,14 +927,15 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__scoring(void) {
-    if (PyType_Ready(&PoolRankerType) < 0) {
+    if (PyType_Ready(&PoolRankerType) < 0 || PyType_Ready(&PackedForestType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) {
         return NULL;
     }
-    if (PyModule_AddObjectRef(m, "PoolRanker", (PyObject *)&PoolRankerType) < 0) {
+    if (PyModule_AddObjectRef(m, "PoolRanker", (PyObject *)&PoolRankerType) < 0 ||
+        PyModule_AddObjectRef(m, "PackedForest", (PyObject *)&PackedForestType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -23,9 +23,6 @@ RUN python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
     && python -m build --wheel --outdir /wheels .
 
 FROM python:3.11-slim
-# libgomp1: the OpenMP runtime that LightGBM (the second-stage ranker) links against.
-RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
-    && rm -rf /var/lib/apt/lists/*
 # The serving lock (`make lock`): every package pinned with its hashes; recsvc's own wheel,
 # built above, goes in with --no-deps.
 COPY requirements-serve.lock /tmp/

@@ -3,18 +3,18 @@
 The bundle carries the model as LightGBM's own text format, stored as the bytes of
 ``ranker/model`` (checksummed with every other array; no pickle). The server and
 ``recsvc eval`` score a request's candidates with :meth:`SecondStage.scores` on the
-features of :mod:`recsvc.features`; a model trained on other features is refused.
-LightGBM is imported only when a bundle has a model.
+features of :mod:`recsvc.features`, through :class:`recsvc.forest.Forest`: the trees walked
+in C, with LightGBM's split rules, so serving needs no LightGBM (which is only for
+training). A model that does not parse, or was trained on other features, is refused.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
 from recsvc.bundle import Bundle
 from recsvc.exceptions import BundleError
+from recsvc.forest import Forest
 
 MODEL_ARRAY = "ranker/model"
 
@@ -24,24 +24,11 @@ def model_array(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
 
 
-#: Lines every complete LightGBM text model has; LightGBM's own parser aborts the process
-#: (not an exception) on some truncated models, so a model without them never reaches it.
-_MODEL_MARKS = ("tree\n", "\nfeature_names=", "\nend of trees\n", "\nend of parameters\n")
-
-
-def _check_complete(text: str) -> None:
-    if not text.startswith(_MODEL_MARKS[0]):
-        raise ValueError("it does not start with LightGBM's 'tree' header")
-    missing = [mark.strip() for mark in _MODEL_MARKS[1:] if mark not in text]
-    if missing:
-        raise ValueError(f"it is incomplete (no {', '.join(missing)})")
-
-
 class SecondStage:
     """A loaded ranking model; ``scores`` is safe to call from any thread."""
 
-    def __init__(self, booster: Any, features: tuple[str, ...]) -> None:
-        self._booster = booster
+    def __init__(self, forest: Forest, features: tuple[str, ...]) -> None:
+        self._forest = forest
         self.features = features
 
     @classmethod
@@ -55,25 +42,19 @@ class SecondStage:
         """
         if MODEL_ARRAY not in bundle:
             return None
-        import lightgbm  # only servers whose bundle has a model pay for importing it
-
         raw = np.asarray(bundle[MODEL_ARRAY])
         try:
-            text = raw.tobytes().decode("utf-8")
-            _check_complete(text)
-            booster = lightgbm.Booster(model_str=text)
-        except (UnicodeDecodeError, ValueError, lightgbm.basic.LightGBMError) as exc:
+            forest = Forest.from_model_text(raw.tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
             msg = f"bundle {bundle.version}: {MODEL_ARRAY} is not a LightGBM model: {exc}"
             raise BundleError(msg) from None
-        trained_on = tuple(booster.feature_name())
-        if trained_on != features:
+        if forest.feature_names != features:
             raise BundleError(
                 f"bundle {bundle.version}: the ranker was trained on the features "
-                f"{list(trained_on)}, this server builds {list(features)}"
+                f"{list(forest.feature_names)}, this server builds {list(features)}"
             )
-        return cls(booster, features)
+        return cls(forest, features)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
-        """Float64 scores of candidates (rows of ``features``; higher is better)."""
-        out: np.ndarray = self._booster.predict(features, num_threads=1)
-        return out
+        """Float64 scores of candidates (rows of float32 ``features``; higher is better)."""
+        return self._forest.scores(features)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -27,6 +28,21 @@ from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 CASES = 60
+
+
+async def replies_over_grpc(
+    bundle: Path, store: RedisSessionStore, requests: list[pb.RecommendRequest], **settings: Any
+) -> list[pb.RecommendResponse]:
+    """The server's replies to ``requests``, one by one over gRPC, sessions from ``store``."""
+    config = Settings(bundle=bundle, port=0, metrics_port=0, watch_interval_s=0, **settings)
+    server = RecommendServer(config, store)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            return [await stub.Recommend(request) for request in requests]
+    finally:
+        await server.stop(0)
 
 
 @pytest.mark.parametrize("model", ["personalized", "personalized_cart"])
@@ -58,24 +74,11 @@ def test_served_rankings_equal_the_offline_ones(
                     for t, i in enumerate(visits)
                 ]
             )
-        settings = Settings(
-            bundle=taobao_bundle, port=0, metrics_port=0, watch_interval_s=0, model=model
-        )
-        server = RecommendServer(settings, store)
-        port = await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = pb_grpc.RecommenderStub(channel)
-                return [
-                    await stub.Recommend(
-                        pb.RecommendRequest(
-                            user_id=f"{run}-{n}", item_id=item_ids[current], k=pools.shape[1]
-                        )
-                    )
-                    for n, current in enumerate(subset.current)
-                ]
-        finally:
-            await server.stop(0)
+        requests = [
+            pb.RecommendRequest(user_id=f"{run}-{n}", item_id=item_ids[c], k=pools.shape[1])
+            for n, c in enumerate(subset.current)
+        ]
+        return await replies_over_grpc(taobao_bundle, store, requests, model=model)
 
     answers = asyncio.run(serve_all())
     for n, answer in enumerate(answers):
@@ -114,24 +117,13 @@ def test_the_server_answers_what_eval_scores_as_served(taobao_bundle: Path, redi
             await store.append(
                 [Event(e.event_id, f"{run}-{n}", e.item_id, e.type, e.ts) for e in events]
             )
-        settings = Settings(bundle=taobao_bundle, port=0, metrics_port=0, watch_interval_s=0)
-        server = RecommendServer(settings, store)
-        port = await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = pb_grpc.RecommenderStub(channel)
-                return [
-                    await stub.Recommend(
-                        pb.RecommendRequest(
-                            user_id=f"{run}-{n}",
-                            item_id=item_ids[cases.current[n]],
-                            k=ranker.pool_size,
-                        )
-                    )
-                    for n in range(SERVED_CASES)
-                ]
-        finally:
-            await server.stop(0)
+        requests = [
+            pb.RecommendRequest(
+                user_id=f"{run}-{n}", item_id=item_ids[cases.current[n]], k=ranker.pool_size
+            )
+            for n in range(SERVED_CASES)
+        ]
+        return await replies_over_grpc(taobao_bundle, store, requests)
 
     for answer, want in zip(asyncio.run(serve_all()), expected, strict=True):
         assert [i.item_id for i in answer.items] == want.items

@@ -110,6 +110,11 @@ class Ranker:
                 )
             self._feature_builder = self.features
 
+    @property
+    def second_stage(self) -> SecondStage | None:
+        """The bundle's learned second stage, or None (the model ranks alone)."""
+        return self._second
+
     def index(self, item_id: str) -> int:
         try:
             return self._index[item_id]

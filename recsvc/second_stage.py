@@ -55,6 +55,10 @@ class SecondStage:
             )
         return cls(forest, features)
 
+    @property
+    def n_trees(self) -> int:
+        return self._forest.n_trees
+
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Float64 scores of candidates (rows of float32 ``features``; higher is better)."""
         return self._forest.scores(features)

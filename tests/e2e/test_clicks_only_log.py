@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import SMALL
 
+from bench.second_stage_cost import measure
 from recsvc.bundle import load_bundle
 from recsvc.cli import main
 
@@ -76,3 +77,8 @@ def test_the_second_stage_is_trained_before_the_held_out_period_and_served(
     # More candidates than the pool, ranked by the learned model.
     assert click["served"]["coverage"] > click["personalized"]["coverage"]
     assert click["served"]["hr@20"] > click["popular"]["hr@20"]
+
+    # The cost benchmark runs on it (figures are for docs/BENCHMARKS.md, not asserted).
+    cost = measure(out, out, cases=50, rounds=1, k=20)
+    assert cost["calls"] >= 50 and cost["trees"] == trained["best_iteration"]
+    assert min(cost[k] for k in ("second_stage_us", "features_us", "trees_us")) > 0

@@ -1,0 +1,91 @@
+"""What the second stage costs per Recommend: the ranking call with and without it.
+
+    python -m bench.second_stage_cost --bundle .local/r15/yc-test-r --first .local/r15/yc-test3
+
+Replays held-out cases of ``--bundle`` (one with a ``ranker/model``) through
+``Ranker.rank`` as the server calls it, and prints one JSON line with microseconds per call,
+best of ``--rounds``: the whole ranking with the second stage, its two parts (candidates
+and features; the trees), and the first stage alone on ``--first`` (a bundle of the same
+log without a model). One process, one thread: a ratio between rows is what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from offline.evaluation.evaluate import cases_from_bundle
+from offline.evaluation.served import case_session
+from recsvc.bundle import load_bundle
+from recsvc.exceptions import RecsvcError
+from recsvc.ranking import Ranker
+
+
+def best_of(rounds: int, calls: int, run: Callable[[], object]) -> float:
+    """Microseconds per call of ``run`` (which makes ``calls`` calls), best of ``rounds``."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return round(best / calls * 1e6, 1)
+
+
+def measure(bundle_dir: Path, first_dir: Path, cases: int, rounds: int, k: int) -> dict:
+    bundle = load_bundle(bundle_dir)
+    second, first = Ranker(bundle), Ranker(load_bundle(first_dir))
+    stage = second.second_stage
+    if stage is None:
+        raise RecsvcError(f"{bundle_dir} has no second stage (ranker/model)")
+    held_out = cases_from_bundle(bundle)
+    ids = np.asarray(bundle["item_ids"]).astype(str).tolist()
+    step = max(1, len(held_out) // cases)
+    picked = range(0, len(held_out), step)
+    requests = [(ids[int(held_out.current[n])], case_session(held_out, n, ids)) for n in picked]
+    rows = [second.candidate_features(item, session) for item, session in requests]
+    features = [found[1] for found in rows if found is not None]
+    n = len(requests)
+    return {
+        "bundle": str(bundle_dir),
+        "calls": n,
+        "candidates_mean": round(float(np.mean([len(f) for f in features])), 1),
+        "trees": stage.n_trees,
+        "first_stage_us": best_of(rounds, n, lambda: [first.rank(i, k, s) for i, s in requests]),
+        "second_stage_us": best_of(rounds, n, lambda: [second.rank(i, k, s) for i, s in requests]),
+        "features_us": best_of(
+            rounds, n, lambda: [second.candidate_features(i, s) for i, s in requests]
+        ),
+        "trees_us": best_of(rounds, n, lambda: [stage.scores(f) for f in features]),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.second_stage_cost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bundle", required=True, type=Path, help="bundle with ranker/model")
+    parser.add_argument("--first", required=True, type=Path, help="same log, no ranker/model")
+    parser.add_argument("--cases", type=int, default=2000, help="held-out cases (default 2000)")
+    parser.add_argument("--rounds", type=int, default=3, help="repeats, best kept (default 3)")
+    parser.add_argument("--k", type=int, default=20, help="items per answer (default 20)")
+    args = parser.parse_args(argv)
+    if args.cases < 1 or args.rounds < 1 or args.k < 1:
+        parser.error("--cases, --rounds and --k must be >= 1")
+    try:
+        print(json.dumps(measure(args.bundle, args.first, args.cases, args.rounds, args.k)))
+    except RecsvcError as exc:
+        print(f"second_stage_cost: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,13 +28,13 @@ from recsvc.ranking import Ranker
 
 @dataclass(frozen=True)
 class TrainingRows:
-    """One query per case: ``features`` rows grouped by ``groups`` (sizes, in case order)."""
+    """One query per usable case: ``features`` rows grouped by ``groups`` (sizes, in case
+    order), out of ``cases`` held-out cases."""
 
     features: np.ndarray
     labels: np.ndarray
     groups: np.ndarray
     cases: int
-    reachable: int
 
 
 def training_rows(bundle: Bundle, negatives: int, seed: int) -> TrainingRows:
@@ -75,7 +75,7 @@ def training_rows(bundle: Bundle, negatives: int, seed: int) -> TrainingRows:
             "next item among its candidates: no ranker to train (a longer ranker.span_hours?)"
         )
     return TrainingRows(
-        np.concatenate(blocks), np.concatenate(labels), np.array(groups), len(cases), len(groups)
+        np.concatenate(blocks), np.concatenate(labels), np.array(groups), len(cases)
     )
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from offline.data.interactions import CART, CLICK, FAV, Interactions
-from offline.data.sequences import next_item_cases
+from offline.data.sequences import Cases, next_item_cases
 from offline.data.sessions import fit_sessions, session_numbers
 from offline.evaluation.metrics import MISS
 from offline.evaluation.served import candidate_settings
@@ -40,36 +40,32 @@ class FakeBundle(dict):
     manifest: ClassVar[dict] = {"parameters": {"session_gap_s": 1800.0}}
 
 
-def test_the_current_session_is_cut_at_the_gap_and_ends_with_the_current_item() -> None:
-    # One user: visits 5, 6 (then an hour's pause), 7, 8 -> cases at 5, 6, 7 (8 is last).
+def one_users_clicks(items: list[int], ts: list[float]) -> tuple[FakeBundle, Cases]:
+    """A held-out period of one user's clicks, and its cases."""
+    n = len(items)
     bundle = FakeBundle(
         {
-            "eval/users": np.zeros(4, dtype=np.int32),
-            "eval/items": np.array([5, 6, 7, 8], dtype=np.int32),
-            "eval/types": np.full(4, CLICK, dtype=np.int8),
-            "eval/is_holdout": np.ones(4, dtype=bool),
-            "eval/ts": np.array([0.0, 60.0, 3660.0, 3700.0]),
+            "eval/users": np.zeros(n, dtype=np.int32),
+            "eval/items": np.array(items, dtype=np.int32),
+            "eval/types": np.full(n, CLICK, dtype=np.int8),
+            "eval/is_holdout": np.ones(n, dtype=bool),
+            "eval/ts": np.array(ts),
         }
     )
-    arrays = [bundle[f"eval/{n}"] for n in ("users", "items", "types", "is_holdout")]
-    cases = next_item_cases(*arrays, window=8)
+    arrays = [bundle[f"eval/{name}"] for name in ("users", "items", "types", "is_holdout")]
+    return bundle, next_item_cases(*arrays, window=8)
+
+
+def test_the_current_session_is_cut_at_the_gap_and_ends_with_the_current_item() -> None:
+    # One user: visits 5, 6 (then an hour's pause), 7, 8 -> cases at 5, 6, 7 (8 is last).
+    bundle, cases = one_users_clicks([5, 6, 7, 8], [0.0, 60.0, 3660.0, 3700.0])
     assert current_sessions(bundle, cases) == [[5], [5, 6], [7]]
 
 
 def test_the_gap_runs_from_a_visits_last_event_to_the_next_visits_first() -> None:
     # Visit 1 is clicks at 0 and 1700, visit 2 starts at 3400: 1700 s apart, one session
     # (as the training sessions are cut between consecutive events), not 3400.
-    bundle = FakeBundle(
-        {
-            "eval/users": np.zeros(4, dtype=np.int32),
-            "eval/items": np.array([1, 1, 2, 3], dtype=np.int32),
-            "eval/types": np.full(4, CLICK, dtype=np.int8),
-            "eval/is_holdout": np.ones(4, dtype=bool),
-            "eval/ts": np.array([0.0, 1700.0, 3400.0, 3500.0]),
-        }
-    )
-    arrays = [bundle[f"eval/{n}"] for n in ("users", "items", "types", "is_holdout")]
-    cases = next_item_cases(*arrays, window=8)
+    bundle, cases = one_users_clicks([1, 1, 2, 3], [0.0, 1700.0, 3400.0, 3500.0])
     assert current_sessions(bundle, cases) == [[1], [1, 2]]
 
 

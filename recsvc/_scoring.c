@@ -43,50 +43,10 @@
  * offline evaluation (pool_scores) and the server (PoolRanker) share one scoring function
  * (score_pool), so a served score is the offline one bit for bit.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_buffers.h"
 #include <math.h>
-#include <string.h>
 
 #define LANES 8
-
-/* Strip byte-order and native-alignment marks: numpy writes "<f" or "f" for float32. */
-static const char *base_format(const char *format) {
-    if (format == NULL) {
-        return "B";
-    }
-    while (*format == '@' || *format == '=' || *format == '<') {
-        format++;
-    }
-    return format;
-}
-
-/* Acquire a C-contiguous buffer of ``ndim`` dimensions holding ``kind`` items of
- * ``itemsize`` bytes; ``kinds`` lists the accepted struct format characters. */
-static int get_array(PyObject *obj, Py_buffer *view, const char *name, const char *kinds,
-                     Py_ssize_t itemsize, int ndim, int writable) {
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, view, flags) != 0) {
-        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous%s array", name,
-                     writable ? " writable" : "");
-        return -1;
-    }
-    const char *format = base_format(view->format);
-    if (view->ndim != ndim || view->itemsize != itemsize || strlen(format) != 1 ||
-        strchr(kinds, format[0]) == NULL) {
-        PyErr_Format(PyExc_TypeError, "%s must be a %d-d array of %s, got format %s ndim %d",
-                     name, ndim,
-                     kinds[0] == 'f'   ? "float32"
-                     : kinds[0] == 'd' ? "float64"
-                     : kinds[0] == '?' ? "bool"
-                     : kinds[0] == 'B' ? "uint8"
-                                       : "int32",
-                     view->format ? view->format : "B", view->ndim);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
 
 static float dot(const float *a, const float *b, Py_ssize_t d) {
     float lane[LANES] = {0};

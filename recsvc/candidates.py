@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from recsvc import _second_stage
 from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import ConfigError
-from recsvc.session_knn import KNNParams, SessionIndex
+from recsvc.session_knn import KNNParams, SessionIndex, top_scored
 
 SESSION_KNN = np.uint8(SOURCE_BITS["session_knn"])
 
@@ -103,7 +104,23 @@ class CandidateBuilder:
         s = self.settings
         return s.session_pools > 0 or (s.knn_items > 0 and self.sessions is not None)
 
-    def build(self, current: int, visits: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def session_scores(
+        self, current: int, visits: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """V-SKNN's (items, scores) for the session (``visits`` newest first, then the
+        current item), or None without training sessions: computed once per request, for
+        the candidates and for the second stage's features."""
+        if self.sessions is None:
+            return None
+        session = [*(v for v in reversed(visits) if v >= 0), current]  # oldest first
+        return self.sessions.scores(session, self.settings.knn)
+
+    def build(
+        self,
+        current: int,
+        visits: Sequence[int],
+        knn: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(items int32, source flags uint8) of one request, in priority order.
 
         Parameters
@@ -111,31 +128,23 @@ class CandidateBuilder:
         current : the viewed item's index
         visits : the session's earlier visits, newest first (indices; -1 for items the
             bundle does not know)
+        knn : :meth:`session_scores` of the same request, when the caller has it
         """
         s = self.settings
-        earlier = [v for v in visits if v >= 0]
         items = [self.pools[current]]
         flags = [self.pool_sources[current]]
         if self.sessions is not None and s.knn_items:
-            session = [*earlier[::-1], current]  # oldest first, the current item last
-            knn, _ = self.sessions.top_items(session, s.knn, s.knn_items)
-            items.append(knn)
-            flags.append(np.full(len(knn), SESSION_KNN, dtype=np.uint8))
-        rows = earlier[: s.session_pools]
+            if knn is None:
+                knn = self.session_scores(current, visits)
+            assert knn is not None
+            best, _ = top_scored(*knn, s.knn_items)
+            items.append(best)
+            flags.append(np.full(len(best), SESSION_KNN, dtype=np.uint8))
+        rows = [v for v in visits if v >= 0][: s.session_pools]
         if rows:
             items.append(self.pools[rows].ravel())
             flags.append(self.pool_sources[rows].ravel())
-        return _merge(np.concatenate(items), np.concatenate(flags), current, s.cap)
-
-
-def _merge(
-    items: np.ndarray, flags: np.ndarray, current: int, cap: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """First occurrences in order, each with the OR of all its flags; at most ``cap``."""
-    valid = (items >= 0) & (items != current)
-    items, flags = items[valid], flags[valid]
-    unique, first, inverse = np.unique(items, return_index=True, return_inverse=True)
-    merged = np.zeros(len(unique), dtype=np.uint8)
-    np.bitwise_or.at(merged, inverse, flags)
-    order = np.argsort(first, kind="stable")[:cap]
-    return unique[order].astype(np.int32), merged[order]
+        merged, merged_flags = _second_stage.merge_candidates(
+            np.concatenate(items), np.concatenate(flags), current, s.cap
+        )
+        return np.frombuffer(merged, dtype=np.int32), np.frombuffer(merged_flags, dtype=np.uint8)

@@ -74,23 +74,22 @@ A feature whose bundle array is absent (``pool_scores/itemcf``, ``embeddings/ite
 ``item_recent_clicks``, the training sessions, the model) is NaN throughout.
 
 Cost
-    A request costs a fixed number of numpy calls (about seventy) over all candidates at
-    once, so it grows little with their number: the pool slots of every candidate in the
-    pools of the current item and the visits come from a per-thread item -> candidate table
-    (``n_items`` int32 per thread that builds), the cosines from one matrix product, the
-    columns of the candidate alone from one gather of a table built with the builder
-    (``n_items`` x 3 float32). Nothing loops over candidates; a few Python steps loop over
-    the visits. V-SKNN scores the session again when :mod:`recsvc.candidates` already did.
+    Everything but the model's columns is built in one compiled call
+    (``recsvc/_second_stage.c``, :class:`FeatureCore`): the candidates' pool slots through a
+    small per-call table item -> candidate, the cosines one dot product each, the columns
+    of the candidate alone gathered from a table built with the builder (``n_items`` x 3
+    float32). The model's two columns are two calls of the compiled scoring core. V-SKNN
+    is scored once per request: the caller passes the scores it gathered candidates with.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from recsvc import _second_stage
 from recsvc.bundle import Bundle
 from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import BundleError, InvalidRequest
@@ -184,7 +183,6 @@ class FeatureBuilder:
         n_items = len(pools)
         self.n_items = n_items
         self.pools = pools
-        self._scratch = threading.local()
         self.pool_width = pools.shape[1]
         self.category = category
         self.popularity = popularity
@@ -233,6 +231,23 @@ class FeatureBuilder:
                 raise BundleError(f"features: {name} has {len(array)} rows, pools {n_items}")
         if itemcf is not None and itemcf.shape != pools.shape:
             raise BundleError(f"features: itemcf has shape {itemcf.shape}, pools {pools.shape}")
+        # The compiled part holds the arrays (views when they already have its dtypes, as a
+        # bundle's do).
+        self._core = _second_stage.FeatureCore(
+            np.ascontiguousarray(pools, dtype=np.int32),
+            np.ascontiguousarray(category, dtype=np.int32),
+            static,
+            COLUMNS,
+            _SOURCE_COLUMN,
+            _SOURCE_BITS,
+            len(FEATURES),
+            itemcf=None if itemcf is None else np.ascontiguousarray(itemcf, dtype=np.float32),
+            item2vec=None if item2vec is None else np.ascontiguousarray(item2vec, np.float32),
+            item2vec_known=(
+                None if item2vec_known is None else np.ascontiguousarray(item2vec_known, bool)
+            ),
+            visit_weights=self._visit_weights,
+        )
 
     @classmethod
     def from_bundle(
@@ -258,7 +273,13 @@ class FeatureBuilder:
             knn=knn if sessions is not None else None,
         )
 
-    def build(self, ctx: RequestContext, items: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    def build(
+        self,
+        ctx: RequestContext,
+        items: np.ndarray,
+        flags: np.ndarray,
+        knn: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """float32 (len(items), len(FEATURES)): the features of each candidate; NaN missing.
 
         Parameters
@@ -266,6 +287,8 @@ class FeatureBuilder:
         ctx : the request
         items : int (c,): candidate indices
         flags : uint8 (c,): their source flags (:data:`recsvc.contract.SOURCE_BITS`)
+        knn : V-SKNN's (items, scores) for the session, when the caller has them
+            (:meth:`recsvc.candidates.CandidateBuilder.session_scores`); else scored here
 
         Raises
         ------
@@ -273,92 +296,25 @@ class FeatureBuilder:
             An item index outside the catalogue, or flags of another length.
         """
         items = np.ascontiguousarray(items, dtype=np.int32)
-        flags = np.asarray(flags, dtype=np.uint8)
+        flags = np.ascontiguousarray(flags, dtype=np.uint8)
         n = len(items)
         if flags.shape != items.shape:
             raise InvalidRequest(f"{len(flags)} source flags for {n} candidates")
         current = int(ctx.current)
         if not 0 <= current < self.n_items:
             raise InvalidRequest(f"current item {current} is outside 0..{self.n_items - 1}")
-        out = np.full((n, len(FEATURES)), np.nan, dtype=np.float32)
-        if n == 0:
-            return out
-        if int(items.min()) < 0 or int(items.max()) >= self.n_items:
+        if n and (int(items.min()) < 0 or int(items.max()) >= self.n_items):
             raise InvalidRequest(f"candidates outside 0..{self.n_items - 1}")
-        visits = [int(v) if 0 <= v < self.n_items else -1 for v in ctx.visits]
-        known_visits = [v for v in visits if v >= 0]
-
-        # The weighted visits: (item, weight) of those the window holds; a visit of weight 0
-        # would change no mean.
-        if self._visit_weights is None:
-            weighted = [(v, 1.0) for v in known_visits]
-        else:
-            slot_weights = self._visit_weights
-            weighted = [
-                (v, float(slot_weights[j]))
-                for j, v in enumerate(visits[: len(slot_weights)])
-                if v >= 0 and slot_weights[j] > 0
-            ]
-        rows = [current, *(v for v, _ in weighted)]
-        weights = np.array([w for _, w in weighted], dtype=np.float64)
-
-        self._personalized(ctx, current, items, out)
-
-        # Pool slots of the candidates in the pools of the current item and the visits.
-        slots = self._pool_slots(rows, items)  # (m, c), -1 absent
-        in_pool = slots >= 0
-        slot0 = slots[0]
-        here = in_pool[0]
-        position = out[:, COLUMNS["pool_position"]]
-        position[here] = slot0[here] / np.float32(self.pool_width)
-        if self.itemcf is not None:
-            scores = np.take_along_axis(self.itemcf[rows], np.maximum(slots, 0), axis=1)
-            scores = np.where(in_pool, scores, np.float32(np.nan))
-            out[:, COLUMNS["itemcf_current"]] = scores[0]
-            out[:, COLUMNS["itemcf_session"]] = _weighted_mean(scores[1:], weights)
-
-        if self.item2vec is not None and self.item2vec_known is not None:
-            cosines = _cosines(self.item2vec, self.item2vec_known, items, rows)  # (m, c)
-            out[:, COLUMNS["item2vec_current"]] = cosines[0]
-            out[:, COLUMNS["item2vec_session"]] = _weighted_mean(cosines[1:], weights)
-
-        if self.sessions is not None and self.knn is not None:
-            session = [*known_visits[::-1], current]
-            knn_items, knn_scores = self.sessions.scores(session, self.knn)
-            out[:, COLUMNS["vsknn"]] = _lookup(knn_items, knn_scores, items)
-
-        out[:, _STATIC] = self._static[items]
-        self._categories(current, known_visits, items, out)
-        out[:, _SOURCE_COLUMN : _SOURCE_COLUMN + len(_SOURCE_BITS)] = (
-            flags[:, None] & _SOURCE_BITS
-        ) != 0
-        out[:, COLUMNS["session_length"]] = len(known_visits)
+        visits = list(ctx.visits)
+        if knn is None and self.sessions is not None and self.knn is not None:
+            session = [*(v for v in reversed(visits) if 0 <= v < self.n_items), current]
+            knn = self.sessions.scores(session, self.knn)
+        knn_items, knn_scores = knn if knn is not None else (None, None)
+        out = np.empty((n, len(FEATURES)), dtype=np.float32)
+        self._core.build(current, visits, items, flags, knn_items, knn_scores, out)
+        if n:
+            self._personalized(ctx, current, items, out)
         return out
-
-    def _pool_slots(self, rows: list[int], items: np.ndarray) -> np.ndarray:
-        """int64 (len(rows), c): slot of each item in each row's pool, -1 where absent.
-
-        Through a per-thread table item -> candidate position (``n_items`` int32, never
-        cleared: a stale entry is caught by checking that the position holds the item), so
-        the lookup is a few gathers, with no sort or search. A repeated candidate gets the
-        slots of its last occurrence, which are the same.
-        """
-        where: np.ndarray | None = getattr(self._scratch, "where", None)
-        if where is None:
-            where = np.zeros(self.n_items, dtype=np.int32)
-            self._scratch.where = where
-        n = len(items)
-        where[items] = np.arange(n, dtype=np.int32)
-        canonical = where[items]  # each candidate's last occurrence
-        block = self.pools[rows]  # (m, pool), -1 padded
-        position = np.minimum(where[block], n - 1)  # padding reads where[-1]: caught below
-        hit = items[position] == block
-        row, slot = np.nonzero(hit)
-        by_position = np.full((len(rows), n), -1, dtype=np.int64)
-        # reversed, so that an item twice in a pool keeps its first slot
-        by_position[row[::-1], position[row, slot][::-1]] = slot[::-1]
-        slots: np.ndarray = by_position[:, canonical]
-        return slots
 
     def _personalized(
         self, ctx: RequestContext, current: int, items: np.ndarray, out: np.ndarray
@@ -372,62 +328,6 @@ class FeatureBuilder:
         if scorer.known[current]:
             out[:, COLUMNS["personalized_item"]] = _finite(window_scores([current], items, *arrays))
         out[:, COLUMNS["scorable"]] = scorer.scorable[items]
-
-    def _categories(
-        self, current: int, visits: list[int], items: np.ndarray, out: np.ndarray
-    ) -> None:
-        category = self.category[items]
-        known = category >= 0
-        own = int(self.category[current])
-        if own >= 0:
-            out[:, COLUMNS["same_category"]] = np.where(known, category == own, np.nan)
-        if visits:
-            seen = self.category[visits]
-            seen = seen[seen >= 0]
-            if len(seen):
-                share = (category[:, None] == seen[None, :]).mean(axis=1)
-                out[:, COLUMNS["session_category_share"]] = np.where(known, share, np.nan)
-
-
-def _cosines(
-    vectors: np.ndarray, known: np.ndarray, items: np.ndarray, rows: list[int]
-) -> np.ndarray:
-    """float32 (len(rows), c): cosine of each item to each row's item; NaN if unknown."""
-    cand = np.asarray(vectors[items], dtype=np.float32)
-    ref = np.asarray(vectors[rows], dtype=np.float32)
-    cand_norm = np.sqrt(np.einsum("ij,ij->i", cand, cand))
-    ref_norm = np.sqrt(np.einsum("ij,ij->i", ref, ref))
-    cand_norm[~known[items] | (cand_norm == 0)] = np.nan
-    ref_norm[~known[rows] | (ref_norm == 0)] = np.nan
-    cosines: np.ndarray = (ref @ cand.T) / (ref_norm[:, None] * cand_norm[None, :])
-    return cosines
-
-
-def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(c,) mean over the rows of ``values`` (m, c) with row weights, NaN values skipped;
-    NaN where no row of positive weight has a value."""
-    if len(weights) == 0:
-        return np.full(values.shape[1], np.nan)
-    present = ~np.isnan(values)
-    total = weights @ present
-    summed = weights @ np.where(present, values, 0.0)
-    mean = np.full(values.shape[1], np.nan)
-    np.divide(summed, total, out=mean, where=total > 0)
-    return mean
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """``values`` of each item by ``keys`` (distinct), 0 where an item is not a key."""
-    found = np.zeros(len(items), dtype=np.float64)
-    if len(keys) == 0:
-        return found
-    if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
-        order = np.argsort(keys)
-        keys, values = keys[order], values[order]
-    at = np.minimum(np.searchsorted(keys, items), len(keys) - 1)
-    hit = keys[at] == items
-    found[hit] = values[at[hit]]
-    return found
 
 
 def _finite(scores: np.ndarray) -> np.ndarray:

@@ -185,13 +185,14 @@ class Ranker:
                 current, window, self._pool_keep(current, seen, category), k
             )
             return Ranking(ids, values, sources, personalized=True, session_events_used=used)
-        items, flags = self._candidates.build(current, visits[1:])
+        knn = self._candidates.session_scores(current, visits[1:])
+        items, flags = self._candidates.build(current, visits[1:], knn)
         keep = self._keep(items, seen, category)
         if keep is not None:
             items, flags = items[keep], flags[keep]
         if self._second is not None:
             context = RequestContext(current, visits[1:], window)
-            scores = self._second.scores(self.features.build(context, items, flags))
+            scores = self._second.scores(self.features.build(context, items, flags, knn))
             # An item with no event before the held-out period is in an evaluation bundle's
             # catalogue only because it is clicked there: no score may use that.
             scores[~self._has_history[items]] = -np.inf
@@ -227,8 +228,10 @@ class Ranker:
         window = self._window(visits)
         if window[0] < 0 and not any(item >= 0 for item in window[1:]):
             return None
-        items, flags = self._candidates.build(current, visits[1:])
-        return items, self.features.build(RequestContext(current, visits[1:], window), items, flags)
+        knn = self._candidates.session_scores(current, visits[1:])
+        items, flags = self._candidates.build(current, visits[1:], knn)
+        context = RequestContext(current, visits[1:], window)
+        return items, self.features.build(context, items, flags, knn)
 
     @property
     def features(self) -> FeatureBuilder:

@@ -29,8 +29,10 @@ Scoring one current session (item ids oldest first, the current item last; ids o
     4. ``score(i) = sum over neighbours holding i of sim * (1 + idf_weight * idf[i])``.
     5. The current item is removed; only items with score > 0 are returned.
 
-One request costs a few numpy calls on about ``len(S) * sample_size`` session numbers and
-``k * |N|`` items; there is no Python loop over neighbours.
+Scoring is compiled (``recsvc/_second_stage.c``): the candidates come from a merge of the
+current items' session lists, so one request reads about ``len(S) * sample_size`` session
+numbers and ``k * |N|`` items. Sims and scores are summed over the sessions in ascending
+number, the order of the definitions above, so a score does not depend on the build.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, Protocol
 
 import numpy as np
 
+from recsvc import _second_stage
 from recsvc.exceptions import BundleError, ConfigError, DataError, InvalidRequest
 
 Similarity = Literal["cosine", "vector"]
@@ -107,18 +111,6 @@ class ArraySource(Protocol):
 
 _EMPTY_ITEMS = np.zeros(0, dtype=np.int32)
 _EMPTY_SCORES = np.zeros(0, dtype=np.float64)
-
-
-def _gather_segments(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``concatenate([values[s : s + n] for s, n in zip(starts, lengths)])``, without a loop."""
-    total = int(lengths.sum())
-    if total == 0:
-        return values[:0]
-    ends = np.cumsum(lengths)
-    # position j of the output reads values[starts[seg] + (j - first output of seg)]
-    shift = np.repeat(starts - (ends - lengths), lengths)
-    gathered: np.ndarray = values[np.arange(total, dtype=np.int64) + shift]
-    return gathered
 
 
 @dataclass(frozen=True)
@@ -225,69 +217,23 @@ class SessionIndex:
         self, session: Sequence[int] | np.ndarray, params: KNNParams
     ) -> tuple[np.ndarray, np.ndarray]:
         """Item ids (int32) and their scores (float64, all > 0), in no particular order."""
-        current = np.asarray(session, dtype=np.int64).ravel()
-        current = current[(current >= 0) & (current < self.n_items)]
-        if len(current) == 0 or self.n_sessions == 0:
-            return _EMPTY_ITEMS, _EMPTY_SCORES
-        last_item = int(current[-1])
-        # distinct items in order of last occurrence: first occurrence in the reversed session
-        distinct, first_in_reversed = np.unique(current[::-1], return_index=True)
-        n_current = len(distinct)
+        if isinstance(session, np.ndarray):
+            session = session.ravel().tolist()
+        items, scores = self._core.scores(
+            session,
+            params.k,
+            params.sample_size,
+            params.similarity == "cosine",
+            float(params.idf_weight),
+        )
+        return np.frombuffer(items, dtype=np.int32), np.frombuffer(scores, dtype=np.float64)
 
-        # 1. candidates: each item's sessions are most recent first, so the sample_size most
-        # recent of the union lie within the first sample_size of every item's list, and a
-        # kept candidate appears in the prefix of every current item it holds.
-        starts = self.item_offsets[distinct]
-        lengths = np.minimum(self.item_offsets[distinct + 1] - starts, params.sample_size)
-        hits = _gather_segments(self.by_item, starts, lengths)
-        if len(hits) == 0:
-            return _EMPTY_ITEMS, _EMPTY_SCORES
-        candidates, which = np.unique(hits, return_inverse=True)
-
-        # 2. similarity from the overlap, counted (or weighted) over the prefixes
-        overlap: np.ndarray
-        if params.similarity == "cosine":
-            overlap = np.bincount(which, minlength=len(candidates)).astype(np.float64)
-        else:
-            # position p of each distinct item: 1 for the oldest last occurrence .. L
-            positions = np.empty(n_current, dtype=np.float64)
-            positions[np.argsort(-first_in_reversed)] = np.arange(1, n_current + 1)
-            overlap = np.bincount(
-                which, weights=np.repeat(positions, lengths), minlength=len(candidates)
-            )
-        if len(candidates) > params.sample_size:
-            candidates = candidates[: params.sample_size]
-            overlap = overlap[: params.sample_size]
-        if params.similarity == "cosine":
-            sizes = self.offsets[candidates + 1] - self.offsets[candidates]
-            sim = overlap / np.sqrt(float(n_current) * sizes)
-        else:
-            sim = overlap / float(n_current)
-
-        # 3. the k most similar; candidates are in recency order, so ties keep the first
-        keep = sim > 0
-        if np.count_nonzero(keep) > params.k:
-            cut = len(sim) - params.k
-            threshold = np.partition(sim, cut)[cut]
-            keep = sim > threshold
-            missing = params.k - int(np.count_nonzero(keep))
-            keep[np.flatnonzero(sim == threshold)[:missing]] = True
-        neighbours, sim = candidates[keep], sim[keep]
-        if len(neighbours) == 0:
-            return _EMPTY_ITEMS, _EMPTY_SCORES
-
-        # 4. scores: the neighbours' items, each weighted by its neighbour's similarity
-        starts = self.offsets[neighbours]
-        lengths = self.offsets[neighbours + 1] - starts
-        their_items = _gather_segments(self.items, starts, lengths)
-        items, slot = np.unique(their_items, return_inverse=True)
-        score = np.bincount(slot, weights=np.repeat(sim, lengths), minlength=len(items))
-        if params.idf_weight:
-            score *= 1.0 + params.idf_weight * self.idf[items].astype(np.float64)
-
-        # 5. not the current item; only positive scores
-        keep = (items != last_item) & (score > 0)
-        return items[keep].astype(np.int32, copy=False), score[keep]
+    @cached_property
+    def _core(self) -> _second_stage.SessionKNN:
+        """The compiled scorer over these arrays (made on first use)."""
+        return _second_stage.SessionKNN(
+            self.items, self.offsets, self.by_item, self.item_offsets, self.idf
+        )
 
     def top_items(
         self, session: Sequence[int] | np.ndarray, params: KNNParams, n: int
@@ -297,14 +243,21 @@ class SessionIndex:
             raise InvalidRequest(f"n must be >= 0, got {n}")
         if n == 0:
             return _EMPTY_ITEMS, _EMPTY_SCORES
-        items, score = self.scores(session, params)
-        if len(items) > 4 * n + 64:
-            # only items scoring at least the n-th best can be among the n best
-            threshold = np.partition(score, len(score) - n)[len(score) - n]
-            near = score >= threshold
-            items, score = items[near], score[near]
-        order = np.lexsort((items, -score))[:n]
-        return items[order], score[order]
+        return top_scored(*self.scores(session, params), n)
+
+
+def top_scored(items: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best of :meth:`SessionIndex.scores`'s items, best first (ties: the smaller
+    item id)."""
+    if n <= 0:
+        return _EMPTY_ITEMS, _EMPTY_SCORES
+    if len(items) > 4 * n + 64:
+        # only items scoring at least the n-th best can be among the n best
+        threshold = np.partition(scores, len(scores) - n)[len(scores) - n]
+        near = scores >= threshold
+        items, scores = items[near], scores[near]
+    order = np.lexsort((items, -scores))[:n]
+    return items[order], scores[order]
 
 
 def target_rank(items: np.ndarray, scores: np.ndarray, target: int) -> int:

@@ -196,6 +196,19 @@ def test_a_row_does_not_depend_on_the_other_candidates(tmp_path: Path) -> None:
     np.testing.assert_array_equal(twice[1], together[0])
 
 
+def test_knn_scores_passed_in_are_the_ones_it_would_compute(tmp_path: Path) -> None:
+    builder = builder_of(bundle_of(full_arrays(), tmp_path))
+    assert builder.sessions is not None
+    session = [D, A, C, B]  # the known visits oldest first, then the current item
+    knn = builder.sessions.scores(session, VECTOR)
+    np.testing.assert_array_equal(
+        builder.build(CTX, ITEMS, FLAGS, knn), builder.build(CTX, ITEMS, FLAGS)
+    )
+    # what the caller passes is what the column shows
+    other = (np.array([A, E], np.int32), np.array([0.25, 4.0]))
+    assert column(builder.build(CTX, ITEMS, FLAGS, other), "vsknn") == [0.25, 0.0, 0.0, 4.0]
+
+
 def test_empty_session_and_edge_cases(tmp_path: Path) -> None:
     builder = builder_of(bundle_of(full_arrays(), tmp_path))
     ctx = RequestContext(current=B, visits=[], window=[B])
@@ -258,7 +271,7 @@ def random_bundle(
     return bundle_of(arrays, tmp_path), rng
 
 
-def test_cost_grows_with_visits_not_per_candidate(tmp_path: Path) -> None:
+def test_hundreds_of_candidates_on_a_random_catalogue(tmp_path: Path) -> None:
     bundle, rng = random_bundle(tmp_path)
     builder = builder_of(bundle)
     assert builder.scorer is not None

@@ -16,6 +16,7 @@ from offline.config import PipelineConfig, apply_overrides
 from offline.data.interactions import BUY, CART, CLICK, FAV
 from offline.data.sequences import next_item_cases
 from offline.evaluation.evaluate import cases_from_bundle, evaluate
+from offline.evaluation.report import format_table
 from recsvc.bundle import load_bundle, write_bundle
 from recsvc.cli import main
 from recsvc.exceptions import BundleError, ConfigError
@@ -139,11 +140,14 @@ def test_eval_uses_the_bundles_recorded_conversion(
     result = evaluation.result()
     assert result["conversion"] == conversion
     assert result["cases"] == {"click": 2, "cart": sum(flags)}
+    title = {"cart": "Add-to-cart", "buy": "Purchase", "both": "Add-to-cart or purchase"}
+    assert f"{title[conversion]} hit ratio (%)  n={sum(flags)}" in format_table(result, (5, 10))
 
 
 def test_buy_rows_are_named_after_purchases(tmp_path: Path) -> None:
     bundle = load_bundle(bundle_with_purchases(tmp_path, {"conversion": "buy"}))
     evaluation = evaluate(bundle, methods=["personalized", "fallback"])
+    assert "Add-to-cart" not in format_table(evaluation.result(), (5,))
     # The tiny bundle has no cart model: the pool order stands in for it.
     evaluation.ranks["personalized_cart"] = evaluation.ranks["fallback"]
     metrics = {d.metric for d in evaluation.differences()}

@@ -203,7 +203,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=[],
         metavar="KEY=VALUE",
         help="override a setting, e.g. personalized.epochs=8, pool_size=200, "
-        "source_weights.itemcf=2 (repeatable; `--param list` shows all)",
+        "source_weights.itemcf=2, conversion=buy (the next-item events personalized_cart "
+        "weighs and eval's conversion rows use: cart|buy|both, default cart) (repeatable; "
+        "`--param list` shows all)",
     )
 
     ev = commands.add_parser(
@@ -212,7 +214,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="For each held-out click, rank the current item's candidates with each "
         "method (the pool, or for sknn and vsknn the whole catalogue; served: the server's "
         "own ranking); a hit when the next visited item is in the top K. Also over next "
-        "items that were added to cart, where the data has carts.",
+        "items that were converted on, where the data has such cases: added to cart, bought "
+        "or either, by the bundle's conversion parameter (default cart).",
     )
     ev.set_defaults(run=_run_eval)
     ev.add_argument("--bundle", required=True, type=Path, help="bundle version dir or root")

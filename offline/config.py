@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from offline.data.sequences import CONVERSIONS
 from offline.pss.stage import PSSSettings
 from offline.ranker.settings import RankerSettings
 from offline.sources import PSS, SOURCE_NAMES
@@ -40,7 +41,13 @@ class PipelineConfig:
     annoy_partitions : indexes per embedding source, queried in parallel processes and
         merged (1: a single index)
     recall_sample : items sampled to measure annoy recall@pool_size against exact search
-    cart_omega : loss multiplier of add-to-cart targets in ``personalized_cart``
+    cart_omega : loss multiplier of conversion targets in ``personalized_cart``
+    conversion : which next-item events are conversions, for ``personalized_cart``'s
+        weighting and ``recsvc eval``'s conversion rows: ``cart`` (the next visit includes
+        an add-to-cart), ``buy`` (the user buys the next item once its visit has begun and
+        before their visit after it begins) or ``both`` (either);
+        :mod:`offline.data.sequences` defines them. Without any conversion case in the fit
+        period ``personalized_cart`` is not trained
     init_from_item2vec : start the personalized input embeddings from item2vec's
     eval_history : earlier clicks per held-out user kept in the bundle for evaluation
     session_gap_s : longest pause inside one session (``sessions/*`` arrays for session-kNN)
@@ -67,6 +74,7 @@ class PipelineConfig:
     annoy_partitions: int = 1
     recall_sample: int = 1000
     cart_omega: float = 2.0
+    conversion: str = "cart"
     init_from_item2vec: bool = False
     eval_history: int = 64
     session_gap_s: float = 1800.0
@@ -82,6 +90,11 @@ class PipelineConfig:
             raise ConfigError("pool_size and annoy_trees must be >= 1")
         if self.cart_omega <= 0 or any(w <= 0 for w in self.source_weights.values()):
             raise ConfigError("cart_omega and source weights must be > 0")
+        if self.conversion not in CONVERSIONS:
+            raise ConfigError(
+                f"conversion must be one of {', '.join(CONVERSIONS)} (the next-item events "
+                f"that count as conversions), got {self.conversion!r}"
+            )
         if any(q < 0 for q in self.source_quotas.values()):
             raise ConfigError("source quotas must be >= 0")
         if self.fallback_order not in ("merge", *CANDIDATE_SOURCES):

@@ -26,6 +26,7 @@ from offline.config import PipelineConfig, apply_overrides, describe
 from offline.data.dataset import Dataset, build_dataset, describe_split, fit_period_log
 from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
 from offline.data.interactions import CART, CLICK, Catalogue, Interactions
+from offline.data.sequences import CONVERSION_NAMES
 from offline.data.sessions import fit_sessions
 from offline.peak_memory import PeakMemory
 from offline.pools import Pools, category_fill, merge_pools, newest_fill, order_pools
@@ -457,6 +458,17 @@ def _pool_stats(pools: Pools) -> dict[str, Any]:
     }
 
 
+#: Why ``personalized_cart`` is not trained, for each ``conversion`` setting.
+NO_CONVERSION = {
+    "cart": "no next visit of the fit period includes an add-to-cart (purchases are not "
+    "visits: --param conversion=buy or both weighs purchases of the next item)",
+    "buy": "no next visit of the fit period is followed by a purchase of its item before "
+    "the user's visit after it (--param conversion=cart or both weighs add-to-carts)",
+    "both": "no next visit of the fit period includes an add-to-cart or is followed by a "
+    "purchase of its item before the user's visit after it",
+}
+
+
 def _train_personalized(
     data: Dataset,
     pools: Pools,
@@ -467,10 +479,14 @@ def _train_personalized(
 ) -> dict[str, np.ndarray]:
     from training.personalized import build_examples, train_personalized
 
-    examples = build_examples(data.fit, window=config.personalized.window)
+    examples = build_examples(
+        data.fit, window=config.personalized.window, conversion=config.conversion
+    )
+    # cart_targets: the conversion targets, whichever events `conversion` names.
     metrics["personalized_examples"] = {
         "examples": len(examples),
         "cart_targets": int(examples.is_cart.sum()),
+        "conversion": config.conversion,
     }
     init = (
         item2vec
@@ -478,16 +494,13 @@ def _train_personalized(
         else None
     )
     arrays = {}
-    # MODELS: the click model, then the one whose cart targets weigh cart_omega.
+    # MODELS: the click model, then the one whose conversion targets weigh cart_omega.
     for name, omega in zip(MODELS, (1.0, config.cart_omega), strict=True):
         if name == "personalized_cart" and not examples.is_cart.any():
             # It would train the click model again, under another name.
-            print(
-                f"{name}: not trained: no next visit of the fit period includes an "
-                "add-to-cart (purchases are not visits; --type-map NAME=cart makes a "
-                "conversion event an add-to-cart)"
-            )
-            metrics["models_skipped"] = {name: "no add-to-cart targets"}
+            print(f"{name}: not trained: {NO_CONVERSION[config.conversion]}")
+            label = CONVERSION_NAMES[config.conversion]
+            metrics["models_skipped"] = {name: f"no {label} targets"}
             continue
         variant = replace(config.personalized, cart_weight=omega)
         weights = train_personalized(
@@ -510,7 +523,10 @@ def _train_personalized(
 
 def _eval_arrays(data: Dataset, history: int) -> dict[str, np.ndarray]:
     """Held-out events of the held-out users, with their last ``history`` earlier visit
-    events (clicks and add-to-carts), which give the first held-out windows their past."""
+    events (clicks and add-to-carts), which give the first held-out windows their past.
+
+    Every held-out event is kept, purchases and favourites too: with ``conversion=buy`` or
+    ``both`` the held-out purchases mark ``recsvc eval``'s conversion cases."""
     events = data.events
     hold_users = np.zeros(events.n_users, dtype=bool)
     hold_users[events.users[data.is_holdout]] = True

@@ -82,7 +82,8 @@ class PersonalizedConfig:
     l2 : float
         Penalty on the squared norms of the embedding rows used by a batch.
     cart_weight : float
-        Loss weight ω of examples whose target was added to cart (1.0: plain
+        Loss weight ω of conversion examples (``Examples.is_cart``: the target added to
+        cart, bought or either, by the pipeline's ``conversion``) (1.0: plain
         ``personalized``; 2.0: ``personalized_cart``).
     unigram_power : float
         Sampled negatives are drawn proportionally to ``target count ** unigram_power``.

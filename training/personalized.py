@@ -5,8 +5,10 @@ Training examples
 The next-item cases of :mod:`offline.data.sequences`, the same ones evaluation scores: every
 visit (a run of clicks or add-to-carts of one item) that includes a click and has a next
 visit gives the window ``[s_i, s_{i-1}, ..., s_{i-7}]`` (slot 0 the current item, ``-1``
-where there is no earlier visit), the target ``s_{i+1}``, and ``is_cart`` when the user added
-the target to cart at or after that next visit began.
+where there is no earlier visit), the target ``s_{i+1}``, and ``is_cart`` when the user
+converted on the target during that next visit: added it to cart (``conversion="cart"``, the
+default), bought it (``"buy"``) or either (``"both"``); :mod:`offline.data.sequences` defines
+the span exactly.
 
 Model
 -----
@@ -18,7 +20,8 @@ rounding; a unit test holds the two together).
 
 Loss
 ----
-The example's weight (``cart_weight`` when ``is_cart``, else 1) times the sum of
+The example's weight (``cart_weight`` when ``is_cart``, a conversion case, else 1) times the
+sum of
 
 1. a sampled softmax: the target against ``negatives`` items drawn i.i.d. (with
    replacement) from the unigram distribution of targets raised to 0.75, once per batch and
@@ -76,7 +79,8 @@ class Examples:
     targets : int32 array, shape (m,)
         The next click.
     is_cart : bool array, shape (m,)
-        Whether the user added the target to cart at or after visiting it.
+        Conversion examples: the user added the target to cart, bought it, or either (the
+        ``conversion`` of :func:`build_examples`) during its visit.
     """
 
     windows: np.ndarray
@@ -120,7 +124,9 @@ class PersonalizedWeights:
         return asdict(self.config)
 
 
-def build_examples(events: Interactions, window: int = WINDOW) -> Examples:
+def build_examples(
+    events: Interactions, window: int = WINDOW, conversion: str = "cart"
+) -> Examples:
     """Next-item examples: exactly the cases evaluation scores (:mod:`offline.data.sequences`).
 
     Parameters
@@ -129,13 +135,18 @@ def build_examples(events: Interactions, window: int = WINDOW) -> Examples:
         Events of every type, sorted by (user, ts).
     window : int
         Slots per window, the current item included.
+    conversion : str
+        Which events mark a conversion example (``cart``, ``buy`` or ``both``; see
+        :data:`offline.data.sequences.CONVERSIONS`).
 
     Returns
     -------
     Examples
         ``windows`` int32 (m, window), ``targets`` int32 (m,), ``is_cart`` bool (m,).
     """
-    cases = next_item_cases(events.users, events.items, events.types, window=window)
+    cases = next_item_cases(
+        events.users, events.items, events.types, window=window, conversion=conversion
+    )
     return Examples(cases.windows, cases.target, cases.is_cart)
 
 
@@ -358,7 +369,7 @@ def train_personalized(
     compact = _compact_pools(np.asarray(pools)) if pools is not None else None
     sampler = ItemSampler(probabilities)
     logger.info(
-        "personalized: %d examples (%d carted), %d items, cart weight %.1f",
+        "personalized: %d examples (%d conversions), %d items, cart weight %.1f",
         len(examples), int(examples.is_cart.sum()), int((known | scorable).sum()),
         config.cart_weight,
     )  # fmt: skip

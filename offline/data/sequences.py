@@ -4,11 +4,26 @@ A *visit* is a run of consecutive click or add-to-cart events of one user on one
 reload, or the add-to-cart that follows a view, is not a new visit; favourites and purchases
 are not visits). Each visit that includes a click and has a next visit by the same user is
 a case: the window is the current item followed by the earlier visits' items, newest first;
-the target is the next visit's item; the case is an add-to-cart case when that next visit
-includes an add-to-cart (a cart of the item much later, after other visits, is a visit of
-its own and labels that later step instead). Taobao logs many add-to-carts without a view of
-the same item just before, so counting visits over clicks and carts (not clicks alone) keeps
+the target is the next visit's item. Taobao logs many add-to-carts without a view of the
+same item just before, so counting visits over clicks and carts (not clicks alone) keeps
 those as next items.
+
+A case is a *conversion* case (``Cases.is_cart``) when a conversion event of the user on the
+target item falls in the next visit's span: from that visit's first event up to, not
+including, the first event of the user's visit after it (or up to the user's last event),
+in the events' (user, time) order. Which events convert is the ``conversion`` setting
+(:data:`CONVERSIONS`):
+
+- ``cart`` (default): an add-to-cart. Every cart inside the span is part of the next visit,
+  so this is "the next visit includes an add-to-cart" (a cart of the item much later,
+  after other visits, is a visit of its own and labels that later step instead);
+- ``buy``: a purchase of the target item inside the span. Purchases are not visits, so a
+  purchase between the next visit and the visit after it counts, and one after other
+  visits (e.g. a checkout of the cart later in the session) labels no case;
+- ``both``: either.
+
+No event after the span is read, so a case's label needs no more of the log than the cart
+rule always did; in evaluation only ``eligible`` (held-out) conversion events count.
 """
 
 from __future__ import annotations
@@ -17,7 +32,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from offline.data.interactions import CART, CLICK
+from offline.data.interactions import BUY, CART, CLICK
+from recsvc.exceptions import ConfigError
+
+#: The ``conversion`` settings: the event types that make a next-item case a conversion case.
+CONVERSIONS: dict[str, tuple[int, ...]] = {"cart": (CART,), "buy": (BUY,), "both": (CART, BUY)}
+#: What each setting's conversion cases are called in messages and tables.
+CONVERSION_NAMES: dict[str, str] = {
+    "cart": "add-to-cart",
+    "buy": "purchase",
+    "both": "add-to-cart or purchase",
+}
 
 
 @dataclass(frozen=True)
@@ -28,7 +53,9 @@ class Cases:
     ----------
     users : int array, shape (n,)
     current, target : int32 arrays, shape (n,), the item viewed and the next one visited
-    is_cart : bool array, shape (n,), the next item was added to cart
+    is_cart : bool array, shape (n,)
+        A conversion case: the user added the target to cart (``conversion="cart"``, the
+        default), bought it, or either, during the next visit (see the module docstring).
     windows : int32 array, shape (n, w), current item then earlier visits, -1 padded
     window_gaps : float64 array, shape (n, w), or None
         Seconds from the end of each slot's visit (its last event) to the start of the next
@@ -68,6 +95,7 @@ def next_item_cases(
     eligible: np.ndarray | None = None,
     window: int = 8,
     ts: np.ndarray | None = None,
+    conversion: str = "cart",
 ) -> Cases:
     """Cases from events sorted by (user, time).
 
@@ -75,13 +103,23 @@ def next_item_cases(
     ----------
     users, items, types : arrays of shape (n_events,)
     eligible : bool array, shape (n_events,), optional
-        Events that may start a case and whose add-to-carts count (the held-out period in
-        evaluation); other events only give windows their history. Default: all.
+        Events that may start a case and whose conversion events count (the held-out
+        period in evaluation); other events only give windows their history. Default: all.
     window : int
         Slots of each window.
     ts : float array, shape (n_events,), optional
         Event times, for ``Cases.window_gaps``.
+    conversion : str
+        A key of :data:`CONVERSIONS`: which events make a case a conversion case
+        (``Cases.is_cart``).
+
+    Raises
+    ------
+    ConfigError
+        An unknown ``conversion``.
     """
+    if conversion not in CONVERSIONS:
+        raise ConfigError(f"conversion must be one of {', '.join(CONVERSIONS)}, got {conversion!r}")
     if eligible is None:
         eligible = np.ones(len(users), dtype=bool)
     visit_events = (types == CLICK) | (types == CART)
@@ -91,12 +129,14 @@ def next_item_cases(
     visit_of_event = np.cumsum(start) - 1
     v_users, v_items, v_eligible = e_users[start], e_items[start], e_eligible[start]
     v_clicked = np.bincount(visit_of_event, weights=e_types == CLICK, minlength=len(v_users)) > 0
-    carted = (e_types == CART) & e_eligible
-    v_carted = np.bincount(visit_of_event, weights=carted, minlength=len(v_users)) > 0
+    v_converted = _converted_visits(
+        users, items, types, eligible, np.flatnonzero(visit_events)[start], v_users, v_items,
+        CONVERSIONS[conversion],
+    )  # fmt: skip
     has_next = np.zeros(len(v_users), dtype=bool)
     has_next[:-1] = v_users[1:] == v_users[:-1]
     case = np.flatnonzero(v_eligible & v_clicked & has_next)
-    target, is_cart = v_items[case + 1], v_carted[case + 1]  # fmt: skip
+    target, is_cart = v_items[case + 1], v_converted[case + 1]  # fmt: skip
     back = case[:, None] - np.arange(window)[None, :]
     inside = (back >= 0) & (v_users[np.maximum(back, 0)] == v_users[case][:, None])
     windows = np.where(inside, v_items[np.maximum(back, 0)], -1).astype(np.int32)
@@ -112,3 +152,36 @@ def next_item_cases(
         window_gaps = np.where(inside, gaps, np.nan)
     return Cases(v_users[case], v_items[case].astype(np.int32), target.astype(np.int32),
                  is_cart, windows, window_gaps)  # fmt: skip
+
+
+def _converted_visits(
+    users: np.ndarray,
+    items: np.ndarray,
+    types: np.ndarray,
+    eligible: np.ndarray,
+    begins: np.ndarray,
+    v_users: np.ndarray,
+    v_items: np.ndarray,
+    kinds: tuple[int, ...],
+) -> np.ndarray:
+    """Visits during which the user had an eligible ``kinds`` event on the visit's item.
+
+    Parameters
+    ----------
+    users, items, types, eligible : arrays of shape (n_events,), sorted by (user, time)
+    begins : int array, shape (n_visits,), index of each visit's first event (ascending)
+    v_users, v_items : arrays of shape (n_visits,), each visit's user and item
+    kinds : event type codes that convert
+
+    Returns
+    -------
+    bool array, shape (n_visits,)
+        Events from a visit's first event up to the next visit's first event (or, for a
+        user's last visit, up to that user's last event) belong to that visit's span.
+    """
+    events = np.flatnonzero(np.isin(types, kinds) & eligible)
+    span = np.searchsorted(begins, events, side="right") - 1  # latest visit begun by then
+    inside = span >= 0
+    events, span = events[inside], span[inside]
+    mine = (v_users[span] == users[events]) & (v_items[span] == items[events])
+    return np.bincount(span[mine], minlength=len(v_users)) > 0

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from offline.data.sequences import CONVERSION_NAMES
 from offline.evaluation.evaluate import available_methods, evaluate
 from offline.evaluation.report import format_differences, format_table, plot_hit_ratios, write_json
 from offline.evaluation.served import candidate_settings
@@ -61,7 +62,8 @@ def run_eval(args: argparse.Namespace) -> dict:
         plot_hit_ratios(result, args.k, args.plot, title=f"recsvc eval: {bundle.version}")
         written.append(str(args.plot))
     print(
-        f"{result['cases']['click']} click cases, {result['cases']['cart']} add-to-cart cases, "
+        f"{result['cases']['click']} click cases, {result['cases']['cart']} "
+        f"{CONVERSION_NAMES[result['conversion']]} cases, "
         f"{len(result['methods'])} methods in {time.perf_counter() - started:.1f}s; "
         f"wrote {', '.join(written)}"
     )

@@ -2,7 +2,9 @@
 
 Cases are defined in :mod:`offline.data.sequences`: for every held-out viewed item with a next
 visit, the current item's pool is ranked by a method, and it is a hit at K when the next
-visited item is in the top K. Add-to-cart cases are those whose next item was added to cart.
+visited item is in the top K. Conversion cases (the ``cart`` rows) are those whose next item
+was added to cart, bought, or either: the bundle's ``conversion`` parameter (``cart`` when the
+manifest has none), as the pipeline weighed them in ``personalized_cart``.
 The session-kNN methods (:mod:`offline.evaluation.session_knn`) rank the whole catalogue
 instead of the pool.
 """
@@ -14,13 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from offline.data.sequences import Cases, next_item_cases
+from offline.data.sequences import CONVERSIONS, Cases, next_item_cases
 from offline.evaluation.metrics import Difference, paired_bootstrap, summarize, target_ranks
 from offline.evaluation.served import served_ranks
 from offline.evaluation.session_knn import KNN_METHODS, all_knn_ranks
 from recsvc.bundle import Bundle
 from recsvc.candidates import CandidateSettings
 from recsvc.contract import CANDIDATE_SOURCES, MODELS
+from recsvc.exceptions import BundleError
 from recsvc.scoring import Scorer
 from recsvc.session_knn import KNNParams
 
@@ -43,10 +46,28 @@ COMPARISONS = (
 )
 
 
+def bundle_conversion(bundle: Bundle) -> str:
+    """The bundle's ``conversion`` parameter: ``cart`` for bundles from before it existed."""
+    conversion = bundle.manifest.get("parameters", {}).get("conversion", "cart")
+    if conversion not in CONVERSIONS:
+        raise BundleError(
+            f"bundle {bundle.version}: unknown conversion {conversion!r} in its parameters "
+            f"(known: {', '.join(CONVERSIONS)})"
+        )
+    return str(conversion)
+
+
+def conversion_label(conversion: str) -> str:
+    """The name of the conversion rows in printed tables and comparisons: ``cart``, ``buy``,
+    ``cart|buy``."""
+    return {"cart": "cart", "buy": "buy", "both": "cart|buy"}[conversion]
+
+
 def cases_from_bundle(bundle: Bundle) -> Cases:
+    """The held-out cases, ``is_cart`` marking the bundle's conversion events."""
     arrays = [np.asarray(bundle[name]) for name in EVAL_ARRAYS]
     window = len(bundle["models/personalized/position_weights"])
-    return next_item_cases(*arrays, window=window)
+    return next_item_cases(*arrays, window=window, conversion=bundle_conversion(bundle))
 
 
 def available_methods(bundle: Bundle) -> list[str]:
@@ -81,14 +102,22 @@ def method_scores(bundle: Bundle, method: str, cases: Cases, pools: np.ndarray) 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Per-case ranks of every method, and the summary in the JSON shape of ``recsvc eval``."""
+    """Per-case ranks of every method, and the summary in the JSON shape of ``recsvc eval``.
+
+    ``conversion`` names the events behind ``cases.is_cart`` (the ``cart`` rows).
+    """
 
     cases: Cases
     ranks: dict[str, np.ndarray]
     ks: tuple[int, ...]
+    conversion: str = "cart"
 
     def result(self, subset: np.ndarray | None = None) -> dict[str, object]:
-        """The ``recsvc eval`` JSON, over all cases or the cases where ``subset`` is true."""
+        """The ``recsvc eval`` JSON, over all cases or the cases where ``subset`` is true.
+
+        The conversion rows keep the key ``cart`` whatever the conversion events; the top
+        level ``conversion`` says which they are (``cart``, ``buy`` or ``both``).
+        """
         keep = np.ones(len(self.cases), dtype=bool) if subset is None else subset
         cart = self.cases.is_cart & keep
         methods: dict[str, dict[str, dict[str, float]]] = {}
@@ -96,7 +125,11 @@ class Evaluation:
             methods[method] = {"click": summarize(ranks[keep], self.ks)}
             if cart.any():
                 methods[method]["cart"] = summarize(ranks[cart], self.ks)
-        return {"cases": {"click": int(keep.sum()), "cart": int(cart.sum())}, "methods": methods}
+        return {
+            "cases": {"click": int(keep.sum()), "cart": int(cart.sum())},
+            "conversion": self.conversion,
+            "methods": methods,
+        }
 
     def differences(self, seed: int = 0, metric_k: int = 10) -> list[Difference]:
         """Bootstrap intervals of hr@``metric_k`` differences for ``COMPARISONS``."""
@@ -110,8 +143,9 @@ class Evaluation:
             hits_a = (self.ranks[a][mask] <= metric_k).astype(np.float64)
             hits_b = (self.ranks[b][mask] <= metric_k).astype(np.float64)
             value, low, high = paired_bootstrap(hits_a, hits_b, self.cases.users[mask], seed=seed)
+            label = conversion_label(self.conversion) if subset == "cart" else subset
             out.append(
-                Difference(a, b, f"{subset} hr@{metric_k}", int(mask.sum()), value, low, high)
+                Difference(a, b, f"{label} hr@{metric_k}", int(mask.sum()), value, low, high)
             )
         return out
 
@@ -140,4 +174,5 @@ def evaluate(
             ranks[method] = target_ranks(scores, pools, cases.target)
     chosen_knn = {m: knn.get(m, p) for m, p in KNN_METHODS.items() if m in chosen}
     ranks |= all_knn_ranks(bundle, cases, chosen_knn)
-    return Evaluation(cases, {m: ranks[m] for m in chosen if m in ranks}, tuple(ks))
+    ranked = {m: ranks[m] for m in chosen if m in ranks}
+    return Evaluation(cases, ranked, tuple(ks), bundle_conversion(bundle))

@@ -6,9 +6,16 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from offline.data.sequences import CONVERSION_NAMES
 from offline.evaluation.metrics import Difference
 
 CASE_TITLES = {"click": "Click hit ratio (%)", "cart": "Add-to-cart hit ratio (%)"}
+
+
+def case_titles(result: dict) -> dict[str, str]:
+    """``CASE_TITLES`` with the ``cart`` rows named after the result's conversion events."""
+    name = CONVERSION_NAMES[result.get("conversion", "cart")]
+    return {**CASE_TITLES, "cart": f"{name[0].upper()}{name[1:]} hit ratio (%)"}
 
 
 def format_table(result: dict, ks: Sequence[int]) -> str:
@@ -16,7 +23,7 @@ def format_table(result: dict, ks: Sequence[int]) -> str:
     columns = [f"hr@{k}" for k in ks] + ["ndcg@10", "mrr@20", "coverage"]
     width = max([len(m) for m in result["methods"]] + [12])
     lines = []
-    for subset, title in CASE_TITLES.items():
+    for subset, title in case_titles(result).items():
         n = result["cases"].get(subset, 0)
         rows = [(m, v[subset]) for m, v in result["methods"].items() if subset in v]
         if not rows:
@@ -58,7 +65,8 @@ def plot_hit_ratios(result: dict, ks: Sequence[int], path: str | Path, title: st
     import matplotlib.pyplot as plt
     import numpy as np
 
-    subsets = [s for s in CASE_TITLES if any(s in v for v in result["methods"].values())]
+    titles = case_titles(result)
+    subsets = [s for s in titles if any(s in v for v in result["methods"].values())]
     fig, axes = plt.subplots(1, len(subsets), figsize=(6 * len(subsets), 4), squeeze=False)
     for ax, subset in zip(axes[0], subsets, strict=True):
         methods = [m for m, v in result["methods"].items() if subset in v]
@@ -69,7 +77,7 @@ def plot_hit_ratios(result: dict, ks: Sequence[int], path: str | Path, title: st
             ax.bar(x + i * width - 0.4 + width / 2, values, width, label=method)
         ax.set_xticks(x, [f"HR@{k}" for k in ks])
         ax.set_ylabel("%")
-        ax.set_title(f"{CASE_TITLES[subset]}, n={result['cases'].get(subset, 0)}")
+        ax.set_title(f"{titles[subset]}, n={result['cases'].get(subset, 0)}")
         ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)

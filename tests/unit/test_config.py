@@ -29,6 +29,7 @@ def test_overrides_reach_nested_settings_with_their_types():
         ("pool_size", "KEY=VALUE"),
         ("pool_size=0", ">= 1"),
         ("personalized.window=0", "must be >= 1"),
+        ("conversion=foo", "conversion must be one of cart, buy, both"),
     ],
 )
 def test_bad_overrides_are_clear_errors(override, message):

@@ -1,12 +1,13 @@
 """What the second stage costs per Recommend: the ranking call with and without it.
 
-    python -m bench.second_stage_cost --bundle .local/r15/yc-test-r --first .local/r15/yc-test3
+    python -m bench.second_stage_cost --bundle .local/bundles/taobao
 
 Replays held-out cases of ``--bundle`` (one with a ``ranker/model``) through
 ``Ranker.rank`` as the server calls it, and prints one JSON line with microseconds per call,
 best of ``--rounds``: the whole ranking with the second stage, its two parts (candidates
-and features; the trees), and the first stage alone on ``--first`` (a bundle of the same
-log without a model). One process, one thread: a ratio between rows is what to compare.
+and features; the trees), and the first stage alone on the same bundle (``recsvc serve
+--second-stage 0``: the item's pool ranked by the model). One process, one thread: a ratio
+between rows is what to compare.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ def best_of(rounds: int, calls: int, run: Callable[[], object]) -> float:
     return round(best / calls * 1e6, 1)
 
 
-def measure(bundle_dir: Path, first_dir: Path, cases: int, rounds: int, k: int) -> dict:
+def measure(bundle_dir: Path, cases: int, rounds: int, k: int) -> dict:
     bundle = load_bundle(bundle_dir)
-    second, first = Ranker(bundle), Ranker(load_bundle(first_dir))
+    second, first = Ranker(bundle), Ranker(bundle, second_stage=False)
     stage = second.second_stage
     if stage is None:
         raise RecsvcError(f"{bundle_dir} has no second stage (ranker/model)")
@@ -72,7 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--bundle", required=True, type=Path, help="bundle with ranker/model")
-    parser.add_argument("--first", required=True, type=Path, help="same log, no ranker/model")
     parser.add_argument("--cases", type=int, default=2000, help="held-out cases (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="repeats, best kept (default 3)")
     parser.add_argument("--k", type=int, default=20, help="items per answer (default 20)")
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cases < 1 or args.rounds < 1 or args.k < 1:
         parser.error("--cases, --rounds and --k must be >= 1")
     try:
-        print(json.dumps(measure(args.bundle, args.first, args.cases, args.rounds, args.k)))
+        print(json.dumps(measure(args.bundle, args.cases, args.rounds, args.k)))
     except RecsvcError as exc:
         print(f"second_stage_cost: error: {exc}", file=sys.stderr)
         return 1

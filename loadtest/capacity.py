@@ -60,6 +60,13 @@ def personalized(reply: bytes) -> bool:
     return pb.RecommendResponse.FromString(reply).personalized
 
 
+def answer_kind(reply: bytes) -> tuple[bool, bool]:
+    """(personalized, ranked by the second stage) of a sampled Recommend reply (runs in the
+    client processes)."""
+    answer = pb.RecommendResponse.FromString(reply)
+    return answer.personalized, answer.ranked_by == pb.RANKED_BY_SECOND_STAGE
+
+
 @dataclass
 class Step:
     """One step of the search, with the server's CPU time over it."""
@@ -251,7 +258,7 @@ def measure_both(
                 METHOD,
                 requests,
                 args.clients,
-                personalized,
+                answer_kind,
                 timeout_s=1.0,
                 connections=args.connections,
             )
@@ -364,7 +371,7 @@ def main() -> None:
     (best, steps), (ceiling, ceiling_steps) = results["recsvc"], results["empty"]
     if best is None or ceiling is None:
         raise SystemExit("no rate met the target; try a lower --start-rate")
-    shares = [bool(x) for x in best.result.inspected]
+    kinds = [tuple(x) for x in best.result.inspected]
     report = {
         "rps": round(best.result.rate, 1),
         "p50_ms": round(best.result.percentile(50), 2),
@@ -375,7 +382,8 @@ def main() -> None:
         "confirmed": best.passed and ceiling.passed,
         "server_cpu_ms_per_request": best.summary()["server_cpu_ms_per_request"],
         "ceiling_cpu_ms_per_request": ceiling.summary()["server_cpu_ms_per_request"],
-        "personalized_share": round(sum(shares) / max(len(shares), 1), 3),
+        "personalized_share": round(sum(k[0] for k in kinds) / max(len(kinds), 1), 3),
+        "second_stage_share": round(sum(k[1] for k in kinds) / max(len(kinds), 1), 3),
         "p99_target_ms": args.p99_ms,
         "workers": args.workers,
         "clients": args.clients,

@@ -25,6 +25,12 @@ def _default_quotas() -> dict[str, int]:
     return {**dict.fromkeys(SOURCE_NAMES, 200), PSS: 20}
 
 
+def _served_candidates() -> CandidateSettings:
+    # The top V-SKNN items and the last visit's pool join the item's pool: chosen on the
+    # validation days with the second stage (docs/RESULTS.md, issue 15).
+    return CandidateSettings(session_pools=1, knn_items=100)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything ``recsvc pipeline`` can be tuned with (recorded in the bundle manifest).
@@ -79,7 +85,7 @@ class PipelineConfig:
     eval_history: int = 64
     session_gap_s: float = 1800.0
     fallback_order: str = "itemcf"
-    candidates: CandidateSettings = field(default_factory=CandidateSettings)
+    candidates: CandidateSettings = field(default_factory=_served_candidates)
     ranker: RankerSettings = field(default_factory=RankerSettings)
     item2vec: Item2VecConfig = field(default_factory=Item2VecConfig)
     personalized: PersonalizedConfig = field(default_factory=PersonalizedConfig)

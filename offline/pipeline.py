@@ -166,19 +166,22 @@ def run_pipeline(
     ranker_model = None
     if config.ranker.enabled:
         with timings.stage("second_stage"):
-            ranker_model, metrics["second_stage"] = train_second_stage(
-                fit_period_log(
-                    log,
-                    test_log,
-                    timezone=inputs.timezone,
-                    test_day=inputs.test_day,
-                    holdout=inputs.holdout,  # type: ignore[arg-type]
-                ),
-                inputs,
-                config,
-                seed,
-                out,
+            fit_log = fit_period_log(
+                log,
+                test_log,
+                timezone=inputs.timezone,
+                test_day=inputs.test_day,
+                holdout=inputs.holdout,  # type: ignore[arg-type]
             )
+            try:
+                ranker_model, metrics["second_stage"] = train_second_stage(
+                    fit_log, inputs, config, seed, out
+                )
+            except DataError as exc:
+                # Too little data for a learned ranker: the first stage ranks alone, as the
+                # server does with any bundle without ranker/model.
+                print(f"second stage: not trained: {exc}; the personalized model ranks alone")
+                metrics["second_stage"] = {"skipped": str(exc)}
     arrays, sources, skipped = build_arrays(data, inputs, config, seed, timings, metrics, out)
     if ranker_model is not None:
         arrays[MODEL_ARRAY] = model_array(ranker_model)
@@ -336,12 +339,15 @@ def train_second_stage(
     with tempfile.TemporaryDirectory(prefix="recsvc-second-stage-") as tmp:
         manifest = {"parameters": {**first.as_dict(), "seed": seed}, "split": inner.split}
         bundle = load_bundle(write_bundle(Path(tmp), arrays, manifest))
-        rows = training_rows(bundle, config.ranker.negatives, seed)
+        rows = training_rows(bundle, config.candidates, config.ranker.negatives, seed)
     model, metrics = train_ranker(rows, config.ranker, seed)
     print(
         f"second stage: {metrics['queries']} of {metrics['cases']} cases have their next item "
         f"among the candidates; {metrics['rows']} rows; best iteration "
-        f"{metrics['best_iteration']}, validation {metrics['valid_ndcg']}"
+        f"{metrics['best_iteration']}; NDCG@10 on its validation queries "
+        f"{metrics['valid_ndcg10']} (the first stage's orders: "
+        + ", ".join(f"{k} {v}" for k, v in metrics["baseline_ndcg10"].items())
+        + ")"
     )
     return model, metrics
 

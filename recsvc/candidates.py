@@ -39,9 +39,9 @@ def _session_knn() -> KNNParams:
 class CandidateSettings:
     """How a request's candidates are gathered (recorded in the bundle manifest)."""
 
-    # Off by default: ranked by the personalized model alone, the extra candidates lowered
-    # the Taobao validation day's HR@10 (docs/RESULTS.md); a second stage that weighs them
-    # is what they wait for.
+    # Off here: the item's pool alone, what the first stage ranks (in C). The pipeline
+    # records its own defaults (offline.config), which add V-SKNN's items and the last
+    # visit's pool for the second stage.
     session_pools: int = 0
     knn_items: int = 0
     cap: int = 400

@@ -22,19 +22,20 @@ from recsvc.ranking import Ranker
 log = logging.getLogger(__name__)
 
 
-def load_ranker(path: Path, model: str) -> Ranker:
+def load_ranker(path: Path, model: str, second_stage: bool = True) -> Ranker:
     """Load, verify and index the bundle at ``path`` (blocking)."""
-    return Ranker(load_bundle(path), model)
+    return Ranker(load_bundle(path), model, second_stage=second_stage)
 
 
 class BundleReloader:
     """Holds the current :class:`Ranker`; ``ranker`` is what a request should use."""
 
-    def __init__(self, path: Path, model: str, metrics: Metrics) -> None:
+    def __init__(self, path: Path, model: str, metrics: Metrics, second_stage: bool = True) -> None:
         self.path = Path(path)
         self.model = model
+        self.second_stage = second_stage
         self.metrics = metrics
-        self.ranker = load_ranker(self.path, model)
+        self.ranker = load_ranker(self.path, model, second_stage)
         self._lock = asyncio.Lock()
         self._failed: Path | None = None
         metrics.set_bundle(self.ranker.version)
@@ -51,7 +52,7 @@ class BundleReloader:
                 if not force and target in (self.ranker.bundle.path, self._failed):
                     return False
                 self._failed = target  # until it loads: the watch does not retry it
-                ranker = await asyncio.to_thread(load_ranker, target, self.model)
+                ranker = await asyncio.to_thread(load_ranker, target, self.model, self.second_stage)
             except Exception as exc:  # any bad bundle: keep serving the old one
                 self.metrics.bundle_swaps.labels(result="failed").inc()
                 log.error(

@@ -25,7 +25,7 @@ from recsvc._wire import ranked_items
 from recsvc.contract import MAX_ID_LENGTH, SOURCE_BITS
 from recsvc.exceptions import InvalidRequest, ItemNotFound, SessionStoreError
 from recsvc.metrics import Metrics
-from recsvc.ranking import Fallback, Ranking
+from recsvc.ranking import Fallback, RankedBy, Ranking
 from recsvc.redact import clip
 from recsvc.reloader import BundleReloader
 from recsvc.retry import CircuitBreaker
@@ -46,6 +46,11 @@ STATUS = {ItemNotFound: grpc.StatusCode.NOT_FOUND, InvalidRequest: grpc.StatusCo
 FALLBACK_PROTO: dict[str | None, pb.FallbackReason] = {
     reason: cast(pb.FallbackReason, pb.FallbackReason.Value(f"FALLBACK_REASON_{reason.upper()}"))
     for name, reason in vars(Fallback).items()
+    if not name.startswith("_")
+}
+RANKED_BY_PROTO: dict[str, pb.RankedBy] = {
+    stage: cast(pb.RankedBy, pb.RankedBy.Value(f"RANKED_BY_{stage.upper()}"))
+    for name, stage in vars(RankedBy).items()
     if not name.startswith("_")
 }
 SOURCE_PROTO = {bit: pb.Source.Value(f"SOURCE_{name.upper()}") for name, bit in SOURCE_BITS.items()}
@@ -247,6 +252,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             personalized=ranking.personalized,
             fallback_reason=FALLBACK_PROTO.get(ranking.fallback, pb.FALLBACK_REASON_UNSPECIFIED),
             session_events_used=ranking.session_events_used,
+            ranked_by=RANKED_BY_PROTO[ranking.ranked_by],
         )
         # The items as wire bytes, written in C and parsed by upb: a tenth of the cost of
         # adding 30 RankedItem messages one by one.
@@ -267,7 +273,9 @@ class RecommendServer:
         self.settings = settings
         self.store = store
         self.metrics = metrics or Metrics()
-        self.bundles = BundleReloader(settings.bundle, settings.model, self.metrics)
+        self.bundles = BundleReloader(
+            settings.bundle, settings.model, self.metrics, bool(settings.second_stage)
+        )
         self.service = RecommenderService(self.bundles, store, settings, self.metrics)
         self.health = health.aio.HealthServicer()
         self._server = grpc.aio.server()

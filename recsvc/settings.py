@@ -92,6 +92,14 @@ class Settings:
         default="personalized",
         metadata={"help": "bundle model that ranks: " + " | ".join(MODELS)},
     )
+    second_stage: int = field(
+        default=1,
+        metadata={
+            "help": "1 ranks with the bundle's learned second stage when it has one and the "
+            "model is personalized; 0 ranks the item's pool by the model alone (the first "
+            "stage, as a bundle without a second stage is served)"
+        },
+    )
     budget_ms: float = field(
         default=100.0, metadata={"help": "answer every call within this many ms, end to end"}
     )
@@ -225,6 +233,8 @@ def _check(s: Settings) -> None:
         fail("ingest_check_crcs", f"must be 0 or 1, got {s.ingest_check_crcs}")
     if s.events_topic == s.dlq_topic:
         fail("dlq_topic", "must differ from the events topic")
+    if s.second_stage not in (0, 1):
+        fail("second_stage", f"must be 0 or 1, got {s.second_stage}")
     if s.model not in MODELS:
         fail("model", f"{s.model!r} is not one of {', '.join(MODELS)}")
     if not 1 <= s.budget_ms <= 60_000:

@@ -84,6 +84,29 @@ def with_sessions(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**arrays, **index.to_arrays()}
 
 
+def unpopular_first(names: tuple[str, ...] | None = None) -> str:
+    """The text of a LambdaRank model over the second stage's features (or ``names``) that
+    learned to put the least popular candidate first."""
+    import lightgbm
+
+    from recsvc.features import FEATURES
+
+    names = names or FEATURES
+    popularity_column = names.index("log_popularity")
+    rng = np.random.default_rng(0)
+    groups, size = 200, 5
+    # Every other column missing: the model can only learn from popularity.
+    features = np.full((groups * size, len(names)), np.nan, dtype=np.float32)
+    # log1p of a share per million, as recsvc.features computes it: 0 to about 14.
+    features[:, popularity_column] = rng.uniform(0.0, 15.0, size=groups * size)
+    popularity = features[:, popularity_column].reshape(groups, size)
+    labels = (popularity == popularity.min(axis=1, keepdims=True)).astype(float).ravel()
+    data = lightgbm.Dataset(features, labels, group=[size] * groups, feature_name=list(names))
+    params = {"objective": "lambdarank", "verbosity": -1, "min_data_in_leaf": 5, "seed": 0}
+    text: str = lightgbm.train(params, data, num_boost_round=40).model_to_string()
+    return text
+
+
 def event(n: int, user: str = "u", kind: str = "click") -> Event:
     return Event(f"e{n}", user, f"i{n}", kind, 1000.0 + n)
 

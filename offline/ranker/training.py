@@ -21,8 +21,9 @@ from offline.evaluation.evaluate import cases_from_bundle
 from offline.evaluation.served import case_session
 from offline.ranker.settings import RankerSettings
 from recsvc.bundle import Bundle
+from recsvc.candidates import CandidateSettings
 from recsvc.exceptions import DataError
-from recsvc.features import FEATURES
+from recsvc.features import COLUMNS, FEATURES
 from recsvc.ranking import Ranker
 
 
@@ -37,10 +38,14 @@ class TrainingRows:
     cases: int
 
 
-def training_rows(bundle: Bundle, negatives: int, seed: int) -> TrainingRows:
-    """The queries of every held-out case of ``bundle`` whose target is a candidate, each
-    with the target and at most ``negatives`` other candidates drawn at random."""
-    ranker = Ranker(bundle)
+def training_rows(
+    bundle: Bundle, candidates: CandidateSettings, negatives: int, seed: int
+) -> TrainingRows:
+    """The queries of every held-out case of ``bundle`` whose target is one of its
+    ``candidates``, each with the target and at most ``negatives`` other candidates drawn
+    at random."""
+    # ``bundle`` has no second stage yet: its candidates are the ones the model will rank.
+    ranker = Ranker(bundle, candidates=candidates)
     cases = cases_from_bundle(bundle)
     # Items without a fit-period event are in the catalogue only because the held-out day
     # clicks them: they are never learned from (the server never scores them either).
@@ -83,10 +88,20 @@ def train_ranker(rows: TrainingRows, settings: RankerSettings, seed: int) -> tup
     """(LightGBM text model, metrics) from ``rows``; the later queries stop the boosting."""
     import lightgbm
 
-    split = int(len(rows.groups) * (1 - settings.valid_share))
-    if split < 1 or split >= len(rows.groups):
-        raise DataError(f"{len(rows.groups)} training queries are too few to train a ranker")
+    queries = len(rows.groups)
+    split = int(queries * (1 - settings.valid_share))
+    if queries < settings.min_queries or split < 1 or split >= queries:
+        raise DataError(
+            f"{queries} training queries are too few to train a ranker "
+            f"(ranker.min_queries={settings.min_queries})"
+        )
     cut = int(rows.groups[:split].sum())
+    features = rows.features
+    left_out = settings.left_out_columns()
+    if left_out:
+        # All NaN: no tree can split on them, so the model never reads them.
+        features = features.copy()
+        features[:, left_out] = np.nan
     params: dict[str, Any] = {
         "objective": "lambdarank",
         "metric": "ndcg",
@@ -101,10 +116,10 @@ def train_ranker(rows: TrainingRows, settings: RankerSettings, seed: int) -> tup
     }
     names = list(FEATURES)
     train = lightgbm.Dataset(
-        rows.features[:cut], rows.labels[:cut], group=rows.groups[:split], feature_name=names
+        features[:cut], rows.labels[:cut], group=rows.groups[:split], feature_name=names
     )
     valid = lightgbm.Dataset(
-        rows.features[cut:], rows.labels[cut:], group=rows.groups[split:], reference=train
+        features[cut:], rows.labels[cut:], group=rows.groups[split:], reference=train
     )
     booster = lightgbm.train(
         params,
@@ -114,12 +129,36 @@ def train_ranker(rows: TrainingRows, settings: RankerSettings, seed: int) -> tup
         callbacks=[lightgbm.early_stopping(settings.early_stopping, verbose=False)],
     )
     gain = booster.feature_importance(importance_type="gain")
+    valid_rows = slice(cut, None)
+    valid_groups = rows.groups[split:]
+    model_ndcg = ndcg_at_10(
+        booster.predict(features[valid_rows], num_iteration=booster.best_iteration),
+        rows.labels[valid_rows],
+        valid_groups,
+    )
+    # The first stage's own orders on the same queries: a model that does not beat them
+    # would make serving worse than a bundle without it.
+    baselines = {
+        name: ndcg_at_10(
+            sign * rows.features[valid_rows, COLUMNS[column]], rows.labels[valid_rows], valid_groups
+        )
+        for name, column, sign in BASELINES
+    }
+    best = max(baselines, key=lambda name: baselines[name])
+    if not model_ndcg > baselines[best]:
+        raise DataError(
+            f"the ranker's NDCG@10 on its validation queries, {model_ndcg:.4f}, does not beat "
+            f"{best}'s own order ({baselines[best]:.4f})"
+        )
     metrics = {
         "cases": rows.cases,
         "queries": len(rows.groups),
         "rows": len(rows.labels),
         "best_iteration": booster.best_iteration,
         "valid_ndcg": {k: float(v) for k, v in booster.best_score["valid_0"].items()},
+        "valid_ndcg10": round(model_ndcg, 4),
+        "baseline_ndcg10": {name: round(value, 4) for name, value in baselines.items()},
+        "left_out": [FEATURES[j] for j in left_out],
         "gain": {
             n: round(float(g), 1)
             for n, g in sorted(zip(names, gain, strict=True), key=lambda pair: -pair[1])
@@ -127,3 +166,28 @@ def train_ranker(rows: TrainingRows, settings: RankerSettings, seed: int) -> tup
     }
     text = booster.model_to_string(num_iteration=booster.best_iteration)
     return text, metrics
+
+
+#: The first stage's orders the model must beat: (name, feature column, sign).
+BASELINES = (
+    ("personalized", "personalized", 1.0),
+    ("pool order", "pool_position", -1.0),
+    ("item-CF", "itemcf_current", 1.0),
+    ("V-SKNN", "vsknn", 1.0),
+)
+
+
+def ndcg_at_10(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """Mean NDCG@10 over queries of one relevant row each (``labels`` 1 there): the
+    target's gain ``1 / log2(1 + rank)`` within the top 10, NaN scores last, a tie counted
+    as half a row ahead."""
+    scores = np.where(np.isnan(scores), -np.inf, scores.astype(np.float64))
+    total, start = 0.0, 0
+    for size in groups.tolist():
+        block, hit = scores[start : start + size], labels[start : start + size] > 0
+        start += size
+        own = block[hit][0]
+        rank = 1 + np.count_nonzero(block > own) + 0.5 * (np.count_nonzero(block == own) - 1)
+        if rank <= 10:
+            total += 1.0 / np.log2(1.0 + rank)
+    return total / len(groups)

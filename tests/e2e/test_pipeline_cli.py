@@ -57,7 +57,7 @@ def test_pipeline_and_eval_on_real_data_are_complete_and_repeatable(
     assert "Click hit ratio (%)" in printed and "Add-to-cart hit ratio (%)" in printed
     assert "personalized - itemcf on click hr@10" in printed
 
-    assert set(first) == {"cases", "methods"}
+    assert set(first) == {"cases", "conversion", "methods"} and first["conversion"] == "cart"
     assert first["cases"]["click"] > 100 and first["cases"]["cart"] > 0
     assert set(first["methods"]) == {
         "popular",

@@ -78,7 +78,8 @@ def test_served_rankings_equal_the_offline_ones(
             pb.RecommendRequest(user_id=f"{run}-{n}", item_id=item_ids[c], k=pools.shape[1])
             for n, c in enumerate(subset.current)
         ]
-        return await replies_over_grpc(taobao_bundle, store, requests, model=model)
+        # The first stage alone: the item's pool ranked by the model.
+        return await replies_over_grpc(taobao_bundle, store, requests, model=model, second_stage=0)
 
     answers = asyncio.run(serve_all())
     for n, answer in enumerate(answers):

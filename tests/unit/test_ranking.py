@@ -2,7 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle_arrays, with_sessions
+from helpers import tiny_bundle_arrays, unpopular_first, with_sessions
 
 from recsvc.bundle import load_bundle, write_bundle
 from recsvc.candidates import CandidateSettings
@@ -10,6 +10,7 @@ from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import BundleError, InvalidRequest, ItemNotFound
 from recsvc.ranking import Fallback, Ranker
 from recsvc.scoring import session_window
+from recsvc.second_stage import MODEL_ARRAY, model_array
 from recsvc.sessions import SessionEvent
 
 
@@ -40,8 +41,17 @@ def test_an_empty_session_ranks_by_the_current_item_alone(tiny_bundle: Path) -> 
     assert only_favs == alone
 
 
-def test_recommend_before_the_click_equals_recommend_after_it(tiny_bundle: Path) -> None:
-    ranker = Ranker(load_bundle(tiny_bundle))
+@pytest.mark.parametrize("second_stage", [False, True])
+def test_recommend_before_the_click_equals_recommend_after_it(
+    tiny_bundle: Path, tmp_path: Path, second_stage: bool
+) -> None:
+    bundle = load_bundle(tiny_bundle)
+    if second_stage:
+        arrays = with_sessions(dict(bundle.arrays)) | {"item_fit_events": np.full(5, 9)}
+        arrays[MODEL_ARRAY] = model_array(unpopular_first())
+        bundle = load_bundle(write_bundle(tmp_path, arrays, {}))
+    ranker = Ranker(bundle)
+    assert (ranker.second_stage is not None) == second_stage
     earlier = [visit("b", ts=1), visit("c", ts=2)]
     before = ranker.rank("a", 4, earlier)  # the view's click has not reached the session
     after = ranker.rank("a", 4, [*earlier, visit("a", ts=3)])  # it has

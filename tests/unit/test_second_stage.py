@@ -4,33 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightgbm
 import numpy as np
 import pytest
-from helpers import tiny_bundle_arrays, with_sessions
+from helpers import tiny_bundle_arrays, unpopular_first, with_sessions
 
 from recsvc.bundle import load_bundle, write_bundle
 from recsvc.exceptions import BundleError
 from recsvc.features import FEATURES
-from recsvc.ranking import Ranker
+from recsvc.ranking import RankedBy, Ranker
 from recsvc.second_stage import MODEL_ARRAY, SecondStage, model_array
-
-POPULARITY = FEATURES.index("log_popularity")
-
-
-def unpopular_first(names: list[str] = list(FEATURES)) -> str:  # noqa: B006 (read only)
-    """A LambdaRank model that learned to put the least popular candidate first."""
-    rng = np.random.default_rng(0)
-    groups, size = 200, 5
-    # Every other column missing: the model can only learn from popularity.
-    features = np.full((groups * size, len(names)), np.nan, dtype=np.float32)
-    # log1p of a share per million, as recsvc.features computes it: 0 to about 14.
-    features[:, POPULARITY] = rng.uniform(0.0, 15.0, size=groups * size)
-    popularity = features[:, POPULARITY].reshape(groups, size)
-    labels = (popularity == popularity.min(axis=1, keepdims=True)).astype(float).ravel()
-    data = lightgbm.Dataset(features, labels, group=[size] * groups, feature_name=names)
-    params = {"objective": "lambdarank", "verbosity": -1, "min_data_in_leaf": 5, "seed": 0}
-    return lightgbm.train(params, data, num_boost_round=40).model_to_string()
 
 
 def bundle_with(tmp_path: Path, model: np.ndarray) -> Path:
@@ -50,7 +32,30 @@ def test_the_model_round_trips_through_the_bundle_and_ranks(tmp_path: Path) -> N
     # the items the personalized model cannot tell apart as well.
     ranking = Ranker(bundle).rank("a", 4, [])
     assert ranking.items == ["e", "d", "c", "b"] and ranking.personalized
+    assert ranking.ranked_by == RankedBy.SECOND_STAGE
     assert all(np.isfinite(ranking.scores))
+
+
+def test_the_first_stage_alone_when_asked_or_for_another_model(tmp_path: Path) -> None:
+    bundle = load_bundle(bundle_with(tmp_path, model_array(unpopular_first())))
+    alone = Ranker(bundle, second_stage=False)
+    assert alone.second_stage is None
+    without_a_model = load_bundle(write_bundle(
+        tmp_path / "plain", {**with_sessions(tiny_bundle_arrays()),
+                             "item_popularity": np.array([5, 4, 3, 2, 1])}, {}
+    ))  # fmt: skip
+    first = alone.rank("a", 4, [])
+    assert first.ranked_by == RankedBy.FIRST_STAGE
+    # the same answer as the bundle without a second stage gives
+    assert first.items == Ranker(without_a_model).rank("a", 4, []).items
+    # the second stage's features hold the click model's scores: another model ranks alone
+    arrays = {**bundle.arrays}
+    for name, array in bundle.arrays.items():
+        if name.startswith("models/personalized/"):
+            arrays[name.replace("/personalized/", "/personalized_cart/")] = array
+    with_cart = load_bundle(write_bundle(tmp_path / "cart", arrays, {}))
+    assert Ranker(with_cart, "personalized_cart").second_stage is None
+    assert Ranker(with_cart).second_stage is not None
 
 
 def test_a_bundle_without_a_model_ranks_as_before(tiny_bundle: Path) -> None:
@@ -73,7 +78,7 @@ def test_a_broken_model_is_refused_with_the_bundle(tmp_path: Path, broken) -> No
 
 
 def test_a_model_of_other_features_is_refused(tmp_path: Path) -> None:
-    names = [*FEATURES[:-1], "something_else"]
+    names = (*FEATURES[:-1], "something_else")
     bundle = load_bundle(bundle_with(tmp_path, model_array(unpopular_first(names))))
     with pytest.raises(BundleError, match="trained on the features"):
         Ranker(bundle)

@@ -11,14 +11,16 @@ from typing import Any
 from unittest.mock import Mock
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from helpers import serving, tiny_bundle_arrays, with_sessions
+from helpers import serving, tiny_bundle_arrays, unpopular_first, with_sessions
 
 from recsvc.bundle import write_bundle
 from recsvc.events import Event
 from recsvc.exceptions import SessionStoreError
+from recsvc.second_stage import MODEL_ARRAY, model_array
 from recsvc.server import LogThrottle, method_handlers
 from recsvc.sessions import InMemorySessionStore, SessionEvent
 from recsvc.v1 import recommender_pb2 as pb
@@ -77,6 +79,7 @@ def test_personalized_answer_follows_the_session(tiny_bundle: Path) -> None:
         assert ids(after) == ["e", "b", "c", "d"]  # worked out in tiny_bundle_arrays
         assert after.personalized and after.fallback_reason == pb.FALLBACK_REASON_UNSPECIFIED
         assert after.session_events_used == 1
+        assert after.ranked_by == pb.RANKED_BY_FIRST_STAGE  # the bundle has no second stage
         assert [round(i.score, 6) for i in after.items] == [1.0, 0.25, 0.25, -0.25]
         assert list(after.items[2].sources) == [pb.SOURCE_ITEMCF, pb.SOURCE_ITEM2VEC]
         assert after.bundle_version == before.bundle_version != ""
@@ -100,6 +103,7 @@ def test_filters_and_default_k(tiny_bundle: Path) -> None:
         assert ids(in_y) == ["c", "d"]
         assert ids(anonymous) == ["b", "c"]
         assert anonymous.fallback_reason == pb.FALLBACK_REASON_NO_USER
+        assert anonymous.ranked_by == pb.RANKED_BY_POOL_ORDER
 
     run(scenario)
 
@@ -340,15 +344,19 @@ def test_a_bundle_without_a_version_is_refused_and_the_next_good_one_swaps_in(
 
 
 def test_a_session_knn_candidate_is_marked_in_the_reply(tmp_path: Path) -> None:
+    # The bundle's extra candidates are gathered for its second stage.
     manifest = {"parameters": {"candidates": {"knn_items": 5}}}
-    write_bundle(tmp_path / "bundles", with_sessions(tiny_bundle_arrays()), manifest)
+    arrays = with_sessions(tiny_bundle_arrays()) | {"item_fit_events": np.full(5, 9)}
+    arrays[MODEL_ARRAY] = model_array(unpopular_first())
+    write_bundle(tmp_path / "bundles", arrays, manifest)
 
     async def scenario() -> None:
         async with serving(tmp_path / "bundles", InMemorySessionStore()) as (stub, _):
             reply = await stub.Recommend(pb.RecommendRequest(user_id="u", item_id="d", k=2))
-        assert [(i.item_id, list(i.sources)) for i in reply.items] == [
-            ("a", [pb.SOURCE_ITEMCF]),
-            ("e", [pb.SOURCE_SESSION_KNN]),
-        ]
+        assert reply.ranked_by == pb.RANKED_BY_SECOND_STAGE
+        assert {(i.item_id, tuple(i.sources)) for i in reply.items} == {
+            ("a", (pb.SOURCE_ITEMCF,)),
+            ("e", (pb.SOURCE_SESSION_KNN,)),
+        }
 
     run(scenario)

@@ -13,6 +13,10 @@
  *       are summed in the order the numpy version summed them (sessions in ascending
  *       number), so the scores are the same doubles.
  *
+ *   best_scored(items, scores, n) -> positions bytes
+ *       The positions of the n best (item, score) entries, best first: higher score, then
+ *       smaller item id (a bounded heap, no full sort).
+ *
  *   merge_candidates(items, flags, current, cap) -> (items bytes, flags bytes)
  *       First occurrences in order, each with the OR of the flags of all its occurrences,
  *       without padding (-1) and the current item; at most cap.
@@ -439,6 +443,88 @@ static PyTypeObject SessionKNNType = {
     .tp_methods = SessionKNN_methods,
 };
 
+/* ---- best_scored ------------------------------------------------------------------ */
+
+/* Is entry a better than b: a higher score, or the same and a smaller item id? */
+static inline int better(const double *score, const int32_t *item, int64_t a, int64_t b) {
+    return score[a] > score[b] || (score[a] == score[b] && item[a] < item[b]);
+}
+
+/* Sift entry ``i`` of a heap whose top is its worst entry. */
+static void worst_down(int64_t *heap, Py_ssize_t n, Py_ssize_t i, const double *score,
+                       const int32_t *item) {
+    for (;;) {
+        Py_ssize_t worst = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && better(score, item, heap[worst], heap[l])) worst = l;
+        if (r < n && better(score, item, heap[worst], heap[r])) worst = r;
+        if (worst == i) return;
+        int64_t swap = heap[i];
+        heap[i] = heap[worst];
+        heap[worst] = swap;
+        i = worst;
+    }
+}
+
+static PyObject *best_scored(PyObject *module, PyObject *args) {
+    PyObject *items_obj, *scores_obj;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "OOn:best_scored", &items_obj, &scores_obj, &n)) {
+        return NULL;
+    }
+    Py_buffer items_buf = {0}, scores_buf = {0};
+    if (get_array(items_obj, &items_buf, "items", "i", 4, 1, 0)) {
+        return NULL;
+    }
+    if (get_array(scores_obj, &scores_buf, "scores", "d", 8, 1, 0)) {
+        PyBuffer_Release(&items_buf);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    int64_t *heap = NULL;
+    Py_ssize_t m = items_buf.shape[0];
+    if (scores_buf.shape[0] != m) {
+        PyErr_SetString(PyExc_ValueError, "scores must have one entry per item");
+        goto done;
+    }
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "n must not be negative");
+        goto done;
+    }
+    const int32_t *item = items_buf.buf;
+    const double *score = scores_buf.buf;
+    Py_ssize_t size = 0, cap = n < m ? n : m;
+    heap = PyMem_Malloc((cap > 0 ? cap : 1) * sizeof(int64_t));
+    if (heap == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* The cap best in a heap with the worst on top, then drained worst first. */
+    for (Py_ssize_t j = 0; j < m && cap > 0; j++) {
+        if (size < cap) {
+            heap[size++] = j;
+            for (Py_ssize_t i = size / 2 - 1; size == cap && i >= 0; i--) {
+                worst_down(heap, size, i, score, item);
+            }
+        } else if (better(score, item, j, heap[0])) {
+            heap[0] = j;
+            worst_down(heap, size, 0, score, item);
+        }
+    }
+    for (Py_ssize_t end = size - 1; end > 0; end--) {
+        int64_t swap = heap[0];
+        heap[0] = heap[end];
+        heap[end] = swap;
+        worst_down(heap, end, 0, score, item);
+    }
+    /* Draining put the worst last: heap[0..size) is now best first. */
+    result = PyBytes_FromStringAndSize((const char *)heap, size * sizeof(int64_t));
+done:
+    PyMem_Free(heap);
+    PyBuffer_Release(&items_buf);
+    PyBuffer_Release(&scores_buf);
+    return result;
+}
+
 /* ---- merge_candidates --------------------------------------------------------------- */
 
 static PyObject *merge_candidates(PyObject *module, PyObject *args) {
@@ -620,16 +706,24 @@ static int FeatureCore_init(FeatureCore *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
-static float norm(const float *v, Py_ssize_t d) {
-    float total = 0.0f;
-    for (Py_ssize_t j = 0; j < d; j++) total += v[j] * v[j];
-    return sqrtf(total);
+#define LANES 8
+
+/* a . b summed in eight lanes, then a fixed pairing: the compiler can vectorise it, and the
+ * order (so the result) does not depend on the build. */
+static float inner(const float *a, const float *b, Py_ssize_t d) {
+    float lane[LANES] = {0};
+    Py_ssize_t j = 0;
+    for (; j + LANES <= d; j += LANES) {
+        for (int l = 0; l < LANES; l++) lane[l] += a[j + l] * b[j + l];
+    }
+    float tail = 0.0f;
+    for (; j < d; j++) tail += a[j] * b[j];
+    return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7])) +
+           tail;
 }
 
-static float inner(const float *a, const float *b, Py_ssize_t d) {
-    float total = 0.0f;
-    for (Py_ssize_t j = 0; j < d; j++) total += a[j] * b[j];
-    return total;
+static float norm(const float *v, Py_ssize_t d) {
+    return sqrtf(inner(v, v, d));
 }
 
 /* A request's per-candidate sums, one entry per distinct candidate. */
@@ -765,6 +859,21 @@ static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
     }
     const Py_ssize_t u = table.size;
     if (scratch_init(&scratch, u)) goto done;
+    /* Ask for every candidate's scattered rows before using any: on a busy server none is
+     * in cache, and waiting for them one at a time is most of the cost. */
+    const float *statics = self->statics.buf;
+    for (Py_ssize_t e = 0; e < u; e++) {
+        Py_ssize_t item = table.items[e];
+        __builtin_prefetch(statics + item * 3);
+        __builtin_prefetch(category + item);
+        if (self->has_item2vec) {
+            const char *row = (const char *)((const float *)self->item2vec.buf + item * self->dim);
+            for (Py_ssize_t byte = 0; byte < self->dim * (Py_ssize_t)sizeof(float); byte += 64) {
+                __builtin_prefetch(row + byte);
+            }
+            __builtin_prefetch((const unsigned char *)self->known.buf + item);
+        }
+    }
 
     /* Pool slots: each distinct candidate's first slot in each row's pool, with item-CF. */
     const int32_t *pools = self->pools.buf;
@@ -822,7 +931,6 @@ static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
 
     /* The rows. */
     const Py_ssize_t *col = self->column;
-    const float *statics = self->statics.buf;
     int32_t own = category[current];
     for (Py_ssize_t i = 0; i < c; i++) {
         float *row = out + i * F;
@@ -900,6 +1008,10 @@ static PyTypeObject FeatureCoreType = {
 };
 
 static PyMethodDef methods[] = {
+    {"best_scored", best_scored, METH_VARARGS,
+     "best_scored(items, scores, n)\n--\n\n"
+     "int64 positions, as bytes, of the at most n entries with the highest scores, best\n"
+     "first (equal scores: the smaller item id first)."},
     {"merge_candidates", merge_candidates, METH_VARARGS,
      "merge_candidates(items, flags, current, cap)\n--\n\n"
      "(int32 items, uint8 flags) as bytes: the first occurrence of each item in order, with\n"

@@ -45,6 +45,10 @@ class SessionKNN:
         """(int32 items, float64 scores) as bytes, in no particular order; session: item
         ids oldest first, the current item last (ids out of range are ignored)."""
 
+def best_scored(items: _Int32Array, scores: _Float64Array, n: SupportsIndex, /) -> bytes:
+    """int64 positions of the at most n best entries as bytes, best first: the higher
+    score, then the smaller item id."""
+
 def merge_candidates(
     items: _Int32Array, flags: _UInt8Array, current: SupportsIndex, cap: SupportsIndex, /
 ) -> tuple[bytes, bytes]:

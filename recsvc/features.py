@@ -332,7 +332,7 @@ class FeatureBuilder:
 
 def _finite(scores: np.ndarray) -> np.ndarray:
     """Scores with ``-inf`` (not scorable) as NaN."""
-    scores[np.isneginf(scores)] = np.nan
+    scores[scores == -np.inf] = np.nan
     return scores
 
 

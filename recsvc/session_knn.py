@@ -251,13 +251,8 @@ def top_scored(items: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarra
     item id)."""
     if n <= 0:
         return _EMPTY_ITEMS, _EMPTY_SCORES
-    if len(items) > 4 * n + 64:
-        # only items scoring at least the n-th best can be among the n best
-        threshold = np.partition(scores, len(scores) - n)[len(scores) - n]
-        near = scores >= threshold
-        items, scores = items[near], scores[near]
-    order = np.lexsort((items, -scores))[:n]
-    return items[order], scores[order]
+    best = np.frombuffer(_second_stage.best_scored(items, scores, n), dtype=np.int64)
+    return items[best], scores[best]
 
 
 def target_rank(items: np.ndarray, scores: np.ndarray, target: int) -> int:

@@ -28,6 +28,17 @@ def test_merge_keeps_first_occurrences_with_every_flag() -> None:
     assert merge([], [], current=0, cap=2) == ([], [])
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, 100, 500, 600])
+def test_best_scored_orders_as_a_full_sort_would(n: int) -> None:
+    rng = np.random.default_rng(n)
+    items = rng.permutation(5000)[:500].astype(I32)
+    scores = rng.integers(0, 40, 500).astype(np.float64) / 8  # many ties
+    best = np.frombuffer(_second_stage.best_scored(items, scores, n), np.int64)
+    assert best.tolist() == np.lexsort((items, -scores))[:n].tolist()
+    with pytest.raises(ValueError, match="one entry per item"):
+        _second_stage.best_scored(items, scores[:3], n)
+
+
 def test_merge_refuses_bad_arrays() -> None:
     with pytest.raises(ValueError, match="one entry per item"):
         merge([1, 2], [1], current=0, cap=5)

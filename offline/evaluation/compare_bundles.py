@@ -93,8 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--method",
         default="personalized",
-        help="a method of recsvc eval: popular, itemcf, item2vec, image, pss, personalized, "
-        "personalized_cart (default: personalized)",
+        help="a method of recsvc eval that both bundles have: popular, fallback, itemcf, "
+        "item2vec, image, pss, personalized, personalized_cart, sknn, vsknn, served "
+        "(default: personalized)",
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = parser.parse_args(argv)

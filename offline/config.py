@@ -63,9 +63,10 @@ class PipelineConfig:
     ranker : the learned second stage (:class:`offline.ranker.settings.RankerSettings`),
         trained on the fit period's last ``span_hours`` with first-stage models fitted on
         the time before
-    candidates : what a request adds to the item's pool
+    candidates : what a request adds to the item's pool for the second stage
         (:class:`recsvc.candidates.CandidateSettings`; the server and ``recsvc eval`` read it
-        from the manifest)
+        from the manifest when they rank with the bundle's second stage; the first stage
+        alone ranks the item's pool)
     pss : the PSS stage and its SiameseNet (``pss.enabled=true`` adds the PSS source); the
         tower's hyper-parameters are those of :class:`training.configs.PSSConfig`, which
         :class:`offline.pss.stage.PSSSettings` extends: ``pss.width``, ``pss.epochs``, ...

@@ -9,9 +9,9 @@
  *       .scores(session, k, sample_size, cosine, idf_weight) -> (items bytes, scores bytes)
  *       V-SKNN / SKNN scores of one session over the training sessions (the CSR arrays of
  *       recsvc.session_knn.SessionIndex, whose docstring gives the maths): int32 items and
- *       their float64 scores, in no particular order. The neighbours' sims and the scores
- *       are summed in the order the numpy version summed them (sessions in ascending
- *       number), so the scores are the same doubles.
+ *       their float64 scores, in no particular order. Each item's sims are summed over its
+ *       neighbours in ascending session number, then multiplied by its idf factor, so a
+ *       score is the same double whatever the build.
  *
  *   best_scored(items, scores, n) -> positions bytes
  *       The positions of the n best (item, score) entries, best first: higher score, then
@@ -21,8 +21,8 @@
  *       First occurrences in order, each with the OR of the flags of all its occurrences,
  *       without padding (-1) and the current item; at most cap.
  *
- *   FeatureCore(pools, category, static, columns, source_bits, itemcf, item2vec,
- *               item2vec_known, visit_weights)
+ *   FeatureCore(pools, category, static, columns, source_column, source_bits, n_features,
+ *               itemcf, item2vec, item2vec_known, visit_weights)
  *       .build(current, visits, items, flags, knn_items, knn_scores, out)
  *       Writes every column of recsvc.features that needs no model (which one goes where
  *       comes from ``columns``) for each candidate; recsvc.features documents what each
@@ -82,13 +82,17 @@ static inline Py_ssize_t table_slot(const ItemTable *t, int32_t key) {
     return slot;
 }
 
-/* Dense index of ``key`` (>= 0), or -1 when absent. */
+/* Dense index of ``key``, or -1 when absent (always for a negative key: -1 marks empty). */
 static inline Py_ssize_t table_find(const ItemTable *t, int32_t key) {
+    if (key < 0) {
+        return -1;
+    }
     Py_ssize_t slot = table_slot(t, key);
     return t->keys[slot] == key ? t->index[slot] : -1;
 }
 
-/* Dense index of ``key``, added when new (the caller keeps size below capacity). */
+/* Dense index of ``key``, added when new; the caller keeps size below capacity and gives
+ * no negative key (every caller adds ids it has checked). */
 static inline Py_ssize_t table_add(ItemTable *t, int32_t key, int *added) {
     Py_ssize_t slot = table_slot(t, key);
     *added = t->keys[slot] != key;
@@ -184,7 +188,7 @@ static void SessionKNN_dealloc(SessionKNN *self) {
 static int SessionKNN_init(SessionKNN *self, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"items", "offsets", "by_item", "item_offsets", "idf", NULL};
     PyObject *items, *offsets, *by_item, *item_offsets, *idf;
-    if (self->ready) {
+    if (self->ready || self->items.obj != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a SessionKNN is initialised once");
         return -1;
     }
@@ -273,6 +277,9 @@ static PyObject *SessionKNN_scores(SessionKNN *self, PyObject *args) {
     if (k < 1 || sample_size < 1) {
         PyErr_SetString(PyExc_ValueError, "k and sample_size must be >= 1");
         return NULL;
+    }
+    if (sample_size > self->n_sessions) {
+        sample_size = self->n_sessions > 0 ? self->n_sessions : 1; /* no more can be found */
     }
     Py_ssize_t n_raw;
     Py_ssize_t *session = sequence_ints(session_obj, "session must be a sequence of ints", &n_raw);
@@ -621,7 +628,7 @@ static int FeatureCore_init(FeatureCore *self, PyObject *args, PyObject *kwargs)
     PyObject *pools, *category, *statics, *columns, *source_bits, *itemcf = Py_None,
              *item2vec = Py_None, *known = Py_None, *weights = Py_None;
     Py_ssize_t source_column, n_features;
-    if (self->ready) {
+    if (self->ready || self->pools.obj != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a FeatureCore is initialised once");
         return -1;
     }
@@ -950,9 +957,10 @@ static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
         if (has_knn) {
             row[col[C_VSKNN]] = scratch.knn[e];
         }
-        row[col[C_POPULARITY]] = statics[item * 3];
-        row[col[C_RECENT]] = statics[item * 3 + 1];
-        row[col[C_AGE]] = statics[item * 3 + 2];
+        const float *own_statics = statics + (Py_ssize_t)item * 3;
+        row[col[C_POPULARITY]] = own_statics[0];
+        row[col[C_RECENT]] = own_statics[1];
+        row[col[C_AGE]] = own_statics[2];
         int32_t own_category = category[item];
         if (own >= 0 && own_category >= 0) {
             row[col[C_SAME_CATEGORY]] = own_category == own ? 1.0f : 0.0f;

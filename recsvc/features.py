@@ -5,7 +5,8 @@ turns one request (the viewed item, the session's earlier visits, the personaliz
 window) and its candidates into a float32 matrix, one row per candidate and one column per
 name of :data:`FEATURES`, NaN where a feature is not defined. The server calls it on the
 request path and the offline training calls the same method on its cases, so a model is
-trained on exactly the features it is served with. It needs numpy only.
+trained on exactly the features it is served with. It needs numpy and the compiled
+:mod:`recsvc._second_stage`.
 
 The visits
     ``visits`` are the session's earlier visits, newest first, without the current view;

@@ -284,7 +284,9 @@ class Ranker:
     def _session_index(self) -> SessionIndex | None:
         if "sessions/items" not in self.bundle:
             return None
-        return SessionIndex.from_arrays(self.bundle, n_items=len(self._ids))
+        index = SessionIndex.from_arrays(self.bundle, n_items=len(self._ids))
+        index.prepare()  # now, while loading, not in the first request's time
+        return index
 
     def _keep(self, items: np.ndarray, seen: list[int], category: str | None) -> np.ndarray | None:
         """Which of ``items`` the request's filters allow (None: all of them)."""

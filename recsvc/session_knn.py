@@ -26,7 +26,7 @@ Scoring one current session (item ids oldest first, the current item last; ids o
        last occurrence get positions p = 1 (oldest) .. L (newest) and weights p / L;
        sim = the sum of the weights of S ∩ N (computed as ``sum(p) / L``).
     3. Neighbours: the ``k`` most similar candidates (ties: the more recent); sim 0 dropped.
-    4. ``score(i) = sum over neighbours holding i of sim * (1 + idf_weight * idf[i])``.
+    4. ``score(i) = (sum over neighbours holding i of sim) * (1 + idf_weight * idf[i])``.
     5. The current item is removed; only items with score > 0 are returned.
 
 Scoring is compiled (``recsvc/_second_stage.c``): the candidates come from a merge of the
@@ -227,6 +227,10 @@ class SessionIndex:
             float(params.idf_weight),
         )
         return np.frombuffer(items, dtype=np.int32), np.frombuffer(scores, dtype=np.float64)
+
+    def prepare(self) -> None:
+        """Build the compiled scorer now (it checks the arrays once), not on first use."""
+        self._core  # noqa: B018 (the cached property is the point)
 
     @cached_property
     def _core(self) -> _second_stage.SessionKNN:

@@ -50,7 +50,8 @@ class RankerSettings:
         """Columns of :data:`recsvc.features.FEATURES` in the groups of ``without``."""
         return sorted(
             COLUMNS[name]
-            for group in filter(None, self.without.split(","))
+            for group in self.without.split(",")
+            if group.strip()
             for name in FEATURE_GROUPS[group.strip()]
         )
 

@@ -94,6 +94,12 @@ def test_too_few_queries_train_nothing() -> None:
         train_ranker(rows_where("age_days", queries=150), RankerSettings(), seed=1)
 
 
+def test_blank_group_names_are_ignored() -> None:
+    assert RankerSettings(without="itemcf, ,").left_out_columns() == sorted(
+        COLUMNS[name] for name in FEATURE_GROUPS["itemcf"]
+    )
+
+
 def test_unknown_groups_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"unknown feature groups \['colour'\]"):
         RankerSettings(without="vsknn,colour")

@@ -87,6 +87,12 @@ def test_feature_core_refuses_bad_requests() -> None:
         built.build(0, [], one, flag, None, None, np.empty((2, len(FEATURES)), np.float32))
     with pytest.raises(TypeError, match="visits"):
         built.build(0, None, one, flag, None, None, out)
+    # V-SKNN items that are no candidate, or not an item at all, change nothing
+    built.build(0, [], one, flag, np.array([-1, 7, 1], I32), np.array([9.0, 9.0, 0.5]), out)
+    assert out[0, COLUMNS["vsknn"]] == 0.5
+    with pytest.raises(RuntimeError, match="initialised once"):
+        built.__init__(np.zeros((2, 2), I32), np.zeros(2, I32), np.zeros((2, 3), np.float32),
+                       COLUMNS, 13, np.array([1], U8), len(FEATURES))  # fmt: skip
     # unknown visits (out of range, or -1) count as unknown
     built.build(0, [-1, 99], one, flag, None, None, out)
     assert out[0, COLUMNS["session_length"]] == 0

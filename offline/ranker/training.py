@@ -111,6 +111,9 @@ def train_ranker(rows: TrainingRows, settings: RankerSettings, seed: int) -> tup
         "min_data_in_leaf": settings.min_data_in_leaf,
         "seed": seed,
         "deterministic": True,
+        # With deterministic, LightGBM's docs ask for a fixed histogram layout: left to
+        # "auto", it picks by timing both, so a busy machine could train another model.
+        "force_col_wise": True,
         "num_threads": 2,
         "verbosity": -1,
     }

@@ -66,9 +66,9 @@ class Ranker:
     ``model`` picks the bundle's personalized model. The bundle's learned second stage
     (``ranker/model``), when it has one, ranks when ``second_stage`` is true and the model is
     ``personalized``, whose scores its features hold, over the candidates the manifest
-    records (:mod:`recsvc.candidates`). Otherwise the first stage ranks: the model alone
-    over the item's pool (ranked by the model alone, the extra candidates lowered the
-    Taobao validation day's HR@10). ``candidates`` replaces either choice.
+    records (:mod:`recsvc.candidates`). Otherwise the first stage ranks: the model alone,
+    over the item's pool only (the extra candidates, ranked by the model alone, lowered the
+    Taobao validation day's HR@10). ``candidates`` replaces either choice of candidates.
     """
 
     def __init__(

@@ -57,3 +57,5 @@ def test_a_clicks_only_log_gets_a_second_stage_the_baselines_and_no_cart_model(
     cost = measure(out, cases=50, rounds=1, k=20)
     assert cost["calls"] >= 50 and cost["trees"] == trained["best_iteration"]
     assert min(cost[k] for k in ("second_stage_us", "features_us", "trees_us")) > 0
+    cold = measure(out, cases=20, rounds=1, k=20, cold=True)
+    assert cold["cold"] and cold["calls"] >= 20 and cold["first_stage_us"] > 0

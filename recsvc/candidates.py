@@ -25,7 +25,7 @@ import numpy as np
 from recsvc import _second_stage
 from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import ConfigError
-from recsvc.session_knn import KNNParams, SessionIndex, top_scored
+from recsvc.session_knn import KNNParams, SessionIndex, request_session, top_scored
 
 SESSION_KNN = np.uint8(SOURCE_BITS["session_knn"])
 
@@ -112,8 +112,7 @@ class CandidateBuilder:
         the candidates and for the second stage's features."""
         if self.sessions is None:
             return None
-        session = [*(v for v in reversed(visits) if v >= 0), current]  # oldest first
-        return self.sessions.scores(session, self.settings.knn)
+        return self.sessions.scores(request_session(current, visits), self.settings.knn)
 
     def build(
         self,

@@ -95,7 +95,7 @@ from recsvc.bundle import Bundle
 from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import BundleError, InvalidRequest
 from recsvc.scoring import Scorer, window_scores
-from recsvc.session_knn import KNNParams, SessionIndex
+from recsvc.session_knn import KNNParams, SessionIndex, request_session
 
 FEATURES: tuple[str, ...] = (
     "personalized",
@@ -308,8 +308,7 @@ class FeatureBuilder:
             raise InvalidRequest(f"candidates outside 0..{self.n_items - 1}")
         visits = list(ctx.visits)
         if knn is None and self.sessions is not None and self.knn is not None:
-            session = [*(v for v in reversed(visits) if 0 <= v < self.n_items), current]
-            knn = self.sessions.scores(session, self.knn)
+            knn = self.sessions.scores(request_session(current, visits), self.knn)
         knn_items, knn_scores = knn if knn is not None else (None, None)
         out = np.empty((n, len(FEATURES)), dtype=np.float32)
         self._core.build(current, visits, items, flags, knn_items, knn_scores, out)

@@ -250,6 +250,12 @@ class SessionIndex:
         return top_scored(*self.scores(session, params), n)
 
 
+def request_session(current: int, visits: Sequence[int]) -> list[int]:
+    """The session V-SKNN scores for a request: the earlier ``visits`` (given newest first,
+    -1 for unknown items, which are left out) oldest first, then the current item."""
+    return [*(v for v in reversed(visits) if v >= 0), current]
+
+
 def top_scored(items: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` best of :meth:`SessionIndex.scores`'s items, best first (ties: the smaller
     item id)."""

@@ -7,7 +7,10 @@ figures measure consumption, not production. It watches the ingest counters on t
 port every 0.1 s and the group's lag (end offsets minus committed offsets) every 0.5 s,
 until every event is applied or dead-lettered. Then it checks Redis (the sum of ZCARD over
 the users' keys equals the valid events: sessions are made long enough that none is
-trimmed) and the DLQ topic, and deletes the topics, the group and the keys.
+trimmed) and the DLQ topic, and deletes the topics, the group and the keys. With ``--live 1``
+(ingest's default) each append also counts the live co-visits (:mod:`recsvc.live`), and the
+JSON says how many; an event of an item the bundle does not know is then valid, so that
+kind of invalid message is not sent.
 
     python -m loadtest.ingest_bench --events 200000 --users 20000 --partitions 3
 
@@ -51,10 +54,16 @@ from tqdm import tqdm
 from loadtest.processes import stop_process
 from recsvc.client import popular_items
 from recsvc.events import Event
+from recsvc.live import BASE_PREFIX, NEIGHBOURS_PREFIX
 from recsvc.sessions import KEY_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTER = re.compile(r'^recsvc_ingest_events_total\{result="(\w+)"\} ([0-9.e+]+)$', re.M)
+LIVE_COUNTER = re.compile(
+    r'^recsvc_live_covisit_updates_total\{result="(\w+)"\} ([0-9.e+]+)$', re.M
+)
+#: The one invalid message that live ingest accepts: items need not be in the bundle.
+UNKNOWN_ITEM = 3
 #: Invalid messages for ``--dlq-share``, each breaking the contract in its own way.
 INVALID = (
     b"{not json",
@@ -101,7 +110,10 @@ def produce(args: argparse.Namespace, run: Run, items: list[str]) -> float:
     for n in range(args.events):
         user = run.users[n % len(run.users)]
         if bad[n]:
-            value = INVALID[run.invalid % len(INVALID)]
+            invalid = (
+                INVALID if not args.live else INVALID[:UNKNOWN_ITEM] + INVALID[UNKNOWN_ITEM + 1 :]
+            )
+            value = invalid[run.invalid % len(invalid)]
             run.invalid += 1
         else:
             event = Event(
@@ -136,14 +148,15 @@ def end_offsets(kafka: str, topic: str) -> dict[TopicPartition, int]:
         consumer.close()
 
 
-def counters(port: int) -> dict[str, float]:
-    """``recsvc_ingest_events_total`` by result, from the ingest's /metrics (empty if down)."""
+def counters(port: int, counter: re.Pattern[str] = COUNTER) -> dict[str, float]:
+    """``recsvc_ingest_events_total`` (or another ``counter``) by result, from the
+    ingest's /metrics (empty if down)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
             text = response.read().decode()
     except OSError:
         return {}
-    return {m.group(1): float(m.group(2)) for m in COUNTER.finditer(text)}
+    return {m.group(1): float(m.group(2)) for m in counter.finditer(text)}
 
 
 def committed(admin: KafkaAdminClient, group: str) -> int:
@@ -182,6 +195,8 @@ def start_ingest(args: argparse.Namespace, run: Run, port: int, length: int, log
         "3600",
         "--watch-interval-s",
         "0",
+        "--live",
+        str(args.live),
         "--log-level",
         "warning",
         *args.ingest_arg,
@@ -279,6 +294,11 @@ def zcard_total(client: redis.Redis, users: list[str]) -> int:
 def cleanup(args: argparse.Namespace, run: Run, client: redis.Redis) -> None:
     for start in range(0, len(run.users), 5000):
         client.delete(*[KEY_PREFIX + u for u in run.users[start : start + 5000]])
+    # The live co-visits of the bench's items, in the bench's own db.
+    live_keys = list(client.scan_iter(f"{NEIGHBOURS_PREFIX}*", count=5000))
+    live_keys += list(client.scan_iter(f"{BASE_PREFIX}*", count=5000))
+    for start in range(0, len(live_keys), 5000):
+        client.delete(*live_keys[start : start + 5000])
     admin = KafkaAdminClient(bootstrap_servers=args.kafka)
     try:
         admin.delete_topics([run.events_topic, run.dlq_topic], raise_errors=False)
@@ -323,6 +343,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         proc = start_ingest(args, run, port, length, log_dir / "ingest.log")
         timings = watch(args, run, proc, port, total)
+        live = counters(port, LIVE_COUNTER)
         in_redis = zcard_total(client, run.users)
         dlq = sum(end_offsets(args.kafka, run.dlq_topic).values())
         seen = timings.pop("counters")
@@ -342,6 +363,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "applied": int(seen.get("applied", 0)),
             "duplicate": int(seen.get("duplicate", 0)),
             "dead_lettered": int(seen.get("dead_lettered", 0)),
+            "live": args.live,
+            "live_covisit_updates": int(live.get("applied", 0)),
+            "live_neighbours_evicted": int(live.get("evicted", 0)),
             "in_redis_zcard_sum": in_redis,
             "dlq_topic_messages": dlq,
             "all_accounted_for": ok,
@@ -378,6 +402,13 @@ def main(argv: list[str] | None = None) -> int:
         "--redis-url", default="redis://127.0.0.1:6379/13", help="Redis db for the sessions"
     )
     parser.add_argument("--cpu", type=int, default=1, help="core to pin ingest to; -1: none")
+    parser.add_argument(
+        "--live",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="1 (recsvc ingest's default): ingest counts live co-visits with each append; 0: off",
+    )
     parser.add_argument("--timeout-s", type=float, default=600.0, help="give up after this")
     parser.add_argument("--seed", type=int, default=0, help="seed of items and invalid picks")
     parser.add_argument(

@@ -237,7 +237,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="a session-kNN setting, e.g. vsknn.k=200, sknn.sample_size=1000, "
         "vsknn.idf_weight=2 (defaults: k=100, sample_size=500), or a candidate setting of "
         "served, e.g. candidates.knn_items=50, candidates.session_pools=1 (default: the "
-        "bundle's); repeatable",
+        "bundle's), or with --replay a live setting, e.g. live.half_life_s=3600, "
+        "live.read_top=30 (default: recsvc serve's); repeatable",
+    )
+    ev.add_argument(
+        "--replay",
+        action="store_true",
+        help="also rank served_live: the server's ranking with the live co-visits that the "
+        "held-out events before each case built, played in time order through the same "
+        "code as ingest (default live settings of recsvc serve); adds the served_live - "
+        "served differences, the cases whose next item is new, and how soon new items are "
+        "recommended",
     )
 
     train = commands.add_parser(

@@ -6,8 +6,9 @@ sessions went on to (:mod:`recsvc.session_knn`). So a request's candidates are, 
 order of priority, deduplicated and capped:
 
 1. the current item's pool;
-2. the top ``knn_items`` of V-SKNN for the session (flag ``session_knn``);
-3. the pools of the ``session_pools`` most recent earlier visits.
+2. the live neighbours the bundle knows (flag ``live``; :mod:`recsvc.live_candidates`);
+3. the top ``knn_items`` of V-SKNN for the session (flag ``session_knn``);
+4. the pools of the ``session_pools`` most recent earlier visits.
 
 A candidate proposed more than once keeps every proposer's flags. The current item itself is
 never a candidate.
@@ -28,6 +29,7 @@ from recsvc.exceptions import ConfigError
 from recsvc.session_knn import KNNParams, SessionIndex, request_session, top_scored
 
 SESSION_KNN = np.uint8(SOURCE_BITS["session_knn"])
+LIVE = np.uint8(SOURCE_BITS["live"])
 
 
 def _session_knn() -> KNNParams:
@@ -119,6 +121,7 @@ class CandidateBuilder:
         current: int,
         visits: Sequence[int],
         knn: tuple[np.ndarray, np.ndarray] | None = None,
+        live: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(items int32, source flags uint8) of one request, in priority order.
 
@@ -128,10 +131,14 @@ class CandidateBuilder:
         visits : the session's earlier visits, newest first (indices; -1 for items the
             bundle does not know)
         knn : :meth:`session_scores` of the same request, when the caller has it
+        live : the request's live neighbours that the bundle knows (indices)
         """
         s = self.settings
         items = [self.pools[current]]
         flags = [self.pool_sources[current]]
+        if live is not None and len(live):
+            items.append(live)
+            flags.append(np.full(len(live), LIVE, dtype=np.uint8))
         if self.sessions is not None and s.knn_items:
             if knn is None:
                 knn = self.session_scores(current, visits)

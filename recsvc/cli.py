@@ -91,7 +91,9 @@ def _run_online(args: argparse.Namespace) -> None:
         from recsvc.workers import supervise
 
         sys.exit(supervise(config.workers, run_worker, (config,), config.metrics_port, config.host))
-    store = open_store(config.redis_url, config.session_length, config.session_ttl_s)
+    store = open_store(
+        config.redis_url, config.session_length, config.session_ttl_s, live=config.live_settings()
+    )
     if args.command == "serve":
         from recsvc.server import serve
 

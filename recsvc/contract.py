@@ -29,11 +29,12 @@ SOURCE_BITS: dict[str, int] = {
     "category": 1 << 4,
     "new": 1 << 5,
     "session_knn": 1 << 6,
+    "live": 1 << 7,
 }
 #: Business rules that add candidates to a pool after the sources.
 POOL_RULES: tuple[str, ...] = ("category", "new")
 #: Sources the server adds to a pool per request (from the shopper's session).
-REQUEST_SOURCES: tuple[str, ...] = ("session_knn",)
+REQUEST_SOURCES: tuple[str, ...] = ("session_knn", "live")
 #: Candidate sources of the offline pools, each with its neighbours and ``pool_scores/<name>``.
 CANDIDATE_SOURCES: tuple[str, ...] = tuple(
     n for n in SOURCE_BITS if n not in POOL_RULES + REQUEST_SOURCES

@@ -65,7 +65,7 @@ The columns
         (``pools.shape[1]``); NaN when it is not in the pool.
     ``source_itemcf`` ... ``source_session_knn``
         1 when the candidate's source flags have that source's bit
-        (:data:`recsvc.contract.SOURCE_BITS`, in its order), else 0.
+        (:data:`recsvc.contract.SOURCE_BITS`) for each of :data:`FEATURE_SOURCES`, else 0.
     ``scorable``
         1 when the model can score the candidate, else 0; NaN without a model.
     ``session_length``
@@ -97,6 +97,17 @@ from recsvc.exceptions import BundleError, InvalidRequest
 from recsvc.scoring import Scorer, window_scores
 from recsvc.session_knn import KNNParams, SessionIndex, request_session
 
+#: The sources with a feature column each: the bundle's models were trained on these, so a
+#: source added later (``live``) gets no column until the features change on purpose.
+FEATURE_SOURCES: tuple[str, ...] = (
+    "itemcf",
+    "item2vec",
+    "image",
+    "pss",
+    "category",
+    "new",
+    "session_knn",
+)
 FEATURES: tuple[str, ...] = (
     "personalized",
     "personalized_item",
@@ -111,15 +122,15 @@ FEATURES: tuple[str, ...] = (
     "same_category",
     "session_category_share",
     "pool_position",
-    *(f"source_{name}" for name in SOURCE_BITS),
+    *(f"source_{name}" for name in FEATURE_SOURCES),
     "scorable",
     "session_length",
 )
 #: Column of each feature.
 COLUMNS: dict[str, int] = {name: j for j, name in enumerate(FEATURES)}
 
-_SOURCE_COLUMN = COLUMNS[f"source_{next(iter(SOURCE_BITS))}"]
-_SOURCE_BITS = np.array(list(SOURCE_BITS.values()), dtype=np.uint8)
+_SOURCE_COLUMN = COLUMNS[f"source_{FEATURE_SOURCES[0]}"]
+_SOURCE_BITS = np.array([SOURCE_BITS[name] for name in FEATURE_SOURCES], dtype=np.uint8)
 _SECONDS_PER_DAY = 86400.0
 _STATIC = [COLUMNS[name] for name in ("log_popularity", "log_recent_clicks", "age_days")]
 

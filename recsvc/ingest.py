@@ -12,6 +12,7 @@ idempotent append makes a replayed event count once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -54,9 +55,10 @@ class Batch:
 
 
 def split_batch(
-    records: Sequence[Any], known_item: Callable[[str], bool]
+    records: Sequence[Any], known_item: Callable[[str], bool] | None
 ) -> tuple[list[tuple[Any, Event]], list[Rejected]]:
-    """(record, event) of the valid messages and the rejected ones, each in offset order."""
+    """(record, event) of the valid messages and the rejected ones, each in offset order;
+    with ``known_item``, an event of an item it does not know is rejected."""
     valid: list[tuple[Any, Event]] = []
     rejected: list[Rejected] = []
     for record in records:
@@ -78,7 +80,7 @@ class Ingestor:
         consumer: KafkaConsumer,
         producer: KafkaProducer,
         store: SessionStore,
-        known_item: Callable[[str], bool],
+        known_item: Callable[[str], bool] | None,
         metrics: Metrics,
         dlq_topic: str,
         backoff: Callable[[], Backoff] = Backoff,
@@ -92,6 +94,7 @@ class Ingestor:
         self.backoff = backoff
         self.stopping = stopping or asyncio.Event()
         self._lag_checked = 0.0
+        self._live_seen = dataclasses.replace(store.live_counts)
 
     async def run(self) -> None:
         """Consume until ``stopping`` is set.
@@ -171,6 +174,19 @@ class Ingestor:
         self.metrics.ingest_events.labels(result="applied").inc(added)
         duplicates = len(events) - added - len(refused)
         self.metrics.ingest_events.labels(result="duplicate").inc(duplicates)
+        self._count_live()
+
+    def _count_live(self) -> None:
+        """Add the store's live co-visit counts since the last batch to the metrics."""
+        now, last = self.store.live_counts, self._live_seen
+        for result, value, before in (
+            ("applied", now.updates, last.updates),
+            ("evicted", now.evictions, last.evictions),
+            ("refused", now.refused, last.refused),
+        ):
+            if value > before:
+                self.metrics.live_updates.labels(result=result).inc(value - before)
+        self._live_seen = dataclasses.replace(now)
 
     async def _dead_letter(self, rejected: Sequence[Rejected]) -> None:
         """Send letters until each is delivered, or is one the broker can never take."""
@@ -286,7 +302,8 @@ def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
 
 
 async def ingest(settings: Settings, store: SessionStore) -> None:
-    """Run ingest until SIGTERM or SIGINT (the bundle only tells which items exist)."""
+    """Run ingest until SIGTERM or SIGINT (the bundle only tells which items exist, and
+    only with ``live`` 0)."""
     metrics = Metrics()
     metrics.serve(settings.metrics_port, settings.host)
     bundles = BundleReloader(settings.bundle, settings.model, metrics)
@@ -311,7 +328,8 @@ async def ingest(settings: Settings, store: SessionStore) -> None:
         consumer,
         producer,
         store,
-        lambda item: bundles.ranker.has_item(item),
+        # Live co-visits need the events of items the bundle does not know yet.
+        None if settings.live else lambda item: bundles.ranker.has_item(item),
         metrics,
         settings.dlq_topic,
         stopping=stopping,

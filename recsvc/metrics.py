@@ -66,6 +66,21 @@ class Metrics:
             registry=r,
         )
 
+        self.live_updates = Counter(
+            "recsvc_live_covisit_updates_total",
+            "Live co-visit counts written by ingest (each pair counts in both directions), "
+            "by result: applied, evicted (a neighbour dropped by the per-item cap), refused "
+            "(Redis refused the item's key)",
+            ["result"],
+            registry=r,
+        )
+        self.live_neighbours_read = Histogram(
+            "recsvc_live_neighbours_read",
+            "Live neighbours a Recommend read with its session (all items read, together)",
+            buckets=(0, 1, 5, 10, 20, 40, 80),
+            registry=r,
+        )
+
     def set_bundle(self, version: str) -> None:
         if self._bundle is not None and self._bundle != version:
             # Zeroed before removal: worker processes keep their samples in files.

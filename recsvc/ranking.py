@@ -6,6 +6,7 @@ requests on any thread or task can share it and a bundle swap is a reference swa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,9 +14,12 @@ import numpy as np
 
 from recsvc import contract
 from recsvc.bundle import Bundle
-from recsvc.candidates import CandidateBuilder, CandidateSettings
+from recsvc.candidates import LIVE, CandidateBuilder, CandidateSettings
 from recsvc.exceptions import BundleError, ConfigError, InvalidRequest, ItemNotFound
-from recsvc.features import FEATURES, FeatureBuilder, RequestContext
+from recsvc.features import COLUMNS, FEATURES, FeatureBuilder, RequestContext
+from recsvc.live import EMPTY_READ, LiveRead
+from recsvc.live_candidates import EMPTY as NO_LIVE
+from recsvc.live_candidates import LiveCandidates, gather
 from recsvc.redact import clip
 from recsvc.scoring import PoolRanker, Scorer, session_window, window_scores
 from recsvc.second_stage import MODEL_ARRAY, SecondStage
@@ -120,6 +124,14 @@ class Ranker:
         self._has_history = np.ones(len(ids), dtype=bool)
         if "item_fit_events" in bundle:
             self._has_history = np.asarray(bundle["item_fit_events"]) > 0
+        # The items the live path treats as the bundle's: in an evaluation bundle, an item
+        # first seen in the held-out period is in the catalogue, but only the stream knows
+        # it, as it would be for a server.
+        self._live_index = (
+            self._index
+            if self._has_history.all()
+            else {name: i for name, i in self._index.items() if self._has_history[i]}
+        )
         # The learned second stage, when the bundle has one; its features are built now so
         # that no request pays for it.
         self._second = (
@@ -157,26 +169,39 @@ class Ranker:
         fallback: str | None = None,
         exclude_seen: bool = False,
         category: str | None = None,
+        live: LiveRead = EMPTY_READ,
     ) -> Ranking:
         """Rank ``item_id``'s candidates for a session (oldest event first).
 
         The window is ``item_id`` then the session's earlier visits, so an empty session
         ranks by the current item alone (``session_events_used`` 0); the candidates are the
-        item's pool and what the session adds (:mod:`recsvc.candidates`). With ``fallback``
-        set (no user, or the session could not be read) or no model, the item's pool keeps
-        its offline order and the answer says why it is not personalized.
+        item's pool, its and the session's ``live`` neighbours and what the session adds
+        (:mod:`recsvc.candidates`). With ``fallback`` set (no user, or the session could not
+        be read) or no model, the item's pool keeps its offline order and the answer says
+        why it is not personalized. An item the bundle does not know is ranked from its live
+        neighbours alone (:meth:`_rank_new_item`).
 
         Raises
         ------
-        ItemNotFound, InvalidRequest
+        ItemNotFound
+            Neither the bundle nor the live neighbours know ``item_id``.
+        InvalidRequest
         """
-        current = self.index(item_id)
         if not 1 <= k <= self.pool_size:
             raise InvalidRequest(f"k must be in 1..{self.pool_size}, got {k}")
         if category is not None and category not in self._category:
             raise InvalidRequest(f"category {clip(category)} is not in the catalogue")
         session = session or ()
-        seen = [self._index.get(e.item_id, -1) for e in session] if exclude_seen else []
+        seen_ids = {e.item_id for e in session} if exclude_seen else set()
+        live_items = gather(live, self._live_index, item_id) if live else NO_LIVE
+        if live_items.new and (category is not None or seen_ids):
+            live_items = self._filter_new(live_items, seen_ids, category)
+        if item_id not in self._index or (
+            item_id not in self._live_index and live.neighbours(item_id)
+        ):
+            return self._rank_new_item(item_id, k, session, fallback, live, live_items)
+        current = self._index[item_id]
+        seen = [self._index.get(i, -1) for i in seen_ids]
         history = [e.item_id for e in session if e.type in VISIT_TYPES]
         if fallback is None and self.model is None:
             fallback = Fallback.NO_MODEL
@@ -185,13 +210,73 @@ class Ranker:
             window = self._window(visits)
             used = sum(item >= 0 for item in window[1:])
             if window[0] >= 0 or used:
-                return self._rank_candidates(current, visits, window, k, seen, category, used)
+                return self._rank_candidates(
+                    current, visits, window, k, seen, category, used, live_items
+                )
             fallback = Fallback.ITEM_NOT_IN_MODEL
         # The pool in its offline order, scored 1 - slot / pool size.
         items, scores, sources = self._pools.rank(
             current, None, self._pool_keep(current, seen, category), k
         )
         return Ranking(items, scores, sources, personalized=False, fallback=fallback)
+
+    def _rank_new_item(
+        self,
+        item_id: str,
+        k: int,
+        session: Sequence[SessionEvent],
+        fallback: str | None,
+        live: LiveRead,
+        live_items: LiveCandidates,
+    ) -> Ranking:
+        """An item only the live stream knows: its and the session's live neighbours, ranked
+        by the model from the session's visits when it has some, else by co-visit count."""
+        if not live.neighbours(item_id):
+            raise ItemNotFound(
+                f"item {clip(item_id)} is not in bundle {self.version} and has no live co-visits"
+            )
+        history = [e.item_id for e in session if e.type in VISIT_TYPES]
+        visits = [self._index.get(i, -1) for i in session_window(item_id, history, self._width)]
+        model = self.model
+        if fallback is None and model is None:
+            fallback = Fallback.NO_MODEL
+        if fallback is None and model is not None:
+            window = self._window(visits)
+            used = sum(item >= 0 for item in window[1:])
+            if used:
+                known = window_scores(window, live_items.known, *model.arrays)
+                new = live_items.new_scores(
+                    window_scores(window, live_items.anchors, *model.arrays)
+                )
+                return self._answer(
+                    live_items.known, known, np.full(len(known), LIVE), live_items, new, k,
+                    used, RankedBy.FIRST_STAGE,
+                )  # fmt: skip
+            fallback = Fallback.ITEM_NOT_IN_MODEL
+        # By co-visit count, scored 1 - slot / candidates as a pool's order is.
+        ids = [self._ids[i] for i in live_items.known.tolist()] + live_items.new
+        strength = np.concatenate([live_items.known_strength, live_items.strength])
+        order = np.argsort(-strength, kind="stable")[:k]
+        return Ranking(
+            items=[ids[i] for i in order.tolist()],
+            scores=(1.0 - np.arange(len(order)) / len(ids)).tolist(),
+            sources=[int(LIVE)] * len(order),
+            personalized=False,
+            fallback=fallback,
+        )
+
+    def _filter_new(
+        self, live_items: LiveCandidates, seen: set[str], category: str | None
+    ) -> LiveCandidates:
+        """Without the new items a filter removes: all of them for a category (their
+        category is unknown), those seen when ``exclude_seen``."""
+        keep = [i for i, item in enumerate(live_items.new) if category is None and item not in seen]
+        return dataclasses.replace(
+            live_items,
+            new=[live_items.new[i] for i in keep],
+            weights=live_items.weights[keep],
+            strength=live_items.strength[keep],
+        )
 
     def _rank_candidates(
         self,
@@ -202,9 +287,10 @@ class Ranker:
         seen: list[int],
         category: str | None,
         used: int,
+        live_items: LiveCandidates = NO_LIVE,
     ) -> Ranking:
         assert self.model is not None
-        if self._second is None and not self._candidates.adds_any:
+        if self._second is None and not self._candidates.adds_any and not live_items:
             # The pool alone, by the personalized model: ranked in C, no array per call.
             ids, values, sources = self._pools.rank(
                 current, window, self._pool_keep(current, seen, category), k
@@ -218,27 +304,82 @@ class Ranker:
                 ranked_by=RankedBy.FIRST_STAGE,
             )
         knn = self._candidates.session_scores(current, visits[1:])
-        items, flags = self._candidates.build(current, visits[1:], knn)
+        items, flags = self._candidates.build(current, visits[1:], knn, live_items.known)
         keep = self._keep(items, seen, category)
         if keep is not None:
             items, flags = items[keep], flags[keep]
+        arrays = self.model.arrays
         if self._second is not None:
             context = RequestContext(current, visits[1:], window)
-            scores = self._second.scores(self.features.build(context, items, flags, knn))
+            features = self.features.build(context, items, flags, knn)
+            scores = self._second.scores(features)
             # An item with no event before the held-out period is in an evaluation bundle's
             # catalogue only because it is clicked there: no score may use that.
             scores[~self._has_history[items]] = -np.inf
+            new = self._second_stage_new(live_items, window, current, features)
         else:
-            scores = window_scores(window, items, *self.model.arrays)
-        best = np.argsort(-scores, kind="stable")[:k]  # ties keep the candidates' order
+            scores = window_scores(window, items, *arrays)
+            new = live_items.new_scores(window_scores(window, live_items.anchors, *arrays))
+        ranked_by = RankedBy.FIRST_STAGE if self._second is None else RankedBy.SECOND_STAGE
+        return self._answer(items, scores, flags, live_items, new, k, used, ranked_by)
+
+    def _second_stage_new(
+        self, live_items: LiveCandidates, window: list[int], current: int, known: np.ndarray
+    ) -> np.ndarray:
+        """Second-stage scores of the new live items: a feature row each with the model's
+        columns from their anchors (the live vector, see :mod:`recsvc.live_candidates`),
+        no V-SKNN score, and every bundle-derived column missing, as for a candidate the
+        bundle knows nothing about."""
+        if not live_items.new:
+            return np.empty(0)
+        assert self.model is not None and self._second is not None
+        arrays = self.model.arrays
+        rows = np.full((len(live_items.new), len(FEATURES)), np.nan, dtype=np.float32)
+        personalized = live_items.new_scores(window_scores(window, live_items.anchors, *arrays))
+        alone = live_items.new_scores(window_scores([current], live_items.anchors, *arrays))
+        rows[:, COLUMNS["personalized"]] = np.where(np.isfinite(personalized), personalized, np.nan)
+        rows[:, COLUMNS["personalized_item"]] = np.where(np.isfinite(alone), alone, np.nan)
+        rows[:, COLUMNS["vsknn"]] = 0.0
+        rows[:, COLUMNS["scorable"]] = np.isfinite(personalized)
+        for name in FEATURES:
+            if name.startswith("source_"):
+                rows[:, COLUMNS[name]] = 0.0
+        if len(known):
+            rows[:, COLUMNS["session_length"]] = known[0, COLUMNS["session_length"]]
+        return self._second.scores(rows)
+
+    def _answer(
+        self,
+        items: np.ndarray,
+        scores: np.ndarray,
+        flags: np.ndarray,
+        live_items: LiveCandidates,
+        new_scores: np.ndarray,
+        k: int,
+        used: int,
+        ranked_by: str,
+    ) -> Ranking:
+        """The best ``k`` of the known candidates and the new live items together."""
         names = self._ids
+        if live_items.new:
+            scores = np.concatenate([scores, new_scores])
+        best = np.argsort(-scores, kind="stable")[:k]  # ties keep the candidates' order
+        n_known = len(items)
+        out_items, out_flags = [], []
+        for i in best.tolist():
+            if i < n_known:
+                out_items.append(names[int(items[i])])
+                out_flags.append(int(flags[i]))
+            else:
+                out_items.append(live_items.new[i - n_known])
+                out_flags.append(int(LIVE))
         return Ranking(
-            items=[names[i] for i in items[best].tolist()],
+            items=out_items,
             scores=scores[best].tolist(),
-            sources=flags[best].tolist(),
+            sources=out_flags,
             personalized=True,
             session_events_used=used,
-            ranked_by=RankedBy.FIRST_STAGE if self._second is None else RankedBy.SECOND_STAGE,
+            ranked_by=ranked_by,
         )
 
     def _pool_keep(self, current: int, seen: list[int], category: str | None) -> np.ndarray | None:

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from recsvc._wire import ranked_items
 from recsvc.contract import MAX_ID_LENGTH, SOURCE_BITS
 from recsvc.exceptions import InvalidRequest, ItemNotFound, SessionStoreError
+from recsvc.live import EMPTY_READ, LiveRead
 from recsvc.metrics import Metrics
 from recsvc.ranking import Fallback, RankedBy, Ranking
 from recsvc.redact import clip
@@ -165,8 +166,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         try:
             request = self._decoded(request)
             k = self._check(request, ranker.pool_size)
-            ranker.index(request.item_id)
-            session, fallback = await self._session(request.user_id, started, limit)
+            if self.store.live is None:
+                ranker.index(request.item_id)  # NOT_FOUND before any read
+            session, live, fallback = await self._session(
+                request.user_id, request.item_id, started, limit
+            )
             ranking = ranker.rank(
                 request.item_id,
                 k,
@@ -174,6 +178,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 fallback=fallback,
                 exclude_seen=request.exclude_seen,
                 category=request.category if request.HasField("category") else None,
+                live=live,
             )
             outcome = "personalized" if ranking.personalized else "fallback"
             if ranking.fallback:
@@ -218,32 +223,38 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         return k
 
     async def _session(
-        self, user_id: str, started: float, limit: float
-    ) -> tuple[Sequence[SessionEvent], str | None]:
-        """The user's session, or why there is none to use."""
-        if not user_id:
-            return (), Fallback.NO_USER
+        self, user_id: str, item_id: str, started: float, limit: float
+    ) -> tuple[Sequence[SessionEvent], LiveRead, str | None]:
+        """The user's session and the live neighbours of the item and the session, read
+        together, or why there is no session to use. Without a user, only the live
+        neighbours are read (when the store keeps them)."""
+        if not user_id and self.store.live is None:
+            return (), EMPTY_READ, Fallback.NO_USER
         if not self.breaker.allow():
-            return (), Fallback.SESSION_STORE_UNAVAILABLE
+            return (), EMPTY_READ, Fallback.SESSION_STORE_UNAVAILABLE
         elapsed = time.perf_counter() - started
         timeout = limit - elapsed - self.reserve_s
         if timeout <= 0:
-            return (), Fallback.BUDGET_EXCEEDED
+            return (), EMPTY_READ, Fallback.BUDGET_EXCEEDED
         try:
             async with asyncio.timeout(timeout):  # unlike wait_for, no task per call
-                session = await self.store.recent(user_id)
+                session, live = await self.store.read(user_id, item_id)
         except TimeoutError:
             # Only a read that had the server's whole budget says the store is slow; one
             # cut short by a caller's tight deadline must not switch others off.
             if timeout >= self.budget_s - elapsed - self.reserve_s:
                 self.breaker.failure()
-            return (), Fallback.BUDGET_EXCEEDED
+            return (), EMPTY_READ, Fallback.BUDGET_EXCEEDED
         except SessionStoreError as exc:
             self.breaker.failure()
             log.warning("session store unavailable", extra={"error": str(exc)})
-            return (), Fallback.SESSION_STORE_UNAVAILABLE
+            return (), EMPTY_READ, Fallback.SESSION_STORE_UNAVAILABLE
         self.breaker.success()
-        return session, None
+        if self.store.live is not None:
+            self.metrics.live_neighbours_read.observe(live.count())
+        if not user_id:
+            return (), live, Fallback.NO_USER
+        return session, live, None
 
     @staticmethod
     def _response(ranking: Ranking, version: str) -> pb.RecommendResponse:
@@ -357,5 +368,10 @@ def run_worker(settings: Settings) -> None:
     from recsvc.sessions import open_store
 
     logs.configure(settings.log_level, settings.log_format)
-    store = open_store(settings.redis_url, settings.session_length, settings.session_ttl_s)
+    store = open_store(
+        settings.redis_url,
+        settings.session_length,
+        settings.session_ttl_s,
+        live=settings.live_settings(),
+    )
     asyncio.run(serve(dataclasses.replace(settings, metrics_port=0), store))

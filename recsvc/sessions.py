@@ -12,6 +12,11 @@ gives each user one ZADD of all their new members, then trims the set to the new
 ``length`` members and renews its TTL. Adding all members and then trimming keeps the same
 newest ``length`` as adding and trimming one by one. A key Redis refuses (e.g. one holding
 another type) fails only its own user's events.
+
+With live settings the same script also counts the live co-visits of the events it adds
+(:mod:`recsvc.live`), and the server's read is one script too, which returns the session and
+the live neighbours of the viewed item and the session's newest visits in one round trip.
+A Redis that refuses scripts gets plain commands and no live co-visits.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import abc
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import redis.asyncio as redis_asyncio
@@ -27,8 +33,18 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from recsvc.contract import VISIT_TYPES
 from recsvc.events import Event
 from recsvc.exceptions import ConfigError, RecsvcError, SessionStoreError
+from recsvc.live import (
+    EMPTY_READ,
+    REBASE_HALF_LIVES,
+    LiveCovisits,
+    LiveRead,
+    LiveSettings,
+    Visit,
+    covisit_pairs,
+)
 from recsvc.multiplexed_redis import MultiplexedRedis, RedisReplyError
 from recsvc.redact import redact_url
 
@@ -37,18 +53,90 @@ KEY_PREFIX = "recsvc:session:"
 #: Events per script call: bounds how long one call holds Redis, which serves no other
 #: client meanwhile; 500 events took 2-10 ms of Redis time on the (busy) benchmark machine.
 SCRIPT_CHUNK = 500
-#: KEYS: the users' keys. ARGV: length, ttl, and one newline-separated payload holding, per
-#: key in order, its member count n and n (score, member) pairs (members are JSON, which
-#: never holds a raw newline). Returns {events added, then (key position, error) per key
+#: KEYS: the users' keys. ARGV: length, ttl, one newline-separated payload holding, per key in
+#: order, its member count n and n (score, member) pairs (members are JSON, which never holds
+#: a raw newline), then the live co-visit settings: half-life (empty: off), cap, TTL and the
+#: rebase threshold in half-lives (:mod:`recsvc.live`). Returns {events added, co-visit
+#: updates, neighbours evicted, co-visit updates refused, then (key position, error) per key
 #: holding another type}; any other error (out of memory, read-only replica) fails the call.
 APPEND_SCRIPT = """
 local length, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local token = string.gmatch(ARGV[3], '[^\\n]+')
-local added, out = 0, {0}
+local half, cap, live_ttl, rebase = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local VISIT = __VISIT_TYPES__
+local added, out = 0, {0, 0, 0, 0}
+
+local function number(x) return string.format('%.17g', x) end
+
+local function bump(item, neighbour, ts)
+  local zk, bk = 'recsvc:live:n:' .. item, 'recsvc:live:b:' .. item
+  local t = tonumber(ts)
+  local stored = redis.call('GET', bk)
+  local base = t
+  if not stored then
+    redis.call('SET', bk, ts, 'EX', live_ttl)
+  else
+    base = tonumber(stored)
+    if t - base > rebase * half then
+      redis.call('ZUNIONSTORE', zk, 1, zk, 'WEIGHTS', number(2 ^ ((base - t) / half)))
+      base = t
+      redis.call('SET', bk, ts, 'EX', live_ttl)
+    else
+      redis.call('EXPIRE', bk, live_ttl)
+    end
+  end
+  redis.call('ZINCRBY', zk, number(2 ^ ((t - base) / half)), neighbour)
+  local over = redis.call('ZCARD', zk) - cap
+  if over > 0 then
+    redis.call('ZREMRANGEBYRANK', zk, 0, over - 1)
+    out[3] = out[3] + over
+  end
+  redis.call('EXPIRE', zk, live_ttl)
+  out[2] = out[2] + 1
+end
+
+local function pair(earlier, later, ts)
+  for _, p in ipairs({{earlier, later}, {later, earlier}}) do
+    if not pcall(bump, p[1], p[2], ts) then out[4] = out[4] + 1 end
+  end
+end
+
+-- The visits of a session after its append, in order, each marked new or not; the pairs
+-- are recsvc.live.covisit_pairs.
+local function covisit(key, new)
+  local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local visits = {}
+  for j = 1, #flat, 2 do
+    local ok, m = pcall(cjson.decode, flat[j])
+    if ok and type(m) == 'table' and VISIT[m[3]] and type(m[2]) == 'string' then
+      visits[#visits + 1] = {m[2], flat[j + 1], new[flat[j]] == true}
+    end
+  end
+  for j, v in ipairs(visits) do
+    if v[3] then
+      local before, after = visits[j - 1], visits[j + 1]
+      if before and before[1] ~= v[1] then pair(before[1], v[1], v[2]) end
+      if after and not after[3] and after[1] ~= v[1] then pair(v[1], after[1], after[2]) end
+    end
+  end
+end
+
 for i, key in ipairs(KEYS) do
   local n = 2 * tonumber(token())
   local args = {}
   for k = 1, n do args[k] = token() end
+  local new = nil
+  if half then
+    local members = {}
+    for k = 2, n, 2 do members[#members + 1] = args[k] end
+    local scores = redis.pcall('ZMSCORE', key, unpack(members))
+    if type(scores) == 'table' and not scores.err then
+      new = {}
+      for k, score in ipairs(scores) do
+        if not score then new[members[k]] = true end
+      end
+    end
+  end
   local err = nil
   for first = 1, n, 400 do
     local r = redis.pcall('ZADD', key, unpack(args, first, math.min(first + 399, n)))
@@ -63,6 +151,7 @@ for i, key in ipairs(KEYS) do
     out[#out + 1] = i
     out[#out + 1] = err
   else
+    if new and next(new) then covisit(key, new) end
     redis.call('ZREMRANGEBYRANK', key, 0, -length - 1)
     redis.call('EXPIRE', key, ttl)
   end
@@ -70,6 +159,40 @@ end
 out[1] = added
 return out
 """
+# The visit types as a Lua set, from the contract.
+_LUA_VISITS = "{" + ", ".join(f"{kind} = true" for kind in VISIT_TYPES) + "}"
+APPEND_SCRIPT = APPEND_SCRIPT.replace("__VISIT_TYPES__", _LUA_VISITS)
+
+#: KEYS: the user's session key. ARGV: length, the viewed item, how many items to read
+#: neighbours of (the viewed item and the newest distinct visits, as ``live_items``), and how
+#: many neighbours each. Returns {session as ZRANGE WITHSCORES, then per item read: its id,
+#: its base ('' for none) and its neighbours as ZREVRANGE WITHSCORES}.
+READ_SCRIPT = """
+local flat = redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1, 'WITHSCORES')
+local count, top = tonumber(ARGV[3]), tonumber(ARGV[4])
+local VISIT = __VISIT_TYPES__
+local items, seen = {ARGV[2]}, {[ARGV[2]] = true}
+for j = #flat - 1, 1, -2 do
+  if #items >= count then break end
+  local ok, m = pcall(cjson.decode, flat[j])
+  if ok and type(m) == 'table' and VISIT[m[3]] and type(m[2]) == 'string' and not seen[m[2]] then
+    items[#items + 1] = m[2]
+    seen[m[2]] = true
+  end
+end
+local out = {flat}
+for _, item in ipairs(items) do
+  local okb, base = pcall(redis.call, 'GET', 'recsvc:live:b:' .. item)
+  local okn, ranked = pcall(
+    redis.call, 'ZREVRANGE', 'recsvc:live:n:' .. item, 0, top - 1, 'WITHSCORES')
+  if okb and okn and base then
+    out[#out + 1] = item
+    out[#out + 1] = base
+    out[#out + 1] = ranked
+  end
+end
+return out
+""".replace("__VISIT_TYPES__", _LUA_VISITS)
 
 
 class SessionWriteRejected(RecsvcError):
@@ -96,12 +219,24 @@ class SessionEvent(NamedTuple):
     ts: float
 
 
-class SessionStore(abc.ABC):
-    """Bounded, expiring per-user event history."""
+@dataclass
+class LiveCounts:
+    """What appends did to the live co-visits since the store was made (cumulative)."""
 
-    def __init__(self, length: int, ttl_s: int) -> None:
+    updates: int = 0
+    evictions: int = 0
+    refused: int = 0
+
+
+class SessionStore(abc.ABC):
+    """Bounded, expiring per-user event history, and with ``live`` settings the items'
+    live co-visits (:mod:`recsvc.live`), updated by the same appends."""
+
+    def __init__(self, length: int, ttl_s: int, live: LiveSettings | None = None) -> None:
         self.length = length
         self.ttl_s = ttl_s
+        self.live = live
+        self.live_counts = LiveCounts()
 
     @abc.abstractmethod
     async def recent(self, user_id: str) -> list[SessionEvent]:
@@ -118,6 +253,12 @@ class SessionStore(abc.ABC):
         SessionWriteRejected
             The store refused some events for good; the others are stored.
         """
+
+    async def read(self, user_id: str, item_id: str) -> tuple[list[SessionEvent], LiveRead]:
+        """The user's session (as :meth:`recent`) and the live neighbours of ``item_id``
+        and of the session's newest visits (``live.read_items`` items in all), read
+        together. Without live settings the neighbours are empty."""
+        return await self.recent(user_id), EMPTY_READ
 
     @abc.abstractmethod
     async def ping(self) -> None:
@@ -167,46 +308,107 @@ def _parse_rows(flat: Sequence[bytes]) -> tuple[list[SessionEvent], int]:
 
 
 class InMemorySessionStore(SessionStore):
-    """A dict of sorted lists; for tests and single-process demos."""
+    """A dict of sorted lists; for tests, single-process demos and ``recsvc eval --replay``.
 
-    def __init__(self, length: int = 20, ttl_s: int = 86400) -> None:
-        super().__init__(length, ttl_s)
+    Appends run in chunks of :data:`SCRIPT_CHUNK` events, as the Redis store's do, so that
+    the live co-visits come out the same. Nothing expires."""
+
+    def __init__(
+        self, length: int = 20, ttl_s: int = 86400, live: LiveSettings | None = None
+    ) -> None:
+        super().__init__(length, ttl_s, live)
         self._sessions: dict[str, dict[str, float]] = {}
+        self.covisits = LiveCovisits(live) if live is not None else None
 
     async def recent(self, user_id: str) -> list[SessionEvent]:
-        members = self._sessions.get(user_id, {})
-        ordered = sorted(members.items(), key=lambda kv: (kv[1], kv[0]))[-self.length :]
+        return self.recent_now(user_id)
+
+    def recent_now(self, user_id: str) -> list[SessionEvent]:
+        """:meth:`recent` without the event loop."""
+        ordered = self._ordered(user_id)[-self.length :]
         return [e for m, ts in ordered if (e := _parse_member(m, ts)) is not None]
 
+    def _ordered(self, user_id: str) -> list[tuple[str, float]]:
+        members = self._sessions.get(user_id, {})
+        return sorted(members.items(), key=lambda kv: (kv[1], kv[0].encode()))
+
     async def append(self, events: Sequence[Event]) -> int:
-        # Like the Redis store: all of a user's events added, then one trim per user.
-        added = 0
-        touched: set[str] = set()
+        return self.append_now(events)
+
+    def append_now(self, events: Sequence[Event]) -> int:
+        """:meth:`append` without the event loop."""
+        return sum(self._append_chunk(chunk) for chunk in _chunks(events, SCRIPT_CHUNK))
+
+    def _append_chunk(self, events: Sequence[Event]) -> int:
+        # Like the Redis script: per user, all events added, co-visits, then one trim.
+        added: dict[str, set[str]] = {}
         for event in events:
             members = self._sessions.setdefault(event.user_id, {})
+            new = added.setdefault(event.user_id, set())
             member = _member(event)
             if member not in members:
-                added += 1
+                new.add(member)
             members[member] = event.ts
-            touched.add(event.user_id)
-        for user in touched:
-            members = self._sessions[user]
-            if len(members) > self.length:
-                keep = sorted(members.items(), key=lambda kv: (kv[1], kv[0]))[-self.length :]
-                self._sessions[user] = dict(keep)
-        return added
+        for user, new in added.items():
+            if self.covisits is not None and new:
+                before = (self.covisits.updates, self.covisits.evictions)
+                self.covisits.add_pairs(covisit_pairs(self._visits(user, new)))
+                self.live_counts.updates += self.covisits.updates - before[0]
+                self.live_counts.evictions += self.covisits.evictions - before[1]
+            if len(self._sessions[user]) > self.length:
+                self._sessions[user] = dict(self._ordered(user)[-self.length :])
+        return sum(len(new) for new in added.values())
+
+    def _visits(self, user_id: str, new: set[str]) -> list[Visit]:
+        visits = []
+        for member, ts in self._ordered(user_id):
+            event = _parse_member(member, ts)
+            if event is not None:
+                visits.append(Visit(event.item_id, event.type, ts, member in new))
+        return visits
+
+    async def read(self, user_id: str, item_id: str) -> tuple[list[SessionEvent], LiveRead]:
+        session = await self.recent(user_id)  # through recent(), which tests override
+        return session, self._live_read(item_id, session)
+
+    def read_now(self, user_id: str, item_id: str) -> tuple[list[SessionEvent], LiveRead]:
+        """:meth:`read` without the event loop."""
+        session = self.recent_now(user_id)
+        return session, self._live_read(item_id, session)
+
+    def _live_read(self, item_id: str, session: Sequence[SessionEvent]) -> LiveRead:
+        if self.covisits is None or self.live is None:
+            return EMPTY_READ
+        return self.covisits.read(live_items(item_id, session, self.live.read_items))
 
     async def ping(self) -> None:
         return None
+
+
+def live_items(item_id: str, session: Sequence[SessionEvent], count: int) -> list[str]:
+    """The items whose live neighbours a request reads: ``item_id``, then the session's
+    newest distinct visits, ``count`` items in all (the read script's rule)."""
+    items = [item_id]
+    for event in reversed(session):
+        if len(items) >= count:
+            break
+        if event.type in VISIT_TYPES and event.item_id not in items:
+            items.append(event.item_id)
+    return items
 
 
 class RedisSessionStore(SessionStore):
     """Sessions in Redis sorted sets (see the module docstring)."""
 
     def __init__(
-        self, url: str, length: int = 20, ttl_s: int = 86400, timeout_s: float = 1.0
+        self,
+        url: str,
+        length: int = 20,
+        ttl_s: int = 86400,
+        timeout_s: float = 1.0,
+        live: LiveSettings | None = None,
     ) -> None:
-        super().__init__(length, ttl_s)
+        super().__init__(length, ttl_s, live)
         self.url = url
         try:
             self._client = redis_asyncio.Redis.from_url(
@@ -224,6 +426,8 @@ class RedisSessionStore(SessionStore):
             raise ConfigError(f"bad Redis URL {redact_url(url)!r}: {exc}") from exc
         self._sha: str | None = None
         self._scripted = True
+        self._read_sha: str | None = None
+        self._read_scripted = live is not None
 
     async def recent(self, user_id: str) -> list[SessionEvent]:
         try:
@@ -244,6 +448,40 @@ class RedisSessionStore(SessionStore):
                 extra={"user_id": user_id, "skipped": unreadable},
             )
         return events
+
+    async def read(self, user_id: str, item_id: str) -> tuple[list[SessionEvent], LiveRead]:
+        live = self.live
+        if live is None or not self._read_scripted:
+            return await self.recent(user_id), EMPTY_READ
+        args = (KEY_PREFIX + user_id, self.length, item_id, live.read_items, live.read_top)
+        try:
+            if self._read_sha is None:
+                self._read_sha = await self._reads.execute("SCRIPT", "LOAD", READ_SCRIPT)
+            try:
+                reply = await self._reads.execute("EVALSHA", self._read_sha, 1, *args)
+            except RedisReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # Redis restarted and lost its script cache: load it again.
+                self._read_sha = await self._reads.execute("SCRIPT", "LOAD", READ_SCRIPT)
+                reply = await self._reads.execute("EVALSHA", self._read_sha, 1, *args)
+        except RedisReplyError as exc:
+            if "WRONGTYPE" in str(exc):
+                log.warning("unreadable session key", extra={"user_id": user_id, "error": str(exc)})
+                return [], EMPTY_READ
+            # Scripts refused (disabled, not permitted, a cluster): sessions without live.
+            log.warning("Lua scripts refused; reading without live", extra={"error": str(exc)})
+            self._read_scripted = False
+            return await self.recent(user_id), EMPTY_READ
+        except OSError as exc:
+            raise SessionStoreError(f"session read failed: {exc}") from exc
+        events, unreadable = _parse_rows(reply[0])
+        if unreadable:
+            log.warning(
+                "skipped unreadable session members",
+                extra={"user_id": user_id, "skipped": unreadable},
+            )
+        return events, _live_read(reply[1:], live.half_life_s)
 
     async def append(self, events: Sequence[Event]) -> int:
         if not events:
@@ -277,6 +515,12 @@ class RedisSessionStore(SessionStore):
             self._sha = await self._client.script_load(APPEND_SCRIPT)
         chunks = list(_chunks(events, SCRIPT_CHUNK))
         head = [str(self.length).encode(), str(self.ttl_s).encode()]
+        live = self.live
+        tail = (
+            [repr(live.half_life_s), str(live.cap), str(live.ttl_s), str(REBASE_HALF_LIVES)]
+            if live is not None
+            else ["", "", "", ""]
+        )
         calls: list[list[list[Event]]] = []
         async with self._client.pipeline(transaction=False) as pipe:
             for chunk in chunks:
@@ -290,13 +534,18 @@ class RedisSessionStore(SessionStore):
                         tokens.append(repr(event.ts))
                         tokens.append(_member(event))
                 keys = [(KEY_PREFIX + user).encode() for user in by_user]
-                pipe.evalsha(self._sha, len(keys), *keys, *head, "\n".join(tokens).encode())
+                payload = "\n".join(tokens).encode()
+                pipe.evalsha(self._sha, len(keys), *keys, *head, payload, *tail)
                 calls.append(list(by_user.values()))
             results = await pipe.execute()
         added, refused = 0, []
+        counts = self.live_counts
         for groups, result in zip(calls, results, strict=True):
             added += int(result[0])
-            for position, error in zip(result[1::2], result[2::2], strict=True):
+            counts.updates += int(result[1])
+            counts.evictions += int(result[2])
+            counts.refused += int(result[3])
+            for position, error in zip(result[4::2], result[5::2], strict=True):
                 reason = error.decode() if isinstance(error, bytes) else str(error)
                 refused += [(event, reason) for event in groups[int(position) - 1]]
         return added, refused
@@ -359,6 +608,30 @@ class RedisSessionStore(SessionStore):
         await self._client.aclose()
 
 
-def open_store(url: str, length: int, ttl_s: int, timeout_s: float = 1.0) -> SessionStore:
+def _live_read(flat: Sequence[object], half_life_s: float) -> LiveRead:
+    """The read script's (item, base, neighbours) triples as a :class:`LiveRead`; an entry
+    that does not parse is skipped."""
+    lists: dict[str, tuple[float, list[tuple[str, float]]]] = {}
+    for item, base, ranked in zip(flat[0::3], flat[1::3], flat[2::3], strict=True):
+        if not (isinstance(item, bytes) and isinstance(base, bytes) and isinstance(ranked, list)):
+            continue
+        try:
+            neighbours = [
+                (n.decode(), float(score))
+                for n, score in zip(ranked[0::2], ranked[1::2], strict=True)
+            ]
+            lists[item.decode()] = (float(base), neighbours)
+        except (AttributeError, ValueError, UnicodeDecodeError):
+            continue
+    return LiveRead(lists, half_life_s)
+
+
+def open_store(
+    url: str,
+    length: int,
+    ttl_s: int,
+    timeout_s: float = 1.0,
+    live: LiveSettings | None = None,
+) -> SessionStore:
     """The production store for ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
-    return RedisSessionStore(url, length, ttl_s, timeout_s)
+    return RedisSessionStore(url, length, ttl_s, timeout_s, live)

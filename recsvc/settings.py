@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 from recsvc.contract import MODELS
 from recsvc.exceptions import ConfigError
+from recsvc.live import LiveSettings
 from recsvc.redact import redact_url
 
 ENV_PREFIX = "RECSVC_"
@@ -100,6 +101,34 @@ class Settings:
             "stage, as a bundle without a second stage is served)"
         },
     )
+    live: int = field(
+        default=1,
+        metadata={
+            "help": "1 keeps live co-visits from the event stream: ingest counts them with "
+            "each session append, and the server adds an item's live neighbours to its "
+            "candidates, so items new since the bundle can be recommended (ingest then "
+            "accepts events of items the bundle does not know); 0: off, and such events go "
+            "to the dead-letter topic as unknown_item"
+        },
+    )
+    live_half_life_s: float = field(
+        default=6 * 3600.0, metadata={"help": "a co-visit counts half as much this much later"}
+    )
+    live_cap: int = field(default=50, metadata={"help": "live neighbours kept per item"})
+    live_ttl_s: int = field(
+        default=3 * 86400,
+        metadata={"help": "an item's live neighbours expire this long after its last co-visit"},
+    )
+    live_read_items: int = field(
+        default=3,
+        metadata={
+            "help": "serve: items whose live neighbours a request reads: the viewed item and "
+            "the session's newest visits"
+        },
+    )
+    live_read_top: int = field(
+        default=20, metadata={"help": "serve: live neighbours read per item"}
+    )
     budget_ms: float = field(
         default=100.0, metadata={"help": "answer every call within this many ms, end to end"}
     )
@@ -125,6 +154,18 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check(self)
+
+    def live_settings(self) -> LiveSettings | None:
+        """The live co-visit settings, or None when ``live`` is 0."""
+        if not self.live:
+            return None
+        return LiveSettings(
+            half_life_s=self.live_half_life_s,
+            cap=self.live_cap,
+            ttl_s=self.live_ttl_s,
+            read_items=self.live_read_items,
+            read_top=self.live_read_top,
+        )
 
 
 def env_name(name: str) -> str:
@@ -235,6 +276,13 @@ def _check(s: Settings) -> None:
         fail("dlq_topic", "must differ from the events topic")
     if s.second_stage not in (0, 1):
         fail("second_stage", f"must be 0 or 1, got {s.second_stage}")
+    if s.live not in (0, 1):
+        fail("live", f"must be 0 or 1, got {s.live}")
+    if not 0 < s.live_half_life_s < math.inf:
+        fail("live_half_life_s", f"must be a positive number of seconds, got {s.live_half_life_s}")
+    for name in ("live_cap", "live_ttl_s", "live_read_items", "live_read_top"):
+        if getattr(s, name) < 1:
+            fail(name, f"must be at least 1, got {getattr(s, name)}")
     if s.model not in MODELS:
         fail("model", f"{s.model!r} is not one of {', '.join(MODELS)}")
     if not 1 <= s.budget_ms <= 60_000:

@@ -62,6 +62,9 @@ class Cases:
         newer slot's visit: 0 in slot 0, NaN for padding. Given when the events' times were;
         a session is cut where it exceeds the session gap, as :mod:`offline.data.sessions`
         cuts the training sessions between consecutive events.
+    times : float64 array, shape (n,), or None
+        Time of each case's current visit (its first event), when the events' times were
+        given: ``recsvc eval --replay`` ranks a case with the stream before it.
     """
 
     users: np.ndarray
@@ -70,6 +73,7 @@ class Cases:
     is_cart: np.ndarray
     windows: np.ndarray
     window_gaps: np.ndarray | None = None
+    times: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.users)
@@ -77,8 +81,9 @@ class Cases:
     def select(self, rows: np.ndarray) -> Cases:
         """The cases at ``rows`` (indices or a mask), in that order."""
         gaps = None if self.window_gaps is None else self.window_gaps[rows]
+        times = None if self.times is None else self.times[rows]
         return Cases(self.users[rows], self.current[rows], self.target[rows],
-                     self.is_cart[rows], self.windows[rows], gaps)  # fmt: skip
+                     self.is_cart[rows], self.windows[rows], gaps, times)  # fmt: skip
 
 
 def visit_starts(users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -140,7 +145,7 @@ def next_item_cases(
     back = case[:, None] - np.arange(window)[None, :]
     inside = (back >= 0) & (v_users[np.maximum(back, 0)] == v_users[case][:, None])
     windows = np.where(inside, v_items[np.maximum(back, 0)], -1).astype(np.int32)
-    window_gaps = None
+    window_gaps = times = None
     if ts is not None:
         e_ts = np.asarray(ts, dtype=np.float64)[visit_events]
         begins = e_ts[start]
@@ -150,8 +155,9 @@ def next_item_cases(
         gaps = begins[np.maximum(newer, 0)] - ends[np.maximum(back, 0)]
         gaps[:, 0] = 0.0
         window_gaps = np.where(inside, gaps, np.nan)
+        times = begins[case]
     return Cases(v_users[case], v_items[case].astype(np.int32), target.astype(np.int32),
-                 is_cart, windows, window_gaps)  # fmt: skip
+                 is_cart, windows, window_gaps, times)  # fmt: skip
 
 
 def _converted_visits(

@@ -18,12 +18,14 @@ import numpy as np
 
 from offline.data.sequences import CONVERSIONS, Cases, next_item_cases
 from offline.evaluation.metrics import Difference, paired_bootstrap, summarize, target_ranks
+from offline.evaluation.replay import Replay, replay_served
 from offline.evaluation.served import served_ranks
 from offline.evaluation.session_knn import KNN_METHODS, all_knn_ranks
 from recsvc.bundle import Bundle
 from recsvc.candidates import CandidateSettings
 from recsvc.contract import CANDIDATE_SOURCES, MODELS
 from recsvc.exceptions import BundleError
+from recsvc.live import LiveSettings
 from recsvc.scoring import Scorer
 from recsvc.session_knn import KNNParams
 
@@ -33,6 +35,8 @@ POOL_SCORE_METHODS = CANDIDATE_SOURCES
 PERSONALIZED_METHODS = MODELS
 #: Comparisons reported with bootstrap intervals: (a, b, case set).
 COMPARISONS = (
+    ("served_live", "served", "click"),
+    ("served_live", "served", "cart"),
     ("served", "vsknn", "click"),
     ("served", "itemcf", "click"),
     ("served", "personalized", "click"),
@@ -63,11 +67,13 @@ def conversion_label(conversion: str) -> str:
     return {"cart": "cart", "buy": "buy", "both": "cart|buy"}[conversion]
 
 
-def cases_from_bundle(bundle: Bundle) -> Cases:
-    """The held-out cases, ``is_cart`` marking the bundle's conversion events."""
+def cases_from_bundle(bundle: Bundle, with_times: bool = False) -> Cases:
+    """The held-out cases, ``is_cart`` marking the bundle's conversion events; with
+    ``with_times`` also their times (``eval/ts``) and window gaps."""
     arrays = [np.asarray(bundle[name]) for name in EVAL_ARRAYS]
     window = len(bundle["models/personalized/position_weights"])
-    return next_item_cases(*arrays, window=window, conversion=bundle_conversion(bundle))
+    ts = np.asarray(bundle["eval/ts"]) if with_times else None
+    return next_item_cases(*arrays, window=window, ts=ts, conversion=bundle_conversion(bundle))
 
 
 def available_methods(bundle: Bundle) -> list[str]:
@@ -111,6 +117,7 @@ class Evaluation:
     ranks: dict[str, np.ndarray]
     ks: tuple[int, ...]
     conversion: str = "cart"
+    replay: Replay | None = None
 
     def result(self, subset: np.ndarray | None = None) -> dict[str, object]:
         """The ``recsvc eval`` JSON, over all cases or the cases where ``subset`` is true.
@@ -156,13 +163,16 @@ def evaluate(
     methods: Sequence[str] | None = None,
     knn: Mapping[str, KNNParams] = KNN_METHODS,
     candidates: CandidateSettings | None = None,
+    replay: LiveSettings | None = None,
 ) -> Evaluation:
     """Rank every case's candidates with each method and record the target's rank.
 
     ``knn`` gives the settings of the session-kNN methods (default: the papers');
-    ``candidates`` replaces the bundle's candidate settings for ``served``.
+    ``candidates`` replaces the bundle's candidate settings for ``served``. With ``replay``,
+    the method ``served_live`` is ``served`` with the live co-visits of the held-out
+    stream (:mod:`offline.evaluation.replay`).
     """
-    cases = cases_from_bundle(bundle)
+    cases = cases_from_bundle(bundle, with_times=replay is not None)
     pools = np.asarray(bundle["pools"])[cases.current]
     chosen = list(methods or available_methods(bundle))
     ranks = {}
@@ -175,4 +185,8 @@ def evaluate(
     chosen_knn = {m: knn.get(m, p) for m, p in KNN_METHODS.items() if m in chosen}
     ranks |= all_knn_ranks(bundle, cases, chosen_knn)
     ranked = {m: ranks[m] for m in chosen if m in ranks}
-    return Evaluation(cases, ranked, tuple(ks), bundle_conversion(bundle))
+    played = None
+    if replay is not None:
+        played = replay_served(bundle, cases, replay, candidates)
+        ranked["served_live"] = played.ranks
+    return Evaluation(cases, ranked, tuple(ks), bundle_conversion(bundle), played)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import ConfigError
-from recsvc.features import COLUMNS
+from recsvc.features import COLUMNS, FEATURE_SOURCES
 
 #: The features by what they describe, for ``ranker.without``.
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -16,7 +15,7 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "vsknn": ("vsknn",),
     "popularity": ("log_popularity", "log_recent_clicks", "age_days"),
     "category": ("same_category", "session_category_share"),
-    "position": ("pool_position", *(f"source_{name}" for name in SOURCE_BITS)),
+    "position": ("pool_position", *(f"source_{name}" for name in FEATURE_SOURCES)),
     "session": ("session_length",),
 }
 

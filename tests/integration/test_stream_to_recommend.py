@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -61,10 +62,15 @@ def test_events_become_personalized_answers_and_bad_ones_go_to_the_dlq(
 ) -> None:
     user = f"shopper-{uuid.uuid4().hex}"
     port = free_port()
+    # Without live co-visits, ingest knows items from the bundle alone: "ghost" is refused.
+    off = ["--live", "0"]
     server = processes(
-        ["serve", *online_args(tiny_bundle, redis_url, topics, port)], tmp_path / "serve.log"
+        ["serve", *online_args(tiny_bundle, redis_url, topics, port), *off],
+        tmp_path / "serve.log",
     )
-    processes(["ingest", *online_args(tiny_bundle, redis_url, topics)], tmp_path / "ingest.log")
+    processes(
+        ["ingest", *online_args(tiny_bundle, redis_url, topics), *off], tmp_path / "ingest.log"
+    )
     wait_for(lambda: "serving" in server.output(), what="the server")
     before = recommend(port, user)
     assert before.personalized and before.session_events_used == 0  # the item alone
@@ -127,3 +133,79 @@ def test_events_redis_refuses_go_to_the_dlq_and_the_rest_are_applied(
     assert [(d["reason"], d["offset"]) for d in dead] == [("rejected_by_store", 1)]
     assert "WRONGTYPE" in dead[0]["detail"]
     assert session_ids(redis_url, broken) == []  # read as no session, not as a store failure
+
+
+def test_an_item_new_to_the_bundle_is_recommended_once_the_stream_co_visits_it(
+    tiny_bundle: Path, redis_url: str, topics, producer: KafkaProducer, processes, tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:12]
+    new, ghost = f"new-{run}", f"ghost-{run}"
+    port = free_port()
+    server = processes(
+        ["serve", *online_args(tiny_bundle, redis_url, topics, port)], tmp_path / "serve.log"
+    )
+    processes(["ingest", *online_args(tiny_bundle, redis_url, topics)], tmp_path / "ingest.log")
+    wait_for(lambda: "serving" in server.output(), what="the server")
+    shopper = f"shopper-{run}"
+    assert new not in [i.item_id for i in recommend(port, shopper, "b").items]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        for item in (new, ghost):
+            try:
+                stub.Recommend(pb.RecommendRequest(user_id=shopper, item_id=item, k=2), timeout=5)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND
+            else:
+                raise AssertionError(f"{item} was found before any event named it")
+
+    # Two other shoppers view b and then the new item; the ghost is clicked alone. Times of
+    # now: b's older co-visits from earlier runs weigh less (forward decay), so the cap of
+    # neighbours kept cannot drop this run's.
+    now = time.time()
+    events = [
+        Event(f"{run}-{user}-{n}", f"{user}-{run}", item, "click", now + n)
+        for user in ("x", "y")
+        for n, item in enumerate(("b", new))
+    ] + [Event(f"{run}-ghost", f"z-{run}", ghost, "click", now)]
+    sent = time.monotonic()
+    for event in events:
+        producer.send(topics.events, key=event.user_id.encode(), value=event.to_json())
+    producer.flush()
+
+    answers: list[pb.RecommendResponse] = []
+
+    def live_answer() -> bool:
+        answers.append(recommend(port, shopper, "b"))
+        return new in [i.item_id for i in answers[-1].items]
+
+    wait_for(live_answer, what="the new item in b's answer")
+    answer = answers[-1]
+    print(f"new item recommended {time.monotonic() - sent:.1f} s after its clicks were sent")
+    item = next(i for i in answer.items if i.item_id == new)
+    assert pb.SOURCE_LIVE in item.sources
+    # The new item itself is no longer NOT_FOUND: it has live candidates (b at least).
+    assert "b" in [i.item_id for i in recommend(port, shopper, new).items]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        try:
+            stub.Recommend(pb.RecommendRequest(user_id=shopper, item_id=ghost, k=2), timeout=5)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND  # seen, but co-visited with nothing
+        else:
+            raise AssertionError("an item with no co-visit was found")
+    # The events are replayed (as after a crash): the co-visit counts stay as they were.
+    before = neighbours(redis_url, "b")
+    for event in events:
+        producer.send(topics.events, key=event.user_id.encode(), value=event.to_json())
+    producer.flush()
+    marker = Event(f"{run}-marker", f"marker-{run}", "a", "click", now + 10)
+    producer.send(topics.events, key=marker.user_id.encode(), value=marker.to_json())
+    producer.flush()
+    wait_for(lambda: session_ids(redis_url, marker.user_id) == [marker.event_id], what="marker")
+    assert neighbours(redis_url, "b") == before
+
+
+def neighbours(redis_url: str, item: str) -> list[tuple[bytes, float]]:
+    import redis
+
+    return redis.Redis.from_url(redis_url).zrange(f"recsvc:live:n:{item}", 0, -1, withscores=True)

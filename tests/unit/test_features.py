@@ -12,7 +12,7 @@ from helpers import tiny_bundle_arrays
 from recsvc.bundle import Bundle, load_bundle, write_bundle
 from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import InvalidRequest
-from recsvc.features import COLUMNS, FEATURES, FeatureBuilder, RequestContext
+from recsvc.features import COLUMNS, FEATURE_SOURCES, FEATURES, FeatureBuilder, RequestContext
 from recsvc.scoring import Scorer
 from recsvc.session_knn import KNNParams, SessionIndex, build_session_index
 
@@ -92,7 +92,7 @@ def close(got: list[float], want: list[float]) -> bool:
 def test_the_columns_are_named_once_in_order() -> None:
     assert len(FEATURES) == 22 == len(set(FEATURES))
     assert FEATURES[:3] == ("personalized", "personalized_item", "itemcf_current")
-    assert FEATURES[13:20] == tuple(f"source_{name}" for name in SOURCE_BITS)
+    assert FEATURES[13:20] == tuple(f"source_{name}" for name in FEATURE_SOURCES)
     assert FEATURES[-2:] == ("scorable", "session_length")
 
 

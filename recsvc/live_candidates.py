@@ -1,0 +1,92 @@
+"""The candidates a request gets from the live co-visits (:mod:`recsvc.live`), for ranking.
+
+A request reads the live neighbours of its viewed item and of the session's newest visits.
+Their union joins the request's candidates with the source flag ``live``. A neighbour the
+bundle knows is ranked like any candidate. One it does not know (an item new since the
+bundle was built) has no embedding, so it is given a *live vector*: the mean of the output
+embeddings of the known items it was read from (its *anchors*), weighted by its co-visit
+counts with each. The personalized score is linear in the candidate's vector, so its
+score is the same weighted mean of the anchors' scores, and no vector is ever built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsvc.live import LiveRead
+
+
+@dataclass(frozen=True)
+class LiveCandidates:
+    """Live neighbours of one request, split by whether the bundle knows them.
+
+    Attributes
+    ----------
+    known : int32 (n,), bundle indices, strongest co-visit first
+    known_strength : float64 (n,), their summed co-visit counts
+    new : ids of the neighbours the bundle does not know, strongest first
+    anchors : int32 (m,), the known items read whose lists hold a new neighbour
+    weights : float64 (len(new), m), co-visit count of each new neighbour with each anchor
+    strength : float64 (len(new),), summed co-visit count of each new neighbour
+    """
+
+    known: np.ndarray
+    known_strength: np.ndarray
+    new: list[str]
+    anchors: np.ndarray
+    weights: np.ndarray
+    strength: np.ndarray
+
+    def __bool__(self) -> bool:
+        return bool(len(self.known) or self.new)
+
+    def new_scores(self, anchor_scores: np.ndarray) -> np.ndarray:
+        """Scores of the new neighbours from their anchors' scores (the weighted mean over
+        the anchors with a finite score; ``-inf`` when none has one)."""
+        finite = np.isfinite(anchor_scores)
+        weights = self.weights * finite
+        total = weights.sum(axis=1)
+        summed = weights @ np.where(finite, anchor_scores, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, summed / total, -np.inf)
+
+
+EMPTY = LiveCandidates(
+    np.empty(0, np.int32), np.empty(0), [], np.empty(0, np.int32), np.empty((0, 0)), np.empty(0)
+)
+
+
+def gather(live: LiveRead, index: Mapping[str, int], viewed: str) -> LiveCandidates:
+    """The live candidates of a request that viewed ``viewed`` (never one of them)."""
+    strength: dict[str, float] = {}
+    from_anchor: dict[str, dict[int, float]] = {}
+    for item in live.items():
+        anchor = index.get(item, -1)
+        for neighbour, score in live.neighbours(item):
+            if neighbour == viewed:
+                continue
+            strength[neighbour] = strength.get(neighbour, 0.0) + score
+            if anchor >= 0 and neighbour not in index:
+                from_anchor.setdefault(neighbour, {})[anchor] = score
+    if not strength:
+        return EMPTY
+    ranked = sorted(strength, key=lambda n: -strength[n])  # stable: read order breaks ties
+    known = [n for n in ranked if n in index]
+    new = [n for n in ranked if n not in index]
+    anchors = sorted({a for n in new for a in from_anchor.get(n, {})})
+    column = {a: j for j, a in enumerate(anchors)}
+    weights = np.zeros((len(new), len(anchors)))
+    for i, neighbour in enumerate(new):
+        for anchor, score in from_anchor.get(neighbour, {}).items():
+            weights[i, column[anchor]] = score
+    return LiveCandidates(
+        np.array([index[n] for n in known], dtype=np.int32),
+        np.array([strength[n] for n in known]),
+        new,
+        np.array(anchors, dtype=np.int32),
+        weights,
+        np.array([strength[n] for n in new]),
+    )

@@ -1,0 +1,105 @@
+"""Ranking with live neighbours: known ones join the candidates, new ones get live scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import tiny_bundle_arrays, unpopular_first, with_sessions
+
+from recsvc.bundle import load_bundle, write_bundle
+from recsvc.contract import SOURCE_BITS
+from recsvc.exceptions import ItemNotFound
+from recsvc.live import LiveRead
+from recsvc.live_candidates import gather
+from recsvc.ranking import Fallback, RankedBy, Ranker
+from recsvc.second_stage import MODEL_ARRAY, model_array
+from recsvc.sessions import SessionEvent
+
+LIVE = SOURCE_BITS["live"]
+INDEX = {name: i for i, name in enumerate("abcde")}
+
+
+def live(**lists: list[tuple[str, float]]) -> LiveRead:
+    """A read with these neighbour lists, all on one base."""
+    return LiveRead({item: (0.0, ranked) for item, ranked in lists.items()}, 3600.0)
+
+
+def clicks(*items: str) -> list[SessionEvent]:
+    return [SessionEvent(f"e{n}", item, "click", float(n)) for n, item in enumerate(items)]
+
+
+@pytest.fixture
+def ranker(tiny_bundle: Path) -> Ranker:
+    return Ranker(load_bundle(tiny_bundle))
+
+
+def test_gather_splits_known_and_new_and_weighs_each_anchor():
+    read = live(a=[("n", 2.0), ("c", 1.0)], b=[("n", 1.0), ("m", 0.5), ("a", 3.0)])
+    got = gather(read, INDEX, viewed="a")
+    assert got.known.tolist() == [2]  # c; a is the item viewed
+    assert got.new == ["n", "m"]  # by summed count: n 3.0, m 0.5
+    assert got.anchors.tolist() == [0, 1]
+    assert got.weights.tolist() == [[2.0, 1.0], [0.0, 0.5]]
+    # the live score is the count-weighted mean of the anchors' scores
+    assert got.new_scores(np.array([1.0, 4.0])).tolist() == [2.0, 4.0]
+    assert got.new_scores(np.array([-np.inf, 4.0])).tolist() == [4.0, 4.0]
+    assert got.new_scores(np.array([-np.inf, -np.inf])).tolist() == [-np.inf, -np.inf]
+
+
+def test_a_new_item_gets_the_score_of_the_item_it_was_co_visited_with(ranker: Ranker):
+    # Window (a, b): u = [0.5, 0.25]; pool scores e 1.0, b .25, c .25, d -.25 (helpers);
+    # n, seen only with a, scores as a would: u . out(a) = 0.5.
+    ranking = ranker.rank("a", 4, clicks("b"), live=live(a=[("n", 1.0)]))
+    assert ranking.items == ["e", "n", "b", "c"]
+    assert ranking.scores[:2] == [1.0, 0.5]
+    assert ranking.sources[1] == LIVE
+    assert ranking.personalized and ranking.ranked_by == RankedBy.FIRST_STAGE
+
+
+def test_a_known_live_neighbour_joins_the_pool_with_the_live_flag(ranker: Ranker):
+    # b's pool is a, c; e was co-visited with b in the stream.
+    ranking = ranker.rank("b", 4, clicks("a"), live=live(b=[("e", 1.0), ("a", 0.5)]))
+    assert set(ranking.items) == {"a", "c", "e"}
+    flags = dict(zip(ranking.items, ranking.sources, strict=True))
+    assert flags["e"] == LIVE
+    assert flags["a"] & LIVE and flags["a"] & SOURCE_BITS["itemcf"]
+
+
+def test_a_view_of_an_item_only_the_stream_knows(ranker: Ranker):
+    read = live(n=[("a", 1.0), ("m", 0.5)])
+    personal = ranker.rank("n", 4, clicks("b"), live=read)
+    assert personal.items == ["a", "m"]  # m has no known anchor: scored last
+    assert personal.personalized and personal.session_events_used == 1
+    assert personal.scores[1] == -np.inf
+    anonymous = ranker.rank("n", 4, [], live=read)
+    assert anonymous.items == ["a", "m"] and not anonymous.personalized
+    assert anonymous.fallback == Fallback.ITEM_NOT_IN_MODEL
+    assert anonymous.sources == [LIVE, LIVE]
+    with pytest.raises(ItemNotFound, match="no live co-visits"):
+        ranker.rank("ghost", 4, clicks("b"), live=live(b=[("a", 1.0)]))
+
+
+def test_filters_drop_new_items(ranker: Ranker):
+    read = live(a=[("n", 1.0), ("m", 1.0)])
+    assert "n" not in ranker.rank("a", 4, clicks("b"), category="x", live=read).items
+    seen = ranker.rank("a", 4, [*clicks("b"), SessionEvent("s", "n", "click", 9.0)],
+                       exclude_seen=True, live=read)  # fmt: skip
+    assert "n" not in seen.items and "m" in seen.items
+
+
+def test_without_live_neighbours_the_answer_is_unchanged(ranker: Ranker):
+    plain = ranker.rank("a", 4, clicks("b"))
+    assert ranker.rank("a", 4, clicks("b"), live=live()) == plain
+    assert LIVE not in plain.sources
+
+
+def test_the_second_stage_scores_new_items_too(tmp_path: Path):
+    arrays = {**with_sessions(tiny_bundle_arrays()), "item_fit_events": np.full(5, 9)}
+    arrays[MODEL_ARRAY] = model_array(unpopular_first())
+    ranker = Ranker(load_bundle(write_bundle(tmp_path, arrays, {})))
+    ranking = ranker.rank("b", 4, clicks("a"), live=live(b=[("n", 1.0)]))
+    assert ranking.ranked_by == RankedBy.SECOND_STAGE
+    assert "n" in ranking.items and np.isfinite(ranking.scores).all()
+    assert ranking.sources[ranking.items.index("n")] == LIVE

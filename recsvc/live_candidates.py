@@ -63,14 +63,15 @@ def gather(live: LiveRead, index: Mapping[str, int], viewed: str) -> LiveCandida
     """The live candidates of a request that viewed ``viewed`` (never one of them)."""
     strength: dict[str, float] = {}
     from_anchor: dict[str, dict[int, float]] = {}
-    for item in live.items():
+    for item, factor, names, scores in live.lists():
         anchor = index.get(item, -1)
-        for neighbour, score in live.neighbours(item):
-            if neighbour == viewed:
-                continue
+        for neighbour, stored in zip(names, scores, strict=True):
+            score = stored * factor
             strength[neighbour] = strength.get(neighbour, 0.0) + score
             if anchor >= 0 and neighbour not in index:
                 from_anchor.setdefault(neighbour, {})[anchor] = score
+    strength.pop(viewed, None)
+    from_anchor.pop(viewed, None)
     if not strength:
         return EMPTY
     ranked = sorted(strength, key=lambda n: -strength[n])  # stable: read order breaks ties

@@ -196,9 +196,7 @@ class Ranker:
         live_items = gather(live, self._live_index, item_id) if live else NO_LIVE
         if live_items.new and (category is not None or seen_ids):
             live_items = self._filter_new(live_items, seen_ids, category)
-        if item_id not in self._index or (
-            item_id not in self._live_index and live.neighbours(item_id)
-        ):
+        if item_id not in self._index or (item_id not in self._live_index and live.has(item_id)):
             return self._rank_new_item(item_id, k, session, fallback, live, live_items)
         current = self._index[item_id]
         seen = [self._index.get(i, -1) for i in seen_ids]
@@ -231,7 +229,7 @@ class Ranker:
     ) -> Ranking:
         """An item only the live stream knows: its and the session's live neighbours, ranked
         by the model from the session's visits when it has some, else by co-visit count."""
-        if not live.neighbours(item_id):
+        if not live.has(item_id):
             raise ItemNotFound(
                 f"item {clip(item_id)} is not in bundle {self.version} and has no live co-visits"
             )

@@ -101,16 +101,33 @@ local function pair(earlier, later, ts)
   end
 end
 
--- The visits of a session after its append, in order, each marked new or not; the pairs
--- are recsvc.live.covisit_pairs.
+-- A member's item and whether it is a visit (nil, false when it does not parse).
+local function visit_of(member)
+  local ok, m = pcall(cjson.decode, member)
+  if ok and type(m) == 'table' and type(m[2]) == 'string' then return m[2], VISIT[m[3]] end
+  return nil, false
+end
+
+-- The visits of a session after its append, each marked new or not, from the nearest visit
+-- before the first new member to the end (no other can pair); the pairs are
+-- recsvc.live.covisit_pairs.
 local function covisit(key, new)
-  local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local start = nil
+  for member in pairs(new) do
+    local rank = redis.call('ZRANK', key, member)
+    if rank and (not start or rank < start) then start = rank end
+  end
+  if not start then return end
+  while start > 0 do
+    start = start - 1
+    local _, is_visit = visit_of(redis.call('ZRANGE', key, start, start)[1])
+    if is_visit then break end
+  end
+  local flat = redis.call('ZRANGE', key, start, -1, 'WITHSCORES')
   local visits = {}
   for j = 1, #flat, 2 do
-    local ok, m = pcall(cjson.decode, flat[j])
-    if ok and type(m) == 'table' and VISIT[m[3]] and type(m[2]) == 'string' then
-      visits[#visits + 1] = {m[2], flat[j + 1], new[flat[j]] == true}
-    end
+    local item, is_visit = visit_of(flat[j])
+    if is_visit then visits[#visits + 1] = {item, flat[j + 1], new[flat[j]] == true} end
   end
   for j, v in ipairs(visits) do
     if v[3] then
@@ -611,17 +628,16 @@ class RedisSessionStore(SessionStore):
 def _live_read(flat: Sequence[object], half_life_s: float) -> LiveRead:
     """The read script's (item, base, neighbours) triples as a :class:`LiveRead`; an entry
     that does not parse is skipped."""
-    lists: dict[str, tuple[float, list[tuple[str, float]]]] = {}
+    lists: dict[str, tuple[float, list[str], list[float]]] = {}
     for item, base, ranked in zip(flat[0::3], flat[1::3], flat[2::3], strict=True):
         if not (isinstance(item, bytes) and isinstance(base, bytes) and isinstance(ranked, list)):
             continue
         try:
-            neighbours = [
-                (n.decode(), float(score))
-                for n, score in zip(ranked[0::2], ranked[1::2], strict=True)
-            ]
-            lists[item.decode()] = (float(base), neighbours)
-        except (AttributeError, ValueError, UnicodeDecodeError):
+            names = [name.decode() for name in ranked[0::2]]
+            scores = [float(score) for score in ranked[1::2]]
+            if len(names) == len(scores):
+                lists[item.decode()] = (float(base), names, scores)
+        except (AttributeError, TypeError, ValueError, UnicodeDecodeError):
             continue
     return LiveRead(lists, half_life_s)
 

@@ -127,7 +127,7 @@ class Settings:
         },
     )
     live_read_top: int = field(
-        default=20, metadata={"help": "serve: live neighbours read per item"}
+        default=10, metadata={"help": "serve: live neighbours read per item"}
     )
     budget_ms: float = field(
         default=100.0, metadata={"help": "answer every call within this many ms, end to end"}

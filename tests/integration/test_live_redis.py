@@ -5,12 +5,23 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from pathlib import Path
 
+import grpc
+import pytest
 import redis
+from helpers import serving
 
+from recsvc.bundle import load_bundle
+from recsvc.contract import SOURCE_BITS
 from recsvc.events import Event
+from recsvc.exceptions import ItemNotFound
 from recsvc.live import BASE_PREFIX, NEIGHBOURS_PREFIX, LiveSettings
+from recsvc.ranking import Ranker
 from recsvc.sessions import InMemorySessionStore, RedisSessionStore
+from recsvc.v1 import recommender_pb2 as pb
+
+LIVE = SOURCE_BITS["live"]
 
 SETTINGS = LiveSettings(half_life_s=600.0, cap=5, ttl_s=120, read_items=3, read_top=8)
 
@@ -115,3 +126,60 @@ def test_without_live_settings_nothing_is_written(redis_url: str) -> None:
 
     asyncio.run(scenario())
     assert list(redis.Redis.from_url(redis_url).scan_iter(f"recsvc:live:*{run}*")) == []
+
+
+def test_the_server_answers_with_live_items_as_the_replay_ranks_them(
+    redis_url: str, tiny_bundle: Path
+) -> None:
+    """One code path: the gRPC answers over the real Redis equal ``Ranker.rank`` with the
+    in-memory twin's read, which is what ``recsvc eval --replay`` scores."""
+    url = redis_url.rsplit("/", 1)[0] + "/11"  # a database of this test's own
+    plain = redis.Redis.from_url(url)
+    plain.flushdb()
+    settings = LiveSettings(half_life_s=3600.0, read_items=3, read_top=4)
+    stream = [
+        Event(f"e{n}", user, item, "click", 1000.0 + n)
+        for n, (user, item) in enumerate(
+            [("x", "a"), ("x", "new1"), ("x", "b"), ("y", "b"), ("y", "new2"),
+             ("y", "c"), ("z", "new1"), ("z", "d"), ("w", "a"), ("w", "new2")]
+        )
+    ]  # fmt: skip
+    memory = InMemorySessionStore(length=20, live=settings)
+    memory.append_now(stream)
+    ranker = Ranker(load_bundle(tiny_bundle))
+
+    async def scenario() -> None:
+        store = RedisSessionStore(url, length=20, ttl_s=120, live=settings)
+        try:
+            await store.append(stream)
+            answered_live = answered_new = 0
+            async with serving(tiny_bundle, store) as (stub, _):
+                for user in ("x", "y", "z", "w", "nobody"):
+                    for item in ("a", "b", "c", "d", "new1", "new2", "ghost"):
+                        session, live = memory.read_now(user, item)
+                        try:
+                            want = ranker.rank(item, 4, session, live=live)
+                        except ItemNotFound:
+                            want = None
+                        request = pb.RecommendRequest(user_id=user, item_id=item, k=4)
+                        try:
+                            got = await stub.Recommend(request)
+                        except grpc.aio.AioRpcError as exc:
+                            assert want is None and exc.code() == grpc.StatusCode.NOT_FOUND
+                            continue
+                        assert want is not None, (user, item)
+                        assert [i.item_id for i in got.items] == want.items, (user, item)
+                        assert got.personalized == want.personalized
+                        for answered, score, flags in zip(
+                            got.items, want.scores, want.sources, strict=True
+                        ):
+                            assert answered.score == pytest.approx(score, rel=1e-6)
+                            assert (pb.SOURCE_LIVE in answered.sources) == bool(flags & LIVE)
+                            answered_live += bool(flags & LIVE)
+                            answered_new += answered.item_id.startswith("new")
+            assert answered_live > 10 and answered_new > 5
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+    plain.flushdb()

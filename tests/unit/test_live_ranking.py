@@ -23,7 +23,13 @@ INDEX = {name: i for i, name in enumerate("abcde")}
 
 def live(**lists: list[tuple[str, float]]) -> LiveRead:
     """A read with these neighbour lists, all on one base."""
-    return LiveRead({item: (0.0, ranked) for item, ranked in lists.items()}, 3600.0)
+    return LiveRead(
+        {
+            item: (0.0, [n for n, _ in ranked], [s for _, s in ranked])
+            for item, ranked in lists.items()
+        },
+        3600.0,
+    )
 
 
 def clicks(*items: str) -> list[SessionEvent]:

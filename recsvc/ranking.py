@@ -196,10 +196,17 @@ class Ranker:
         live_items = gather(live, self._live_index, item_id) if live else NO_LIVE
         if live_items.new and (category is not None or seen_ids):
             live_items = self._filter_new(live_items, seen_ids, category)
+        seen = [self._index.get(i, -1) for i in seen_ids]
         if item_id not in self._index or (item_id not in self._live_index and live.has(item_id)):
+            keep = self._keep(live_items.known, seen, category)
+            if keep is not None:
+                live_items = dataclasses.replace(
+                    live_items,
+                    known=live_items.known[keep],
+                    known_strength=live_items.known_strength[keep],
+                )
             return self._rank_new_item(item_id, k, session, fallback, live, live_items)
         current = self._index[item_id]
-        seen = [self._index.get(i, -1) for i in seen_ids]
         history = [e.item_id for e in session if e.type in VISIT_TYPES]
         if fallback is None and self.model is None:
             fallback = Fallback.NO_MODEL

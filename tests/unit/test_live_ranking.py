@@ -87,6 +87,16 @@ def test_a_view_of_an_item_only_the_stream_knows(ranker: Ranker):
         ranker.rank("ghost", 4, clicks("b"), live=live(b=[("a", 1.0)]))
 
 
+def test_filters_apply_to_the_live_candidates_of_an_item_only_the_stream_knows(
+    ranker: Ranker,
+):
+    read = live(n=[("a", 1.0), ("c", 0.5), ("m", 0.2)])
+    # category y holds c and d: a (x) and the new m (no category) are filtered out
+    assert ranker.rank("n", 4, clicks("b"), category="y", live=read).items == ["c"]
+    seen = ranker.rank("n", 4, clicks("a", "b"), exclude_seen=True, live=read)
+    assert "a" not in seen.items and "c" in seen.items
+
+
 def test_filters_drop_new_items(ranker: Ranker):
     read = live(a=[("n", 1.0), ("m", 1.0)])
     assert "n" not in ranker.rank("a", 4, clicks("b"), category="x", live=read).items

@@ -37,7 +37,9 @@ from recsvc.contract import VISIT_TYPES
 from recsvc.events import Event
 from recsvc.exceptions import ConfigError, RecsvcError, SessionStoreError
 from recsvc.live import (
+    BASE_PREFIX,
     EMPTY_READ,
+    NEIGHBOURS_PREFIX,
     REBASE_HALF_LIVES,
     LiveCovisits,
     LiveRead,
@@ -53,6 +55,9 @@ KEY_PREFIX = "recsvc:session:"
 #: Events per script call: bounds how long one call holds Redis, which serves no other
 #: client meanwhile; 500 events took 2-10 ms of Redis time on the (busy) benchmark machine.
 SCRIPT_CHUNK = 500
+#: The same with live co-visits, which cost Redis about 30 us per event (docs/BENCHMARKS.md):
+#: 100 events hold it about 3 ms, well inside a Recommend's budget.
+LIVE_SCRIPT_CHUNK = 100
 #: KEYS: the users' keys. ARGV: length, ttl, one newline-separated payload holding, per key in
 #: order, its member count n and n (score, member) pairs (members are JSON, which never holds
 #: a raw newline), then the live co-visit settings: half-life (empty: off), cap, TTL and the
@@ -69,7 +74,7 @@ local added, out = 0, {0, 0, 0, 0}
 local function number(x) return string.format('%.17g', x) end
 
 local function bump(item, neighbour, ts)
-  local zk, bk = 'recsvc:live:n:' .. item, 'recsvc:live:b:' .. item
+  local zk, bk = '__NEIGHBOURS__' .. item, '__BASE__' .. item
   local t = tonumber(ts)
   local stored = redis.call('GET', bk)
   local base = t
@@ -178,7 +183,18 @@ return out
 """
 # The visit types as a Lua set, from the contract.
 _LUA_VISITS = "{" + ", ".join(f"{kind} = true" for kind in VISIT_TYPES) + "}"
-APPEND_SCRIPT = APPEND_SCRIPT.replace("__VISIT_TYPES__", _LUA_VISITS)
+
+
+def _filled(script: str) -> str:
+    """A script with the contract's visit types and the live key prefixes put in."""
+    return (
+        script.replace("__VISIT_TYPES__", _LUA_VISITS)
+        .replace("__NEIGHBOURS__", NEIGHBOURS_PREFIX)
+        .replace("__BASE__", BASE_PREFIX)
+    )
+
+
+APPEND_SCRIPT = _filled(APPEND_SCRIPT)
 
 #: KEYS: the user's session key. ARGV: length, the viewed item, how many items to read
 #: neighbours of (the viewed item and the newest distinct visits, as ``live_items``), and how
@@ -199,9 +215,9 @@ for j = #flat - 1, 1, -2 do
 end
 local out = {flat}
 for _, item in ipairs(items) do
-  local okb, base = pcall(redis.call, 'GET', 'recsvc:live:b:' .. item)
+  local okb, base = pcall(redis.call, 'GET', '__BASE__' .. item)
   local okn, ranked = pcall(
-    redis.call, 'ZREVRANGE', 'recsvc:live:n:' .. item, 0, top - 1, 'WITHSCORES')
+    redis.call, 'ZREVRANGE', '__NEIGHBOURS__' .. item, 0, top - 1, 'WITHSCORES')
   if okb and okn and base then
     out[#out + 1] = item
     out[#out + 1] = base
@@ -209,7 +225,8 @@ for _, item in ipairs(items) do
   end
 end
 return out
-""".replace("__VISIT_TYPES__", _LUA_VISITS)
+"""
+READ_SCRIPT = _filled(READ_SCRIPT)
 
 
 class SessionWriteRejected(RecsvcError):
@@ -294,6 +311,11 @@ def _member(event: Event) -> str:
     return json.dumps([event.event_id, event.item_id, event.type], separators=(",", ":"))
 
 
+def script_chunk(live: LiveSettings | None) -> int:
+    """Events per append script call (the in-memory store chunks alike)."""
+    return SCRIPT_CHUNK if live is None else LIVE_SCRIPT_CHUNK
+
+
 def _chunks(events: Sequence[Event], size: int) -> Iterator[Sequence[Event]]:
     for start in range(0, len(events), size):
         yield events[start : start + size]
@@ -327,7 +349,7 @@ def _parse_rows(flat: Sequence[bytes]) -> tuple[list[SessionEvent], int]:
 class InMemorySessionStore(SessionStore):
     """A dict of sorted lists; for tests, single-process demos and ``recsvc eval --replay``.
 
-    Appends run in chunks of :data:`SCRIPT_CHUNK` events, as the Redis store's do, so that
+    Appends run in chunks of :func:`script_chunk` events, as the Redis store's do, so that
     the live co-visits come out the same. Nothing expires."""
 
     def __init__(
@@ -354,7 +376,8 @@ class InMemorySessionStore(SessionStore):
 
     def append_now(self, events: Sequence[Event]) -> int:
         """:meth:`append` without the event loop."""
-        return sum(self._append_chunk(chunk) for chunk in _chunks(events, SCRIPT_CHUNK))
+        size = script_chunk(self.live)
+        return sum(self._append_chunk(chunk) for chunk in _chunks(events, size))
 
     def _append_chunk(self, events: Sequence[Event]) -> int:
         # Like the Redis script: per user, all events added, co-visits, then one trim.
@@ -530,7 +553,7 @@ class RedisSessionStore(SessionStore):
         """Run the append script over ``events`` in chunks, pipelined in one round trip."""
         if self._sha is None:
             self._sha = await self._client.script_load(APPEND_SCRIPT)
-        chunks = list(_chunks(events, SCRIPT_CHUNK))
+        chunks = list(_chunks(events, script_chunk(self.live)))
         head = [str(self.length).encode(), str(self.ttl_s).encode()]
         live = self.live
         tail = (

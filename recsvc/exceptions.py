@@ -25,6 +25,11 @@ class ItemNotFound(RecsvcError):
     """The requested item is not in the bundle's catalogue."""
 
 
+class LiveUnavailable(RecsvcError):
+    """An item the bundle does not know was asked for while the live co-visits, the only
+    other place that could know it, could not be read (a retry may succeed)."""
+
+
 class InvalidEvent(RecsvcError):
     """A stream event that breaks the Event contract; ``reason`` is a fixed label."""
 

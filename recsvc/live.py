@@ -27,7 +27,11 @@ Decay without rewriting
 Times are the events' own times, not the clock, so a replay of a day builds exactly the
 state the stream built. The in-memory :class:`LiveCovisits` and the Redis script in
 :mod:`recsvc.sessions` follow the same steps in the same floating-point order; a test holds
-their scores equal.
+their scores equal (with the same C maths library: powers of 2 come from ``pow``).
+
+A replayed event counts once while its session still holds it. One older than every event
+the session keeps is added, trimmed again, and does not pair; one redelivered after its
+session expired (a day by default, far longer than a crash replay) counts again.
 
 Redis layout: ``recsvc:live:n:<item>`` a sorted set of neighbour -> score;
 ``recsvc:live:b:<item>`` the item's base (the event time, as the event gave it).
@@ -35,6 +39,7 @@ Redis layout: ``recsvc:live:n:<item>`` a sorted set of neighbour -> score;
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -61,7 +66,7 @@ class LiveSettings:
     read_top: int = 10
 
     def __post_init__(self) -> None:
-        if not self.half_life_s > 0:
+        if not 0 < self.half_life_s < math.inf:
             raise ConfigError(f"live half-life must be > 0 seconds, got {self.half_life_s}")
         for name in ("cap", "ttl_s", "read_items", "read_top"):
             value = getattr(self, name)
@@ -108,7 +113,8 @@ class _Item:
 class LiveCovisits:
     """The co-visit state in memory: for unit tests and for ``recsvc eval --replay``.
 
-    Nothing expires here (a replay is shorter than the TTL); everything else is as in Redis.
+    Nothing expires here (right for a replay shorter than the TTLs); everything else is as
+    in Redis.
     """
 
     def __init__(self, settings: LiveSettings | None = None) -> None:

@@ -270,6 +270,20 @@ class Ranker:
             fallback=fallback,
         )
 
+    def _without_candidates(self, live_items: LiveCandidates, items: np.ndarray) -> LiveCandidates:
+        """Without the new items already among ``items``: in an evaluation bundle an item
+        first seen in the held-out period is new to the live path but may sit in a pool."""
+        present = set(items.tolist())
+        keep = [i for i, n in enumerate(live_items.new) if self._index.get(n, -1) not in present]
+        if len(keep) == len(live_items.new):
+            return live_items
+        return dataclasses.replace(
+            live_items,
+            new=[live_items.new[i] for i in keep],
+            weights=live_items.weights[keep],
+            strength=live_items.strength[keep],
+        )
+
     def _filter_new(
         self, live_items: LiveCandidates, seen: set[str], category: str | None
     ) -> LiveCandidates:
@@ -313,6 +327,8 @@ class Ranker:
         keep = self._keep(items, seen, category)
         if keep is not None:
             items, flags = items[keep], flags[keep]
+        if live_items.new and self._live_index is not self._index:
+            live_items = self._without_candidates(live_items, items)
         arrays = self.model.arrays
         if self._second is not None:
             context = RequestContext(current, visits[1:], window)
@@ -351,7 +367,11 @@ class Ranker:
                 rows[:, COLUMNS[name]] = 0.0
         if len(known):
             rows[:, COLUMNS["session_length"]] = known[0, COLUMNS["session_length"]]
-        return self._second.scores(rows)
+        scores = self._second.scores(rows)
+        # Without an anchor the row says nothing of the item: it is not scored, as a known
+        # item without a fit-period event is not.
+        scores[~np.isfinite(personalized)] = -np.inf
+        return scores
 
     def _answer(
         self,

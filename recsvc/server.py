@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from recsvc._wire import ranked_items
 from recsvc.contract import MAX_ID_LENGTH, SOURCE_BITS
-from recsvc.exceptions import InvalidRequest, ItemNotFound, SessionStoreError
+from recsvc.exceptions import InvalidRequest, ItemNotFound, LiveUnavailable, SessionStoreError
 from recsvc.live import EMPTY_READ, LiveRead
 from recsvc.metrics import Metrics
 from recsvc.ranking import Fallback, RankedBy, Ranking
@@ -41,7 +41,11 @@ DEFAULT_K = 30
 #: At most one log line per this many seconds about requests that are not protobuf.
 UNDECODABLE_LOG_INTERVAL_S = 10.0
 #: Exception -> gRPC status: the one place codes are chosen.
-STATUS = {ItemNotFound: grpc.StatusCode.NOT_FOUND, InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT}
+STATUS = {
+    ItemNotFound: grpc.StatusCode.NOT_FOUND,
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    LiveUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
 #: Fallback reason and pool-source bit -> proto enum, by the names the proto gives them.
 #: (Keyed by ``str | None`` for lookups of ``Ranking.fallback``, None when personalized.)
 FALLBACK_PROTO: dict[str | None, pb.FallbackReason] = {
@@ -54,6 +58,8 @@ RANKED_BY_PROTO: dict[str, pb.RankedBy] = {
     for name, stage in vars(RankedBy).items()
     if not name.startswith("_")
 }
+#: Fallbacks that mean the store was not read.
+UNREAD = (Fallback.SESSION_STORE_UNAVAILABLE, Fallback.BUDGET_EXCEEDED)
 SOURCE_PROTO = {bit: pb.Source.Value(f"SOURCE_{name.upper()}") for name, bit in SOURCE_BITS.items()}
 #: Pool source flags -> the proto enums they stand for, for every value a uint8 can hold
 #: (bits no source has are ignored).
@@ -166,11 +172,17 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         try:
             request = self._decoded(request)
             k = self._check(request, ranker.pool_size)
+            known = ranker.has_item(request.item_id)
             if self.store.live is None:
                 ranker.index(request.item_id)  # NOT_FOUND before any read
             session, live, fallback = await self._session(
-                request.user_id, request.item_id, started, limit
+                request.user_id, request.item_id, known, started, limit
             )
+            if not known and fallback in UNREAD:
+                raise LiveUnavailable(
+                    f"item {clip(request.item_id)} is not in bundle {ranker.version}, and its "
+                    f"live co-visits could not be read ({fallback}); retry"
+                )
             ranking = ranker.rank(
                 request.item_id,
                 k,
@@ -223,12 +235,13 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         return k
 
     async def _session(
-        self, user_id: str, item_id: str, started: float, limit: float
+        self, user_id: str, item_id: str, known: bool, started: float, limit: float
     ) -> tuple[Sequence[SessionEvent], LiveRead, str | None]:
         """The user's session and the live neighbours of the item and the session, read
-        together, or why there is no session to use. Without a user, only the live
-        neighbours are read (when the store keeps them)."""
-        if not user_id and self.store.live is None:
+        together, or why there is no session to use. Without a user, the live neighbours
+        are read only for an item the bundle does not know (``known`` false): a known item
+        is then answered from its pool alone."""
+        if not user_id and (self.store.live is None or known):
             return (), EMPTY_READ, Fallback.NO_USER
         if not self.breaker.allow():
             return (), EMPTY_READ, Fallback.SESSION_STORE_UNAVAILABLE

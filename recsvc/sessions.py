@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -60,14 +61,16 @@ SCRIPT_CHUNK = 500
 LIVE_SCRIPT_CHUNK = 100
 #: KEYS: the users' keys. ARGV: length, ttl, one newline-separated payload holding, per key in
 #: order, its member count n and n (score, member) pairs (members are JSON, which never holds
-#: a raw newline), then the live co-visit settings: half-life (empty: off), cap, TTL and the
-#: rebase threshold in half-lives (:mod:`recsvc.live`). Returns {events added, co-visit
-#: updates, neighbours evicted, co-visit updates refused, then (key position, error) per key
-#: holding another type}; any other error (out of memory, read-only replica) fails the call.
+#: a raw newline), then the live co-visit settings: half-life (empty: off), cap, TTL, the
+#: rebase threshold in half-lives (:mod:`recsvc.live`) and the latest pair time counted.
+#: Returns {events added, co-visit updates, neighbours evicted, co-visit updates refused, then
+#: (key position, error) per key holding another type}; any other error (out of memory, a
+#: read-only replica) fails the call.
 APPEND_SCRIPT = """
 local length, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local token = string.gmatch(ARGV[3], '[^\\n]+')
 local half, cap, live_ttl, rebase = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local latest = tonumber(ARGV[8])
 local VISIT = __VISIT_TYPES__
 local added, out = 0, {0, 0, 0, 0}
 
@@ -101,6 +104,10 @@ local function bump(item, neighbour, ts)
 end
 
 local function pair(earlier, later, ts)
+  if latest and tonumber(ts) > latest then
+    out[4] = out[4] + 2  -- too far past ingest's clock: it would freeze both items' scores
+    return
+  end
   for _, p in ipairs({{earlier, later}, {later, earlier}}) do
     if not pcall(bump, p[1], p[2], ts) then out[4] = out[4] + 1 end
   end
@@ -113,17 +120,20 @@ local function visit_of(member)
   return nil, false
 end
 
--- The visits of a session after its append, each marked new or not, from the nearest visit
--- before the first new member to the end (no other can pair); the pairs are
--- recsvc.live.covisit_pairs.
+-- The visits of a session after its append and before its trim, each marked new or not,
+-- from the nearest visit before the first new member that the trim keeps to the end (no
+-- other can pair); the pairs are recsvc.live.covisit_pairs.
 local function covisit(key, new)
+  -- Only the members the trim keeps pair: a replayed event older than all of them is added
+  -- and trimmed again, and must not count twice.
+  local keep_from = math.max(redis.call('ZCARD', key) - length, 0)
   local start = nil
   for member in pairs(new) do
     local rank = redis.call('ZRANK', key, member)
-    if rank and (not start or rank < start) then start = rank end
+    if rank and rank >= keep_from and (not start or rank < start) then start = rank end
   end
   if not start then return end
-  while start > 0 do
+  while start > keep_from do
     start = start - 1
     local _, is_visit = visit_of(redis.call('ZRANGE', key, start, start)[1])
     if is_visit then break end
@@ -196,6 +206,13 @@ def _filled(script: str) -> str:
 
 APPEND_SCRIPT = _filled(APPEND_SCRIPT)
 
+#: A co-visit at a time further than this past ingest's clock is refused, not counted: an
+#: item's scores are on the base of its latest co-visit, so one event from the future would
+#: make every real co-visit after it count for nothing until the item expired.
+MAX_AHEAD_S = 3600.0
+#: Error replies that mean Redis will never run the read script (no permission, a cluster,
+#: scripting switched off); any other error fails one read only.
+SCRIPTS_REFUSED = ("NOPERM", "CROSSSLOT", "MOVED", "ASK ", "ERR unknown command")
 #: KEYS: the user's session key. ARGV: length, the viewed item, how many items to read
 #: neighbours of (the viewed item and the newest distinct visits, as ``live_items``), and how
 #: many neighbours each. Returns {session as ZRANGE WITHSCORES, then per item read: its id,
@@ -400,8 +417,9 @@ class InMemorySessionStore(SessionStore):
         return sum(len(new) for new in added.values())
 
     def _visits(self, user_id: str, new: set[str]) -> list[Visit]:
+        """The members the trim keeps, as the pairing sees them."""
         visits = []
-        for member, ts in self._ordered(user_id):
+        for member, ts in self._ordered(user_id)[-self.length :]:
             event = _parse_member(member, ts)
             if event is not None:
                 visits.append(Visit(event.item_id, event.type, ts, member in new))
@@ -506,11 +524,15 @@ class RedisSessionStore(SessionStore):
                 self._read_sha = await self._reads.execute("SCRIPT", "LOAD", READ_SCRIPT)
                 reply = await self._reads.execute("EVALSHA", self._read_sha, 1, *args)
         except RedisReplyError as exc:
-            if "WRONGTYPE" in str(exc):
-                log.warning("unreadable session key", extra={"user_id": user_id, "error": str(exc)})
+            message = str(exc)
+            if "WRONGTYPE" in message:
+                log.warning("unreadable session key", extra={"user_id": user_id, "error": message})
                 return [], EMPTY_READ
-            # Scripts refused (disabled, not permitted, a cluster): sessions without live.
-            log.warning("Lua scripts refused; reading without live", extra={"error": str(exc)})
+            if not message.startswith(SCRIPTS_REFUSED):
+                # LOADING after a restart, BUSY, MASTERDOWN...: this read fails, not the next.
+                raise SessionStoreError(f"session read failed: {message}") from exc
+            # Scripts refused for good (not permitted, a cluster): sessions without live.
+            log.warning("Lua scripts refused; reading without live", extra={"error": message})
             self._read_scripted = False
             return await self.recent(user_id), EMPTY_READ
         except OSError as exc:
@@ -557,9 +579,15 @@ class RedisSessionStore(SessionStore):
         head = [str(self.length).encode(), str(self.ttl_s).encode()]
         live = self.live
         tail = (
-            [repr(live.half_life_s), str(live.cap), str(live.ttl_s), str(REBASE_HALF_LIVES)]
+            [
+                repr(live.half_life_s),
+                str(live.cap),
+                str(live.ttl_s),
+                str(REBASE_HALF_LIVES),
+                repr(time.time() + MAX_AHEAD_S),
+            ]
             if live is not None
-            else ["", "", "", ""]
+            else ["", "", "", "", ""]
         )
         calls: list[list[list[Event]]] = []
         async with self._client.pipeline(transaction=False) as pipe:

@@ -8,7 +8,9 @@ is ranked by the server's ``Ranker.rank`` with the live neighbours read from the
 the events strictly before its view built. The case's own session comes from its window, as
 in the ``served`` method, so the only difference is the live state.
 
-Only held-out events are played: the state starts empty at the held-out period's start,
+Only held-out events are played, and nothing expires (the in-memory store has no TTL), which
+is right while the held-out period is shorter than the sessions' and co-visits' TTLs (one
+and three days by default): the state starts empty at the held-out period's start,
 where a running server would hold the decayed co-visits of the days before. The figures
 are therefore a floor for what the stream adds.
 """
@@ -44,8 +46,10 @@ class Replay:
     events : held-out events played
     new_items : items clicked in the held-out period with no event before it
     lags_s : float64, for each of them that some answer put in its top
-        :data:`RECOMMENDED_TOP`: seconds from its first click to the first such answer
-    live_share : share of the cases whose answer held at least one live item
+        :data:`RECOMMENDED_TOP` as a live item: seconds from its first click to the first
+        such answer
+    live_share : share of the cases whose answer held a live item in its top
+        :data:`RECOMMENDED_TOP`
     """
 
     ranks: np.ndarray
@@ -130,8 +134,9 @@ def replay_served(
             ranks[n] = answer.items.index(target) + 1
         top = answer.items[:RECOMMENDED_TOP]
         with_live += any(s & _LIVE for s in answer.sources[:RECOMMENDED_TOP])
-        for item in top:
-            if item not in first_recommended and first_click.get(item, np.inf) <= now:
+        for item, sources in zip(top, answer.sources, strict=False):
+            live_item = sources & _LIVE
+            if live_item and item not in first_recommended and first_click.get(item, np.inf) <= now:
                 first_recommended[item] = now
     lags = np.array(
         [first_recommended[i] - first_click[i] for i in first_recommended], dtype=np.float64

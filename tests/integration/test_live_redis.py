@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from pathlib import Path
 
@@ -184,3 +185,29 @@ def test_the_server_answers_with_live_items_as_the_replay_ranks_them(
 
     asyncio.run(scenario())
     plain.flushdb()
+
+
+def test_trimmed_replays_and_future_events_are_not_counted(redis_url: str) -> None:
+    run = uuid.uuid4().hex[:12]
+    old = [Event(f"{run}-e{k}", f"{run}-u", f"{run}-i{k}", "click", 1e9 + k) for k in range(5)]
+    ahead = time.time() + 86400  # a day past ingest's clock
+    future = [Event(f"{run}-f{k}", f"{run}-v", f"{run}-f{k}", "click", ahead + k) for k in range(2)]
+    memory = InMemorySessionStore(length=3, live=SETTINGS)
+
+    async def scenario() -> None:
+        store = RedisSessionStore(redis_url, length=3, ttl_s=120, live=SETTINGS)
+        try:
+            await store.append(old)
+            memory.append_now(old)
+            updates = store.live_counts.updates
+            assert updates == memory.live_counts.updates
+            await store.append(old[:1])  # older than the 3 kept: trimmed again, not paired
+            memory.append_now(old[:1])
+            assert store.live_counts.updates == memory.live_counts.updates == updates
+            await store.append(future)
+            assert store.live_counts.refused == 2 and store.live_counts.updates == updates
+            assert not (await store.read(f"{run}-v", f"{run}-f1"))[1]
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())

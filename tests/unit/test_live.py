@@ -129,3 +129,12 @@ def test_without_live_settings_a_read_has_no_neighbours():
     session, live = store.read_now("u", "b")
     assert len(session) == 2 and not live
     assert isinstance(live, LiveRead)
+
+
+def test_a_replayed_event_older_than_the_kept_session_does_not_pair_again():
+    store = InMemorySessionStore(length=3, live=LiveSettings(half_life_s=HOUR))
+    events = [Event(f"e{n}", "u", item, "click", 100.0 + n) for n, item in enumerate("abcde")]
+    store.append_now(events)
+    before = store.live_counts.updates
+    store.append_now(events[:1])  # a is older than the 3 kept: added, trimmed, not paired
+    assert store.live_counts.updates == before

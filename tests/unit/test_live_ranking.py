@@ -119,3 +119,47 @@ def test_the_second_stage_scores_new_items_too(tmp_path: Path):
     assert ranking.ranked_by == RankedBy.SECOND_STAGE
     assert "n" in ranking.items and np.isfinite(ranking.scores).all()
     assert ranking.sources[ranking.items.index("n")] == LIVE
+
+
+def test_the_server_says_unavailable_for_a_new_item_it_could_not_look_up(tiny_bundle: Path):
+    import asyncio
+
+    import grpc
+    from helpers import serving
+
+    from recsvc.exceptions import SessionStoreError
+    from recsvc.live import LiveSettings
+    from recsvc.sessions import InMemorySessionStore
+    from recsvc.v1 import recommender_pb2 as pb
+
+    class Down(InMemorySessionStore):
+        reads = 0
+
+        async def recent(self, user_id: str) -> list[SessionEvent]:
+            Down.reads += 1
+            raise SessionStoreError("connection refused")
+
+    async def scenario() -> None:
+        async with serving(tiny_bundle, Down(live=LiveSettings())) as (stub, _):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Recommend(pb.RecommendRequest(user_id="u", item_id="new", k=2))
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "could not be read" in caught.value.details()
+            # A known item still gets its pool, marked; an anonymous one reads nothing.
+            reads = Down.reads
+            answer = await stub.Recommend(pb.RecommendRequest(item_id="a", k=2))
+            assert answer.fallback_reason == pb.FALLBACK_REASON_NO_USER and Down.reads == reads
+            answer = await stub.Recommend(pb.RecommendRequest(user_id="u", item_id="a", k=2))
+            assert answer.fallback_reason == pb.FALLBACK_REASON_SESSION_STORE_UNAVAILABLE
+
+    asyncio.run(scenario())
+
+
+def test_a_new_item_without_an_anchor_is_not_scored_by_the_second_stage(tmp_path: Path):
+    arrays = {**with_sessions(tiny_bundle_arrays()), "item_fit_events": np.full(5, 9)}
+    arrays[MODEL_ARRAY] = model_array(unpopular_first())
+    ranker = Ranker(load_bundle(write_bundle(tmp_path, arrays, {})))
+    # m was read only as a neighbour of n, which the bundle does not know: no anchor
+    ranking = ranker.rank("b", 4, clicks("a"), live=live(n=[("m", 1.0)], b=[("n", 1.0)]))
+    assert ranking.items[-1] == "m" and ranking.scores[-1] == -np.inf
+    assert np.isfinite(ranking.scores[ranking.items.index("n")])

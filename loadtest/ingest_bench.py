@@ -60,7 +60,9 @@ from recsvc.sessions import KEY_PREFIX
 REPO = Path(__file__).resolve().parents[1]
 COUNTER = re.compile(r'^recsvc_ingest_events_total\{result="(\w+)"\} ([0-9.e+]+)$', re.M)
 LIVE_COUNTER = re.compile(
-    r'^recsvc_live_covisit_updates_total\{result="(\w+)"\} ([0-9.e+]+)$', re.M
+    r'^recsvc_live_(?:covisit_updates_total\{result="(\w+)"\}|neighbours_(evicted)_total) '
+    r"([0-9.e+]+)$",
+    re.M,
 )
 #: The one invalid message that live ingest accepts: items need not be in the bundle.
 UNKNOWN_ITEM = 3
@@ -156,7 +158,8 @@ def counters(port: int, counter: re.Pattern[str] = COUNTER) -> dict[str, float]:
             text = response.read().decode()
     except OSError:
         return {}
-    return {m.group(1): float(m.group(2)) for m in counter.finditer(text)}
+    # The last group is the value, the first one that matched the name.
+    return {next(g for g in m.groups() if g): float(m.groups()[-1]) for m in counter.finditer(text)}
 
 
 def committed(admin: KafkaAdminClient, group: str) -> int:

@@ -181,11 +181,12 @@ class Ingestor:
         now, last = self.store.live_counts, self._live_seen
         for result, value, before in (
             ("applied", now.updates, last.updates),
-            ("evicted", now.evictions, last.evictions),
             ("refused", now.refused, last.refused),
         ):
             if value > before:
                 self.metrics.live_updates.labels(result=result).inc(value - before)
+        if now.evictions > last.evictions:
+            self.metrics.live_evictions.inc(now.evictions - last.evictions)
         self._live_seen = dataclasses.replace(now)
 
     async def _dead_letter(self, rejected: Sequence[Rejected]) -> None:

@@ -65,13 +65,17 @@ class Metrics:
             ["dependency"],
             registry=r,
         )
-
         self.live_updates = Counter(
             "recsvc_live_covisit_updates_total",
             "Live co-visit counts written by ingest (each pair counts in both directions), "
-            "by result: applied, evicted (a neighbour dropped by the per-item cap), refused "
-            "(Redis refused the item's key)",
+            "by result: applied, refused (Redis refused the item's key, or the co-visit was "
+            "over an hour past ingest's clock)",
             ["result"],
+            registry=r,
+        )
+        self.live_evictions = Counter(
+            "recsvc_live_neighbours_evicted_total",
+            "Live neighbours dropped by the per-item cap (--live-cap)",
             registry=r,
         )
         self.live_neighbours_read = Histogram(

@@ -11,6 +11,7 @@ score is the same weighted mean of the anchors' scores, and no vector is ever bu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -42,6 +43,23 @@ class LiveCandidates:
 
     def __bool__(self) -> bool:
         return bool(len(self.known) or self.new)
+
+    def with_known(self, keep: np.ndarray) -> LiveCandidates:
+        """Only the known neighbours ``keep`` selects (a mask or indices)."""
+        return dataclasses.replace(
+            self, known=self.known[keep], known_strength=self.known_strength[keep]
+        )
+
+    def with_new(self, keep: list[int]) -> LiveCandidates:
+        """Only the new neighbours at ``keep`` (indices, in order)."""
+        if len(keep) == len(self.new):
+            return self
+        return dataclasses.replace(
+            self,
+            new=[self.new[i] for i in keep],
+            weights=self.weights[keep],
+            strength=self.strength[keep],
+        )
 
     def new_scores(self, anchor_scores: np.ndarray) -> np.ndarray:
         """Scores of the new neighbours from their anchors' scores (the weighted mean over

@@ -6,7 +6,6 @@ requests on any thread or task can share it and a bundle swap is a reference swa
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -200,11 +199,7 @@ class Ranker:
         if item_id not in self._index or (item_id not in self._live_index and live.has(item_id)):
             keep = self._keep(live_items.known, seen, category)
             if keep is not None:
-                live_items = dataclasses.replace(
-                    live_items,
-                    known=live_items.known[keep],
-                    known_strength=live_items.known_strength[keep],
-                )
+                live_items = live_items.with_known(keep)
             return self._rank_new_item(item_id, k, session, fallback, live, live_items)
         current = self._index[item_id]
         history = [e.item_id for e in session if e.type in VISIT_TYPES]
@@ -275,14 +270,7 @@ class Ranker:
         first seen in the held-out period is new to the live path but may sit in a pool."""
         present = set(items.tolist())
         keep = [i for i, n in enumerate(live_items.new) if self._index.get(n, -1) not in present]
-        if len(keep) == len(live_items.new):
-            return live_items
-        return dataclasses.replace(
-            live_items,
-            new=[live_items.new[i] for i in keep],
-            weights=live_items.weights[keep],
-            strength=live_items.strength[keep],
-        )
+        return live_items.with_new(keep)
 
     def _filter_new(
         self, live_items: LiveCandidates, seen: set[str], category: str | None
@@ -290,12 +278,7 @@ class Ranker:
         """Without the new items a filter removes: all of them for a category (their
         category is unknown), those seen when ``exclude_seen``."""
         keep = [i for i, item in enumerate(live_items.new) if category is None and item not in seen]
-        return dataclasses.replace(
-            live_items,
-            new=[live_items.new[i] for i in keep],
-            weights=live_items.weights[keep],
-            strength=live_items.strength[keep],
-        )
+        return live_items.with_new(keep)
 
     def _rank_candidates(
         self,

@@ -427,14 +427,14 @@ class InMemorySessionStore(SessionStore):
 
     async def read(self, user_id: str, item_id: str) -> tuple[list[SessionEvent], LiveRead]:
         session = await self.recent(user_id)  # through recent(), which tests override
-        return session, self._live_read(item_id, session)
+        return session, self._read_live(item_id, session)
 
     def read_now(self, user_id: str, item_id: str) -> tuple[list[SessionEvent], LiveRead]:
         """:meth:`read` without the event loop."""
         session = self.recent_now(user_id)
-        return session, self._live_read(item_id, session)
+        return session, self._read_live(item_id, session)
 
-    def _live_read(self, item_id: str, session: Sequence[SessionEvent]) -> LiveRead:
+    def _read_live(self, item_id: str, session: Sequence[SessionEvent]) -> LiveRead:
         if self.covisits is None or self.live is None:
             return EMPTY_READ
         return self.covisits.read(live_items(item_id, session, self.live.read_items))

@@ -62,7 +62,7 @@ def measure(bundle_dir: Path, cases: int, rounds: int, k: int, cold: bool = Fals
     picked = range(0, len(held_out), step)
     requests = [(ids[int(held_out.current[n])], case_session(held_out, n, ids)) for n in picked]
     rows = [second.candidate_features(item, session) for item, session in requests]
-    features = [found[1] for found in rows if found is not None]
+    features = [found.features for found in rows if found is not None]
 
     def each(call: Callable[..., object], args: list) -> list[Callable[[], object]]:
         return [lambda a=a: call(*a) for a in args]

@@ -322,6 +322,7 @@ def train_second_stage(
     queries (:mod:`offline.ranker.training`). Nothing of the held-out period is read.
     """
     from offline.ranker.training import train_ranker, training_rows
+    from recsvc.live import LiveSettings
 
     late = fit_log.ts > float(fit_log.ts.max()) - 3600.0 * config.ranker.span_hours
     if late.all() or not late.any():
@@ -339,7 +340,8 @@ def train_second_stage(
     with tempfile.TemporaryDirectory(prefix="recsvc-second-stage-") as tmp:
         manifest = {"parameters": {**first.as_dict(), "seed": seed}, "split": inner.split}
         bundle = load_bundle(write_bundle(Path(tmp), arrays, manifest))
-        rows = training_rows(bundle, config.candidates, config.ranker.negatives, seed)
+        live = LiveSettings() if config.ranker.live else None
+        rows = training_rows(bundle, config.candidates, config.ranker.negatives, seed, live)
     model, metrics = train_ranker(rows, config.ranker, seed)
     print(
         f"second stage: {metrics['queries']} of {metrics['cases']} cases have their next item "

@@ -70,6 +70,17 @@ The columns
         1 when the model can score the candidate, else 0; NaN without a model.
     ``session_length``
         The number of earlier visits the bundle knows (the same for every candidate).
+    ``live_current``
+        The candidate's share of the live co-visits read for the viewed item
+        (:mod:`recsvc.live_candidates`): 0 when it is not among them, NaN when none were
+        read (no co-visits yet, live reads off or failed).
+    ``live_session``
+        The same for the co-visits read for the session's other items.
+
+Items new since the bundle was built (live neighbours only the stream knows) get rows of
+their own (:meth:`FeatureBuilder.new_item_rows`): the model's columns from their live
+vector, the live columns, V-SKNN 0, no source column set, and every column the bundle
+would give missing.
 
 A feature whose bundle array is absent (``pool_scores/itemcf``, ``embeddings/item2vec``,
 ``item_recent_clicks``, the training sessions, the model) is NaN throughout.
@@ -94,6 +105,8 @@ from recsvc import _second_stage
 from recsvc.bundle import Bundle
 from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import BundleError, InvalidRequest
+from recsvc.live_candidates import EMPTY as NO_LIVE
+from recsvc.live_candidates import LiveCandidates
 from recsvc.scoring import Scorer, window_scores
 from recsvc.session_knn import KNNParams, SessionIndex, request_session
 
@@ -125,6 +138,10 @@ FEATURES: tuple[str, ...] = (
     *(f"source_{name}" for name in FEATURE_SOURCES),
     "scorable",
     "session_length",
+    # Last, so that a model trained before them still reads its columns as a prefix
+    # (recsvc.second_stage).
+    "live_current",
+    "live_session",
 )
 #: Column of each feature.
 COLUMNS: dict[str, int] = {name: j for j, name in enumerate(FEATURES)}
@@ -133,6 +150,8 @@ _SOURCE_COLUMN = COLUMNS[f"source_{FEATURE_SOURCES[0]}"]
 _SOURCE_BITS = np.array([SOURCE_BITS[name] for name in FEATURE_SOURCES], dtype=np.uint8)
 _SECONDS_PER_DAY = 86400.0
 _STATIC = [COLUMNS[name] for name in ("log_popularity", "log_recent_clicks", "age_days")]
+_LIVE_COLUMNS = [COLUMNS["live_current"], COLUMNS["live_session"]]
+_LIVE_BIT = SOURCE_BITS["live"]
 
 
 @dataclass(frozen=True)
@@ -291,6 +310,7 @@ class FeatureBuilder:
         items: np.ndarray,
         flags: np.ndarray,
         knn: tuple[np.ndarray, np.ndarray] | None = None,
+        live: LiveCandidates = NO_LIVE,
     ) -> np.ndarray:
         """float32 (len(items), len(FEATURES)): the features of each candidate; NaN missing.
 
@@ -301,6 +321,8 @@ class FeatureBuilder:
         flags : uint8 (c,): their source flags (:data:`recsvc.contract.SOURCE_BITS`)
         knn : V-SKNN's (items, scores) for the session, when the caller has them
             (:meth:`recsvc.candidates.CandidateBuilder.session_scores`); else scored here
+        live : the request's live neighbours; a candidate flagged ``live`` takes its shares
+            from there
 
         Raises
         ------
@@ -325,7 +347,31 @@ class FeatureBuilder:
         self._core.build(current, visits, items, flags, knn_items, knn_scores, out)
         if n:
             self._personalized(ctx, current, items, out)
+            _live_shares(out, items, flags, live)
         return out
+
+    def new_item_rows(self, ctx: RequestContext, live: LiveCandidates) -> np.ndarray:
+        """float32 (len(live.new), len(FEATURES)): the rows of the live neighbours the bundle
+        does not know (see the module docstring), in ``live.new``'s order."""
+        rows = np.full((len(live.new), len(FEATURES)), np.nan, dtype=np.float32)
+        if not live.new:
+            return rows
+        if self.scorer is not None:
+            arrays = self.scorer.arrays
+            scored = (
+                (COLUMNS["personalized"], ctx.window),
+                (COLUMNS["personalized_item"], [ctx.current]),
+            )
+            for column, window in scored:
+                if any(v >= 0 for v in window):
+                    values = live.new_scores(window_scores(window, live.anchors, *arrays))
+                    rows[:, column] = np.where(np.isfinite(values), values, np.nan)
+            rows[:, COLUMNS["scorable"]] = np.isfinite(rows[:, COLUMNS["personalized"]])
+        rows[:, COLUMNS["vsknn"]] = 0.0
+        rows[:, _SOURCE_COLUMN : _SOURCE_COLUMN + len(FEATURE_SOURCES)] = 0.0
+        rows[:, COLUMNS["session_length"]] = sum(0 <= v < self.n_items for v in ctx.visits)
+        rows[:, _LIVE_COLUMNS] = live.new_shares
+        return rows
 
     def _personalized(
         self, ctx: RequestContext, current: int, items: np.ndarray, out: np.ndarray
@@ -339,6 +385,21 @@ class FeatureBuilder:
         if scorer.known[current]:
             out[:, COLUMNS["personalized_item"]] = _finite(window_scores([current], items, *arrays))
         out[:, COLUMNS["scorable"]] = scorer.scorable[items]
+
+
+def _live_shares(
+    out: np.ndarray, items: np.ndarray, flags: np.ndarray, live: LiveCandidates
+) -> None:
+    """The live columns: each live-flagged candidate's shares, the rest ``absent_shares``."""
+    out[:, _LIVE_COLUMNS] = live.absent_shares
+    rows = np.flatnonzero(flags & _LIVE_BIT)
+    if not len(rows) or not len(live.known):
+        return
+    order = np.argsort(live.known, kind="stable")
+    sorted_known = live.known[order]
+    at = np.minimum(np.searchsorted(sorted_known, items[rows]), len(order) - 1)
+    found = sorted_known[at] == items[rows]
+    out[np.ix_(rows[found], _LIVE_COLUMNS)] = live.known_shares[order[at[found]]]
 
 
 def _finite(scores: np.ndarray) -> np.ndarray:

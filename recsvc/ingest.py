@@ -12,6 +12,7 @@ idempotent append makes a replayed event count once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRYABLE = (KafkaError, SessionStoreError, OSError)
 LAG_INTERVAL_S = 10.0
+#: How often the live state held in Redis is counted (a SCAN of every item's key).
+LIVE_HELD_INTERVAL_S = 60.0
 
 
 class StopRequested(Exception):
@@ -302,6 +305,23 @@ def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
     return consumer, producer
 
 
+async def report_live_held(
+    store: SessionStore, metrics: Metrics, interval_s: float, stopping: asyncio.Event
+) -> None:
+    """Count the live state the store holds every ``interval_s`` until ``stopping``, into
+    the ``recsvc_live_*_held`` gauges; a failed count is logged and tried again later."""
+    while not stopping.is_set():
+        try:
+            held = await store.live_held()
+        except SessionStoreError as exc:
+            log.warning("live state not counted", extra={"error": str(exc)})
+        else:
+            metrics.live_items_held.set(held.items)
+            metrics.live_neighbours_held.set(held.neighbours)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval_s)
+
+
 async def ingest(settings: Settings, store: SessionStore) -> None:
     """Run ingest until SIGTERM or SIGINT (the bundle only tells which items exist, and
     only with ``live`` 0)."""
@@ -340,6 +360,11 @@ async def ingest(settings: Settings, store: SessionStore) -> None:
         if settings.watch_interval_s
         else None
     )
+    held = (
+        asyncio.create_task(report_live_held(store, metrics, LIVE_HELD_INTERVAL_S, stopping))
+        if store.live is not None
+        else None
+    )
     log.info(
         "ingesting",
         extra={
@@ -352,8 +377,9 @@ async def ingest(settings: Settings, store: SessionStore) -> None:
     try:
         await ingestor.run()
     finally:
-        if watch:
-            watch.cancel()
+        for task in (watch, held):
+            if task:
+                task.cancel()
         await asyncio.to_thread(consumer.close)
         await asyncio.to_thread(producer.close, 10)
         await store.aclose()

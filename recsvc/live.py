@@ -75,6 +75,14 @@ class LiveSettings:
 
 
 @dataclass(frozen=True)
+class LiveHeld:
+    """How much live state a store holds: items with neighbours, and neighbours in all."""
+
+    items: int
+    neighbours: int
+
+
+@dataclass(frozen=True)
 class Visit:
     """One session member as the pairing sees it."""
 
@@ -125,6 +133,10 @@ class LiveCovisits:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def held(self) -> LiveHeld:
+        """Items with neighbours and neighbours in all."""
+        return LiveHeld(len(self._items), sum(len(s.scores) for s in self._items.values()))
 
     def add_pairs(self, pairs: Iterable[tuple[str, str, float]]) -> None:
         for earlier, later, ts in pairs:

@@ -78,6 +78,16 @@ class Metrics:
             "Live neighbours dropped by the per-item cap (--live-cap)",
             registry=r,
         )
+        self.live_items_held = Gauge(
+            "recsvc_live_items_held",
+            "Items with live neighbours in Redis, counted by ingest every minute",
+            registry=r,
+        )
+        self.live_neighbours_held = Gauge(
+            "recsvc_live_neighbours_held",
+            "Live neighbours in Redis over all items, counted with recsvc_live_items_held",
+            registry=r,
+        )
         self.live_neighbours_read = Histogram(
             "recsvc_live_neighbours_read",
             "Live neighbours a Recommend read with its session (all items read, together)",

@@ -63,6 +63,23 @@ class Ranking:
     ranked_by: str = RankedBy.POOL_ORDER
 
 
+@dataclass(frozen=True)
+class CandidateRows:
+    """A request's candidates with their second-stage features (one row each).
+
+    Attributes
+    ----------
+    items : int32 (n,), bundle indices
+    features : float32 (n, len(FEATURES))
+    new : bool (n,), the live neighbours ranked as items new since the bundle was built
+        (rows of :meth:`~recsvc.features.FeatureBuilder.new_item_rows`)
+    """
+
+    items: np.ndarray
+    features: np.ndarray
+    new: np.ndarray
+
+
 class Ranker:
     """Ranks the candidates of one bundle's items.
 
@@ -315,45 +332,31 @@ class Ranker:
         arrays = self.model.arrays
         if self._second is not None:
             context = RequestContext(current, visits[1:], window)
-            features = self.features.build(context, items, flags, knn)
+            features = self.features.build(context, items, flags, knn, live_items)
             scores = self._second.scores(features)
             # An item with no event before the held-out period is in an evaluation bundle's
             # catalogue only because it is clicked there: no score may use that.
             scores[~self._has_history[items]] = -np.inf
-            new = self._second_stage_new(live_items, window, current, features)
+            new = self._second_stage_new(context, live_items)
         else:
             scores = window_scores(window, items, *arrays)
             new = live_items.new_scores(window_scores(window, live_items.anchors, *arrays))
         ranked_by = RankedBy.FIRST_STAGE if self._second is None else RankedBy.SECOND_STAGE
         return self._answer(items, scores, flags, live_items, new, k, used, ranked_by)
 
-    def _second_stage_new(
-        self, live_items: LiveCandidates, window: list[int], current: int, known: np.ndarray
-    ) -> np.ndarray:
-        """Second-stage scores of the new live items: a feature row each with the model's
-        columns from their anchors (the live vector, see :mod:`recsvc.live_candidates`),
-        no V-SKNN score, and every bundle-derived column missing, as for a candidate the
-        bundle knows nothing about."""
+    def _second_stage_new(self, context: RequestContext, live_items: LiveCandidates) -> np.ndarray:
+        """Second-stage scores of the new live items, from their rows of
+        :meth:`~recsvc.features.FeatureBuilder.new_item_rows`."""
         if not live_items.new:
             return np.empty(0)
-        assert self.model is not None and self._second is not None
-        arrays = self.model.arrays
-        rows = np.full((len(live_items.new), len(FEATURES)), np.nan, dtype=np.float32)
-        personalized = live_items.new_scores(window_scores(window, live_items.anchors, *arrays))
-        alone = live_items.new_scores(window_scores([current], live_items.anchors, *arrays))
-        rows[:, COLUMNS["personalized"]] = np.where(np.isfinite(personalized), personalized, np.nan)
-        rows[:, COLUMNS["personalized_item"]] = np.where(np.isfinite(alone), alone, np.nan)
-        rows[:, COLUMNS["vsknn"]] = 0.0
-        rows[:, COLUMNS["scorable"]] = np.isfinite(personalized)
-        for name in FEATURES:
-            if name.startswith("source_"):
-                rows[:, COLUMNS[name]] = 0.0
-        if len(known):
-            rows[:, COLUMNS["session_length"]] = known[0, COLUMNS["session_length"]]
+        assert self._second is not None
+        rows = self.features.new_item_rows(context, live_items)
         scores = self._second.scores(rows)
-        # Without an anchor the row says nothing of the item: it is not scored, as a known
-        # item without a fit-period event is not.
-        scores[~np.isfinite(personalized)] = -np.inf
+        if not self._second.uses("live_current"):
+            # A model from before the live columns never saw such a row: without an anchor
+            # it says nothing of the item, which is not scored (as a known item without a
+            # fit-period event is not).
+            scores[np.isnan(rows[:, COLUMNS["personalized"]])] = -np.inf
         return scores
 
     def _answer(
@@ -397,23 +400,35 @@ class Ranker:
         return self._keep(self.pools[current], seen, category)
 
     def candidate_features(
-        self, item_id: str, session: Sequence[SessionEvent]
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """(candidates, their second-stage features) of a request, exactly as :meth:`rank`
-        gathers and builds them, or None when the model cannot rank it (then it falls back).
-        The second stage's training rows come from here."""
+        self, item_id: str, session: Sequence[SessionEvent], live: LiveRead = EMPTY_READ
+    ) -> CandidateRows | None:
+        """The candidates of a request and their second-stage features, exactly as
+        :meth:`rank` gathers and builds them, or None when the second stage would not rank
+        it (the model cannot, or the item is one only the stream knows). The second
+        stage's training rows come from here; a new live neighbour the bundle lacks has no
+        index and is left out."""
         current = self.index(item_id)
-        if self.model is None:
+        if self.model is None or (item_id not in self._live_index and live.has(item_id)):
             return None
         history = [e.item_id for e in session if e.type in VISIT_TYPES]
         visits = [self._index.get(i, -1) for i in session_window(item_id, history, self._width)]
         window = self._window(visits)
         if window[0] < 0 and not any(item >= 0 for item in window[1:]):
             return None
+        live_items = gather(live, self._live_index, item_id) if live else NO_LIVE
         knn = self._candidates.session_scores(current, visits[1:])
-        items, flags = self._candidates.build(current, visits[1:], knn)
+        items, flags = self._candidates.build(current, visits[1:], knn, live_items.known)
+        if live_items.new and self._live_index is not self._index:
+            live_items = self._without_candidates(live_items, items)
         context = RequestContext(current, visits[1:], window)
-        return items, self.features.build(context, items, flags, knn)
+        features = self.features.build(context, items, flags, knn, live_items)
+        new = np.array([self._index.get(n, -1) for n in live_items.new], dtype=np.int32)
+        known = new >= 0
+        return CandidateRows(
+            np.concatenate([items.astype(np.int32), new[known]]),
+            np.concatenate([features, self.features.new_item_rows(context, live_items)[known]]),
+            np.concatenate([np.zeros(len(items), bool), np.ones(int(known.sum()), bool)]),
+        )
 
     @property
     def features(self) -> FeatureBuilder:

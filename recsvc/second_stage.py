@@ -6,6 +6,10 @@ The bundle carries the model as LightGBM's own text format, stored as the bytes 
 features of :mod:`recsvc.features`, through :class:`recsvc.forest.Forest`: the trees walked
 in C, with LightGBM's split rules, so serving needs no LightGBM (which is only for
 training). A model that does not parse, or was trained on other features, is refused.
+
+A model trained before features were added at the end of the list (the live columns) reads
+its columns as a prefix of today's rows: such a bundle keeps serving as it was built, without
+the new features, until it is rebuilt.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ class SecondStage:
     """A loaded ranking model; ``scores`` is safe to call from any thread."""
 
     def __init__(self, forest: Forest, features: tuple[str, ...]) -> None:
+        if forest.feature_names != features[: len(forest.feature_names)]:
+            raise ValueError("the forest's features must be a prefix of ``features``")
         self._forest = forest
         self.features = features
+        #: The model's columns: all of ``features``, or a prefix for an older model.
+        self.n_columns = len(forest.feature_names)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, features: tuple[str, ...]) -> SecondStage | None:
@@ -38,7 +46,8 @@ class SecondStage:
         Raises
         ------
         BundleError
-            The model does not parse, or was trained on other features than ``features``.
+            The model does not parse, or was trained on features other than ``features``
+            or a prefix of them.
         """
         if MODEL_ARRAY not in bundle:
             return None
@@ -48,7 +57,8 @@ class SecondStage:
         except (UnicodeDecodeError, ValueError) as exc:
             msg = f"bundle {bundle.version}: {MODEL_ARRAY} is not a LightGBM model: {exc}"
             raise BundleError(msg) from None
-        if forest.feature_names != features:
+        names = forest.feature_names
+        if not names or names != features[: len(names)]:
             raise BundleError(
                 f"bundle {bundle.version}: the ranker was trained on the features "
                 f"{list(forest.feature_names)}, this server builds {list(features)}"
@@ -59,6 +69,12 @@ class SecondStage:
     def n_trees(self) -> int:
         return self._forest.n_trees
 
+    def uses(self, feature: str) -> bool:
+        """Whether the model was trained with ``feature`` (an older one lacks the last)."""
+        return feature in self._forest.feature_names
+
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Float64 scores of candidates (rows of float32 ``features``; higher is better)."""
+        if self.n_columns < features.shape[1]:
+            features = features[:, : self.n_columns]
         return self._forest.scores(features)

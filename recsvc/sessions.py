@@ -43,6 +43,7 @@ from recsvc.live import (
     NEIGHBOURS_PREFIX,
     REBASE_HALF_LIVES,
     LiveCovisits,
+    LiveHeld,
     LiveRead,
     LiveSettings,
     Visit,
@@ -162,6 +163,10 @@ for i, key in ipairs(KEYS) do
     local members = {}
     for k = 2, n, 2 do members[#members + 1] = args[k] end
     local scores = redis.pcall('ZMSCORE', key, unpack(members))
+    if type(scores) == 'table' and scores.err and string.sub(scores.err, 1, 9) ~= 'WRONGTYPE' then
+      -- Not this key's fault (Redis before 6.2, an ACL): no co-visit could ever count.
+      return redis.error_reply('LIVEREFUSED ' .. scores.err)
+    end
     if type(scores) == 'table' and not scores.err then
       new = {}
       for k, score in ipairs(scores) do
@@ -213,6 +218,10 @@ MAX_AHEAD_S = 3600.0
 #: Error replies that mean Redis will never run the read script (no permission, a cluster,
 #: scripting switched off); any other error fails one read only.
 SCRIPTS_REFUSED = ("NOPERM", "CROSSSLOT", "MOVED", "ASK ", "ERR unknown command")
+#: The append script's error reply when Redis will not run ZMSCORE for it (before 6.2, or
+#: an ACL): with live settings, ingest stops with a configuration error rather than
+#: appending sessions whose co-visits can never count.
+LIVE_REFUSED = "LIVEREFUSED "
 #: KEYS: the user's session key. ARGV: length, the viewed item, how many items to read
 #: neighbours of (the viewed item and the newest distinct visits, as ``live_items``), and how
 #: many neighbours each. Returns {session as ZRANGE WITHSCORES, then per item read: its id,
@@ -310,6 +319,16 @@ class SessionStore(abc.ABC):
         and of the session's newest visits (``live.read_items`` items in all), read
         together. Without live settings the neighbours are empty."""
         return await self.recent(user_id), EMPTY_READ
+
+    async def live_held(self) -> LiveHeld:
+        """The live co-visit state held now (zero without live settings).
+
+        Raises
+        ------
+        SessionStoreError
+            The store could not be read.
+        """
+        return LiveHeld(0, 0)
 
     @abc.abstractmethod
     async def ping(self) -> None:
@@ -439,6 +458,9 @@ class InMemorySessionStore(SessionStore):
             return EMPTY_READ
         return self.covisits.read(live_items(item_id, session, self.live.read_items))
 
+    async def live_held(self) -> LiveHeld:
+        return self.covisits.held() if self.covisits is not None else LiveHeld(0, 0)
+
     async def ping(self) -> None:
         return None
 
@@ -561,6 +583,13 @@ class RedisSessionStore(SessionStore):
         except (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError) as exc:
             raise SessionStoreError(f"session write failed: {exc}") from exc
         except redis.exceptions.ResponseError as exc:
+            if LIVE_REFUSED in str(exc):  # redis-py prefixes where in the pipeline
+                said = str(exc).split(LIVE_REFUSED, 1)[1]
+                raise ConfigError(
+                    "live co-visits need Redis 6.2 or later and the right to run ZMSCORE; "
+                    f"{redact_url(self.url)} refused it ({said}): upgrade Redis, grant the "
+                    "command, or run with --live 0"
+                ) from None
             # Scripting refused (disabled, not permitted, a cluster): plain commands from now.
             log.warning("Lua scripts refused; appending with pipelines", extra={"error": str(exc)})
             self._scripted = False
@@ -664,6 +693,35 @@ class RedisSessionStore(SessionStore):
         if refused:
             raise SessionWriteRejected(added, refused)
         return added
+
+    async def live_held(self, batch: int = 1000) -> LiveHeld:
+        """Counted with SCAN over the neighbour keys and ZCARD of each, ``batch`` keys a
+        round trip: O(live items) work for Redis, done in small steps."""
+        if self.live is None:
+            return LiveHeld(0, 0)
+        items = neighbours = 0
+        keys: list[bytes] = []
+        try:
+            async for key in self._client.scan_iter(match=NEIGHBOURS_PREFIX + "*", count=batch):
+                keys.append(key)
+                if len(keys) >= batch:
+                    found, held = await self._cardinalities(keys)
+                    items, neighbours, keys = items + found, neighbours + held, []
+            found, held = await self._cardinalities(keys)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise SessionStoreError(f"live state not counted: {exc}") from exc
+        return LiveHeld(items + found, neighbours + held)
+
+    async def _cardinalities(self, keys: list[bytes]) -> tuple[int, int]:
+        """(keys that still exist, their members): a key may expire after SCAN saw it."""
+        if not keys:
+            return 0, 0
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zcard(key)
+            sizes = await pipe.execute(raise_on_error=False)
+        counted = [n for n in sizes if isinstance(n, int) and n > 0]
+        return len(counted), sum(counted)
 
     async def ping(self) -> None:
         try:

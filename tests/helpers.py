@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recsvc.events import Event
+from recsvc.live import LiveRead
 from recsvc.sessions import SessionEvent, SessionStore
 
 if TYPE_CHECKING:
@@ -200,3 +201,14 @@ def serving_in_thread(bundle: Path, store: SessionStore, **settings: Any) -> Ite
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+def live_read(**lists: list[tuple[str, float]]) -> LiveRead:
+    """A live read with these neighbour lists (item -> [(neighbour, count)]), one time base."""
+    return LiveRead(
+        {
+            item: (0.0, [n for n, _ in pairs], [c for _, c in pairs])
+            for item, pairs in lists.items()
+        },
+        3600.0,
+    )

@@ -23,6 +23,10 @@ from offline.evaluation.metrics import Difference, paired_bootstrap
 from offline.evaluation.report import format_differences, format_table
 from recsvc.bundle import Bundle, load_bundle
 from recsvc.exceptions import RecsvcError
+from recsvc.live import LiveSettings
+
+#: The method that replays the held-out stream first (the live co-visits' defaults).
+REPLAYED = "served_live"
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,16 @@ def compare_bundles(
                 f"bundles {base.version} and {other.version} hold different held-out events "
                 f"({name} differs); compare bundles built from the same split"
             )
+    # served_live is served with the held-out stream replayed (recsvc eval --replay).
+    scored = "served" if method == REPLAYED else method
     for bundle in (base, other):
-        if method not in available_methods(bundle):
+        if scored not in available_methods(bundle):
             raise RecsvcError(
                 f"bundle {bundle.version} has no method {method!r}; it has "
-                f"{', '.join(available_methods(bundle))}"
+                f"{', '.join([*available_methods(bundle), REPLAYED])}"
             )
-    runs = [evaluate(bundle, ks, methods=[method]) for bundle in (base, other)]
+    replay = LiveSettings() if method == REPLAYED else None
+    runs = [evaluate(bundle, ks, [scored], replay=replay) for bundle in (base, other)]
     cases = runs[0].cases
     if len(cases) == 0:
         raise RecsvcError(f"bundle {base.version} has no held-out case to compare on")
@@ -94,8 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--method",
         default="personalized",
         help="a method of recsvc eval that both bundles have: popular, fallback, itemcf, "
-        "item2vec, image, pss, personalized, personalized_cart, sknn, vsknn, served "
-        "(default: personalized)",
+        "item2vec, image, pss, personalized, personalized_cart, sknn, vsknn, served, "
+        "or served_live (served with the held-out stream replayed, as recsvc eval --replay "
+        "does, with the default live settings) (default: personalized)",
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = parser.parse_args(argv)

@@ -17,6 +17,7 @@ are therefore a floor for what the stream adds.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ from recsvc.bundle import Bundle
 from recsvc.candidates import CandidateSettings
 from recsvc.contract import EVENT_TYPES, SOURCE_BITS
 from recsvc.events import Event
-from recsvc.live import LiveSettings
+from recsvc.live import EMPTY_READ, LiveRead, LiveSettings
 from recsvc.ranking import Ranker
 from recsvc.sessions import InMemorySessionStore, live_items
 
@@ -99,15 +100,10 @@ def replay_served(
     """Rank every case as the server would with the live state before it (see the module
     docstring). ``cases`` need their ``times`` (``cases_from_bundle(..., with_times=True)``).
     """
-    if cases.times is None:
-        raise ValueError("replay needs the cases' times (eval/ts)")
     live = live or LiveSettings()
     ranker = Ranker(bundle, "personalized", candidates)
     item_ids = np.asarray(bundle["item_ids"]).astype(str).tolist()
     events = held_out_events(bundle, item_ids)
-    event_times = np.array([e.ts for e in events])
-    store = InMemorySessionStore(length=20, live=live)
-    assert store.covisits is not None
     history = np.ones(len(item_ids), dtype=bool)
     if "item_fit_events" in bundle:
         history = np.asarray(bundle["item_fit_events"]) > 0
@@ -118,16 +114,10 @@ def replay_served(
     first_recommended: dict[str, float] = {}
     ranks = np.full(len(cases), MISS, dtype=np.int64)
     with_live = 0
-    played = 0
-    for n in np.argsort(cases.times, kind="stable").tolist():
+    for n, read in _replayed(cases, live, events, item_ids):
         now = float(cases.times[n])
-        upto = int(np.searchsorted(event_times, now, side="left"))  # strictly before
-        if upto > played:
-            store.append_now(events[played:upto])
-            played = upto
         current = item_ids[int(cases.current[n])]
         session = case_session(cases, n, item_ids)
-        read = store.covisits.read(live_items(current, session, live.read_items))
         answer = ranker.rank(current, ranker.pool_size, session, live=read)
         target = item_ids[int(cases.target[n])]
         if target in answer.items:
@@ -142,3 +132,34 @@ def replay_served(
         [first_recommended[i] - first_click[i] for i in first_recommended], dtype=np.float64
     )
     return Replay(ranks, len(events), len(first_click), lags, with_live / max(len(cases), 1))
+
+
+def live_reads(bundle: Bundle, cases: Cases, live: LiveSettings) -> list[LiveRead]:
+    """What each case's view reads of the live state that the held-out events strictly
+    before it built, in case order (the second stage's training uses these)."""
+    item_ids = np.asarray(bundle["item_ids"]).astype(str).tolist()
+    reads: list[LiveRead] = [EMPTY_READ] * len(cases)
+    for n, read in _replayed(cases, live, held_out_events(bundle, item_ids), item_ids):
+        reads[n] = read
+    return reads
+
+
+def _replayed(
+    cases: Cases, live: LiveSettings, events: list[Event], item_ids: list[str]
+) -> Iterator[tuple[int, LiveRead]]:
+    """Each case, in time order, with the live neighbours its view reads from the state
+    that ``events`` strictly before it built."""
+    if cases.times is None:
+        raise ValueError("replay needs the cases' times (eval/ts)")
+    store = InMemorySessionStore(length=20, live=live)
+    assert store.covisits is not None
+    event_times = np.array([e.ts for e in events])
+    played = 0
+    for n in np.argsort(cases.times, kind="stable").tolist():
+        upto = int(np.searchsorted(event_times, float(cases.times[n]), side="left"))
+        if upto > played:
+            store.append_now(events[played:upto])
+            played = upto
+        current = item_ids[int(cases.current[n])]
+        session = case_session(cases, n, item_ids)
+        yield n, store.covisits.read(live_items(current, session, live.read_items))

@@ -17,6 +17,7 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "category": ("same_category", "session_category_share"),
     "position": ("pool_position", *(f"source_{name}" for name in FEATURE_SOURCES)),
     "session": ("session_length",),
+    "live": ("live_current", "live_session"),
 }
 
 
@@ -41,6 +42,10 @@ class RankerSettings:
     early_stopping: int = 40
     valid_share: float = 0.2
     min_queries: int = 200
+    #: Replay the training day's events so that the cases have live co-visits (with the
+    #: server's default :class:`recsvc.live.LiveSettings`), as a server with ``--live 1``
+    #: has; false trains without them.
+    live: bool = True
     #: Feature groups (:data:`FEATURE_GROUPS`) the model may not use, comma-separated: for
     #: an ablation.
     without: str = ""

@@ -5,7 +5,11 @@ day out (:func:`offline.data.dataset.fit_period_log`). Each held-out case become
 its candidates exactly as the server gathers them, their features exactly as the server
 builds them (:meth:`recsvc.ranking.Ranker.candidate_features`), label 1 for the next item.
 Cases whose next item is not among the candidates teach nothing and are left out, as are
-candidates without a fit-period event (see :meth:`recsvc.ranking.Ranker.rank`). The queries
+candidates without a fit-period event (see :meth:`recsvc.ranking.Ranker.rank`) unless they
+come as live neighbours. With ``ranker.live`` (the default) the held-out day's events are
+replayed in time order, as ``recsvc eval --replay`` does, so that each case has the live
+co-visits of the events before it: the live candidates and the live columns are learned
+from what the server would have read. The queries
 of the last ``valid_share`` of the users (cases come in user order) decide when boosting
 stops, on NDCG@10.
 """
@@ -18,12 +22,14 @@ from typing import Any
 import numpy as np
 
 from offline.evaluation.evaluate import cases_from_bundle
+from offline.evaluation.replay import live_reads
 from offline.evaluation.served import case_session
 from offline.ranker.settings import RankerSettings
 from recsvc.bundle import Bundle
 from recsvc.candidates import CandidateSettings
 from recsvc.exceptions import DataError
 from recsvc.features import COLUMNS, FEATURES
+from recsvc.live import EMPTY_READ, LiveSettings
 from recsvc.ranking import Ranker
 
 
@@ -39,29 +45,37 @@ class TrainingRows:
 
 
 def training_rows(
-    bundle: Bundle, candidates: CandidateSettings, negatives: int, seed: int
+    bundle: Bundle,
+    candidates: CandidateSettings,
+    negatives: int,
+    seed: int,
+    live: LiveSettings | None = None,
 ) -> TrainingRows:
     """The queries of every held-out case of ``bundle`` whose target is one of its
     ``candidates``, each with the target and at most ``negatives`` other candidates drawn
-    at random."""
+    at random. With ``live``, the held-out events are replayed as ``recsvc eval --replay``
+    does, and each case gets the live neighbours (and shares) of the state before it."""
     # ``bundle`` has no second stage yet: its candidates are the ones the model will rank.
     ranker = Ranker(bundle, candidates=candidates)
-    cases = cases_from_bundle(bundle)
+    cases = cases_from_bundle(bundle, with_times=live is not None)
+    reads = live_reads(bundle, cases, live) if live is not None else None
     # Items without a fit-period event are in the catalogue only because the held-out day
-    # clicks them: they are never learned from (the server never scores them either).
+    # clicks them: no bundle column may describe them (the server never scores them from
+    # the bundle either); as live neighbours they have rows of their own.
     has_history = np.asarray(bundle["item_fit_events"]) > 0
     item_ids = np.asarray(bundle["item_ids"]).astype(str).tolist()
     rng = np.random.default_rng(seed)
     blocks, labels, groups = [], [], []
     for n, target in enumerate(cases.target.tolist()):
         found = ranker.candidate_features(
-            item_ids[int(cases.current[n])], case_session(cases, n, item_ids)
+            item_ids[int(cases.current[n])],
+            case_session(cases, n, item_ids),
+            reads[n] if reads is not None else EMPTY_READ,
         )
         if found is None:
             continue
-        items, features = found
-        usable = has_history[items]
-        items, features = items[usable], features[usable]
+        usable = has_history[found.items] | found.new
+        items, features = found.items[usable], found.features[usable]
         hit = np.flatnonzero(items == target)
         if not len(hit):
             continue

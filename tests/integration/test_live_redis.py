@@ -16,7 +16,7 @@ from helpers import serving
 from recsvc.bundle import load_bundle
 from recsvc.contract import SOURCE_BITS
 from recsvc.events import Event
-from recsvc.exceptions import ItemNotFound
+from recsvc.exceptions import ConfigError, ItemNotFound
 from recsvc.live import BASE_PREFIX, NEIGHBOURS_PREFIX, LiveSettings
 from recsvc.ranking import Ranker
 from recsvc.sessions import InMemorySessionStore, RedisSessionStore
@@ -154,6 +154,10 @@ def test_the_server_answers_with_live_items_as_the_replay_ranks_them(
         store = RedisSessionStore(url, length=20, ttl_s=120, live=settings)
         try:
             await store.append(stream)
+            # The gauges' count: the database holds this test's items only.
+            held = memory.covisits.held() if memory.covisits is not None else None
+            assert held is not None and held.items > 0 and held.neighbours > held.items
+            assert await store.live_held() == held == await store.live_held(batch=2)
             answered_live = answered_new = 0
             async with serving(tiny_bundle, store) as (stub, _):
                 for user in ("x", "y", "z", "w", "nobody"):
@@ -211,3 +215,36 @@ def test_trimmed_replays_and_future_events_are_not_counted(redis_url: str) -> No
             await store.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_redis_that_will_not_run_zmscore_stops_ingest_with_a_clear_error(
+    redis_url: str,
+) -> None:
+    # As Redis before 6.2 would: here an ACL user who may run everything but ZMSCORE.
+    user, password = f"recsvc-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser(
+        user, enabled=True, passwords=[f"+{password}"], keys=["*"], channels=["*"],
+        commands=["+@all", "-zmscore"],
+    )  # fmt: skip
+    limited = redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+    run = uuid.uuid4().hex[:12]
+
+    async def append(live: LiveSettings | None) -> int:
+        store = RedisSessionStore(limited, live=live)
+        try:
+            return await store.append([Event(f"{run}-e{n}", f"{run}-u", f"{run}-i{n}", "click",
+                                              1000.0 + n) for n in range(3)])  # fmt: skip
+        finally:
+            await store.aclose()
+
+    try:
+        with pytest.raises(ConfigError, match=r"Redis 6\.2 or later.*--live 0") as refused:
+            asyncio.run(append(SETTINGS))
+        assert password not in str(refused.value)
+        assert admin.zcard(f"recsvc:session:{run}-u") == 0  # nothing half-written
+        assert asyncio.run(append(None)) == 3  # without live, sessions need no ZMSCORE
+    finally:
+        admin.acl_deluser(user)
+        admin.delete(f"recsvc:session:{run}-u")
+        admin.close()

@@ -87,3 +87,27 @@ def test_bundles_of_other_items_or_without_cases_are_refused(tmp_path: Path) -> 
     empty = load_bundle(write_bundle(tmp_path / "empty", arrays, {"source": "tests"}))
     with pytest.raises(RecsvcError, match="no held-out case"):
         compare_bundles(empty, empty, "personalized")
+
+
+def test_served_live_replays_the_held_out_stream_on_both_bundles(tmp_path: Path) -> None:
+    def bundle(root: Path, pool_of_a: list[int]) -> Path:
+        # As bundle_with_cases, and user 2 went from a to e before user 0 did.
+        arrays = dict(load_bundle(bundle_with_cases(root / "cases", pool_of_a)).arrays)
+        arrays["eval/users"] = np.array([0, 0, 0, 1, 1, 2, 2], np.int32)
+        arrays["eval/items"] = np.array([2, 0, 4, 1, 0, 0, 4], np.int32)
+        arrays["eval/types"] = np.array([CLICK] * 4 + [CART] + [CLICK] * 2, np.int8)
+        arrays["eval/is_holdout"] = np.array([False] + [True] * 6)
+        arrays["eval/ts"] = np.array([0.0, 10, 11, 20, 21, 1, 2])
+        return write_bundle(root, arrays, {"source": "tests"})
+
+    base = load_bundle(bundle(tmp_path / "base", [1, 2, 3, 4]))
+    other = load_bundle(bundle(tmp_path / "other", [1, 2, 3, -1]))
+    # Click cases c -> a (user 0), a -> e (user 0 at 10 s), a -> e (user 2 at 1 s).
+    served = compare_bundles(base, other, "served", ("without", "with"))
+    assert served.result["methods"]["with"]["click"]["hr@10"] == 1 / 3  # e left a's pool
+    live = compare_bundles(base, other, "served_live", ("without", "with"))
+    assert live.result["methods"]["without"]["click"]["hr@10"] == 1.0
+    # User 0's a -> e comes after user 2's co-visit of a and e: e is a live candidate again.
+    assert live.result["methods"]["with"]["click"]["hr@10"] == 2 / 3
+    with pytest.raises(RecsvcError, match="served_live"):
+        compare_bundles(base, other, "nonsense")

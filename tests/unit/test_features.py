@@ -7,17 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_bundle_arrays
+from helpers import live_read, tiny_bundle_arrays
 
 from recsvc.bundle import Bundle, load_bundle, write_bundle
 from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import InvalidRequest
 from recsvc.features import COLUMNS, FEATURE_SOURCES, FEATURES, FeatureBuilder, RequestContext
-from recsvc.scoring import Scorer
+from recsvc.live_candidates import gather
+from recsvc.scoring import Scorer, window_scores
 from recsvc.session_knn import KNNParams, SessionIndex, build_session_index
 
 NAN = np.nan
 CF, I2V, KNN = SOURCE_BITS["itemcf"], SOURCE_BITS["item2vec"], SOURCE_BITS["session_knn"]
+LIVE = SOURCE_BITS["live"]
 VECTOR = KNNParams(similarity="vector", idf_weight=0.0)
 A, B, C, D, E = range(5)
 DAY = 86400.0
@@ -90,10 +92,12 @@ def close(got: list[float], want: list[float]) -> bool:
 
 
 def test_the_columns_are_named_once_in_order() -> None:
-    assert len(FEATURES) == 22 == len(set(FEATURES))
+    assert len(FEATURES) == 24 == len(set(FEATURES))
     assert FEATURES[:3] == ("personalized", "personalized_item", "itemcf_current")
     assert FEATURES[13:20] == tuple(f"source_{name}" for name in FEATURE_SOURCES)
-    assert FEATURES[-2:] == ("scorable", "session_length")
+    assert FEATURES[20:22] == ("scorable", "session_length")
+    # Added last: a model trained before them reads its 22 columns as a prefix.
+    assert FEATURES[-2:] == ("live_current", "live_session")
 
 
 def test_hand_computed_features(tmp_path: Path) -> None:
@@ -174,6 +178,8 @@ def test_missing_arrays_give_nan_columns(tmp_path: Path) -> None:
         "vsknn",
         "log_recent_clicks",
         "scorable",
+        "live_current",  # nothing read live
+        "live_session",
     ]
     for name in missing:
         assert np.isnan(column(features, name)).all(), name
@@ -291,3 +297,47 @@ def test_hundreds_of_candidates_on_a_random_catalogue(tmp_path: Path) -> None:
             builder.build(ctx, items, flags)
         timings[n] = (time.perf_counter() - start) / runs * 1e3
     print(" ".join(f"{n} candidates {ms:.3f} ms;" for n, ms in timings.items()))
+
+
+# The viewed item b was co-visited with c (3) and n (1, an item the bundle lacks); the
+# session's c with a (1) and n (3).
+LIVE_ITEMS = gather(
+    live_read(b=[("c", 3.0), ("n", 1.0)], c=[("n", 3.0), ("a", 1.0)]),
+    {name: i for i, name in enumerate("abcde")},
+    viewed="b",
+)
+
+
+def test_live_columns_by_hand(tmp_path: Path) -> None:
+    builder = builder_of(bundle_of(full_arrays(), tmp_path))
+    flags = FLAGS | np.array([LIVE, LIVE, 0, 0], np.uint8)  # a and c came from the stream
+    features = builder.build(CTX, ITEMS, flags, live=LIVE_ITEMS)
+    # b's co-visits total 4: c 3/4; the session's (c's) total 4: a 1/4. A candidate that is
+    # no live neighbour has 0 on a side that was read.
+    assert column(features, "live_current") == [0, 0.75, 0, 0]
+    assert column(features, "live_session") == [0.25, 0, 0, 0]
+    # Only the viewed item's co-visits read: the session side is NaN for every candidate.
+    alone = gather(live_read(b=[("c", 3.0)]), {n: i for i, n in enumerate("abcde")}, "b")
+    features = builder.build(CTX, ITEMS, flags, live=alone)
+    assert column(features, "live_current") == [0, 1, 0, 0]
+    assert np.isnan(column(features, "live_session")).all()
+
+
+def test_a_new_item_row_has_its_live_vector_scores_and_live_shares(tmp_path: Path) -> None:
+    bundle = bundle_of(full_arrays(), tmp_path)
+    builder = builder_of(bundle)
+    rows = builder.new_item_rows(CTX, LIVE_ITEMS)
+    assert rows.shape == (1, len(FEATURES))
+    # n's anchors are b (count 1) and c (count 3): its live score is their weighted mean.
+    scorer = Scorer.from_bundle(bundle, "personalized")
+    assert scorer is not None
+    b, c = window_scores(CTX.window, np.array([B, C], np.int32), *scorer.arrays)
+    assert close(column(rows, "personalized"), [(b + 3 * c) / 4])
+    alone_b, alone_c = window_scores([B], np.array([B, C], np.int32), *scorer.arrays)
+    assert close(column(rows, "personalized_item"), [(alone_b + 3 * alone_c) / 4])
+    assert column(rows, "scorable") == [1]
+    assert column(rows, "live_current") == [0.25] and column(rows, "live_session") == [0.75]
+    assert column(rows, "vsknn") == [0] and column(rows, "session_length") == [3]
+    assert all(column(rows, f"source_{name}") == [0] for name in FEATURE_SOURCES)
+    for name in ("itemcf_current", "item2vec_session", "log_popularity", "pool_position"):
+        assert np.isnan(column(rows, name)).all(), name

@@ -8,7 +8,9 @@ import pytest
 
 from recsvc.events import Event
 from recsvc.exceptions import ConfigError
-from recsvc.live import LiveCovisits, LiveRead, LiveSettings, Visit, covisit_pairs
+from recsvc.ingest import report_live_held
+from recsvc.live import LiveCovisits, LiveHeld, LiveRead, LiveSettings, Visit, covisit_pairs
+from recsvc.metrics import Metrics
 from recsvc.sessions import InMemorySessionStore, SessionEvent, live_items
 
 HOUR = 3600.0
@@ -138,3 +140,23 @@ def test_a_replayed_event_older_than_the_kept_session_does_not_pair_again():
     before = store.live_counts.updates
     store.append_now(events[:1])  # a is older than the 3 kept: added, trimmed, not paired
     assert store.live_counts.updates == before
+
+
+def test_ingest_reports_the_live_state_held_in_its_gauges():
+    store = InMemorySessionStore(length=10, live=LiveSettings())
+    store.append_now([Event(f"e{n}", "u", item, "click", 10.0 + n) for n, item in
+                      enumerate(["a", "b", "a", "c"])])  # fmt: skip
+    metrics = Metrics()
+
+    async def one_round() -> None:
+        stopping = asyncio.Event()
+        task = asyncio.create_task(report_live_held(store, metrics, 60.0, stopping))
+        await asyncio.sleep(0.05)
+        stopping.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(one_round())
+    # a: b, c; b: a; c: a
+    assert store.covisits is not None and store.covisits.held() == LiveHeld(3, 4)
+    value = metrics.registry.get_sample_value
+    assert value("recsvc_live_items_held") == 3 and value("recsvc_live_neighbours_held") == 4

@@ -18,6 +18,7 @@ from recsvc.candidates import CandidateSettings
 from recsvc.exceptions import ConfigError, DataError
 from recsvc.features import COLUMNS, FEATURES
 from recsvc.forest import Forest
+from recsvc.live import LiveSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # LightGBM's own
 
@@ -38,6 +39,28 @@ def test_training_queries_use_the_candidates_the_model_will_rank(tmp_path: Path)
     served = training_rows(bundle, CandidateSettings(knn_items=5), negatives=5, seed=0)
     assert served.groups.tolist() == [2]  # e (the target) and a
     assert served.labels.sum() == 1
+
+
+def test_with_live_the_training_day_is_replayed_and_new_items_get_rows(tmp_path: Path) -> None:
+    # Held out: users 0 and 1 each view d, then e, which has no event before that day
+    # (d's pool is just a). Only the stream can propose e, once user 0 went from d to e.
+    arrays = tiny_bundle_arrays() | {"item_fit_events": np.array([9, 9, 9, 9, 0])}
+    arrays |= {
+        "eval/users": np.array([0, 0, 1, 1], np.int32),
+        "eval/items": np.array([3, 4, 3, 4], np.int32),
+        "eval/types": np.full(4, CLICK, np.int8),
+        "eval/is_holdout": np.ones(4, bool),
+        "eval/ts": np.array([10.0, 20.0, 30.0, 40.0]),
+    }
+    bundle = load_bundle(write_bundle(tmp_path, arrays, {}))
+    with pytest.raises(DataError, match="none of the 2 cases"):
+        training_rows(bundle, CandidateSettings(), negatives=5, seed=0)
+    rows = training_rows(bundle, CandidateSettings(), negatives=5, seed=0, live=LiveSettings())
+    # User 1's case only: at user 0's view nothing was co-visited yet.
+    assert rows.groups.tolist() == [2] and rows.labels.sum() == 1  # e (a new item) and a
+    target = rows.features[rows.labels == 1][0]
+    assert target[COLUMNS["live_current"]] == 1.0  # all of d's co-visits
+    assert np.isnan(target[COLUMNS["log_popularity"]])  # nothing from the bundle
 
 
 def test_ndcg_by_hand() -> None:

@@ -36,6 +36,18 @@ def test_the_model_round_trips_through_the_bundle_and_ranks(tmp_path: Path) -> N
     assert all(np.isfinite(ranking.scores))
 
 
+def test_a_model_from_before_the_live_columns_reads_its_prefix(tmp_path: Path) -> None:
+    bundle = load_bundle(bundle_with(tmp_path, model_array(unpopular_first(FEATURES[:-2]))))
+    stage = SecondStage.from_bundle(bundle, FEATURES)
+    assert stage is not None and stage.n_columns == len(FEATURES) - 2
+    assert stage.uses("log_popularity") and not stage.uses("live_current")
+    rows = np.random.default_rng(0).uniform(0, 15, (6, len(FEATURES))).astype(np.float32)
+    ones = rows.copy()
+    ones[:, -2:] = 1.0  # the columns it was not trained on change nothing
+    assert stage.scores(rows).tolist() == stage.scores(ones).tolist()
+    assert Ranker(bundle).rank("a", 4, []).items == ["e", "d", "c", "b"]
+
+
 def test_the_first_stage_alone_when_asked_or_for_another_model(tmp_path: Path) -> None:
     bundle = load_bundle(bundle_with(tmp_path, model_array(unpopular_first())))
     alone = Ranker(bundle, second_stage=False)

@@ -90,7 +90,17 @@ def _run_online(args: argparse.Namespace) -> None:
         from recsvc.server import run_worker
         from recsvc.workers import supervise
 
-        sys.exit(supervise(config.workers, run_worker, (config,), config.metrics_port, config.host))
+        sys.exit(
+            supervise(
+                config.workers,
+                run_worker,
+                (config,),
+                config.metrics_port,
+                config.metrics_host,
+                # Each worker drains its calls first.
+                stop_timeout_s=config.shutdown_grace_s + 10.0,
+            )
+        )
     store = open_store(
         config.redis_url, config.session_length, config.session_ttl_s, live=config.live_settings()
     )

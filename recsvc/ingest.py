@@ -38,6 +38,7 @@ from recsvc.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRYABLE = (KafkaError, SessionStoreError, OSError)
+Polled = Mapping[TopicPartition, list[Any]]
 LAG_INTERVAL_S = 10.0
 #: How often the live state held in Redis is counted (a SCAN of every item's key).
 LIVE_HELD_INTERVAL_S = 60.0
@@ -88,6 +89,7 @@ class Ingestor:
         dlq_topic: str,
         backoff: Callable[[], Backoff] = Backoff,
         stopping: asyncio.Event | None = None,
+        rewind: Rewind | None = None,
     ) -> None:
         self.consumer = consumer
         self.store = store
@@ -96,6 +98,7 @@ class Ingestor:
         self.dlq = DeadLetterQueue(producer, dlq_topic)
         self.backoff = backoff
         self.stopping = stopping or asyncio.Event()
+        self.rewind = rewind
         self._lag_checked = 0.0
         self._live_seen = dataclasses.replace(store.live_counts)
 
@@ -129,9 +132,7 @@ class Ingestor:
 
     async def _poll(self, timeout_ms: int = 500) -> Batch | None:
         """The next polled batch, validated; None when the poll returned nothing."""
-        polled: Mapping[TopicPartition, list[Any]] = await asyncio.to_thread(
-            self.consumer.poll, timeout_ms
-        )
+        polled = await asyncio.to_thread(self._poll_now, timeout_ms)
         records = [r for part in polled.values() for r in part]
         if not records:
             return None
@@ -142,6 +143,11 @@ class Ingestor:
             if part
         }
         return Batch(valid, rejected, offsets, len(records))
+
+    def _poll_now(self, timeout_ms: int) -> Polled:
+        """One poll (on a worker thread: it blocks), rewound when a rebuild asks for it."""
+        polled: Polled = self.consumer.poll(timeout_ms)
+        return self.rewind.apply(self.consumer, polled) if self.rewind is not None else polled
 
     async def _apply(self, batch: Batch) -> Batch:
         """Dead-letter the invalid messages and store the valid ones.
@@ -287,7 +293,6 @@ def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
     """
     servers = [s.strip() for s in settings.kafka_bootstrap.split(",")]
     consumer = KafkaConsumer(
-        settings.events_topic,
         bootstrap_servers=servers,
         group_id=settings.group_id,
         group_instance_id=settings.group_instance_id or None,
@@ -299,10 +304,53 @@ def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
         check_crcs=bool(settings.ingest_check_crcs),
         client_id="recsvc-ingest",
     )
+    consumer.subscribe([settings.events_topic])
     producer = KafkaProducer(
         bootstrap_servers=servers, acks="all", linger_ms=5, client_id="recsvc-ingest-dlq"
     )
     return consumer, producer
+
+
+class Rewind:
+    """``--rebuild-sessions``: the first time this process is given a partition, its
+    position moves back to the first message at or after ``since`` (Unix seconds).
+
+    It runs on ingest's polling thread, right after a poll (kafka-python's rebalance
+    listeners may not block), and drops what that poll returned for the partitions it
+    moved, uncommitted. Consumption then goes on from there as usual: every event since
+    then is appended again, which changes nothing where Redis still holds it (the
+    idempotent append) and restores what it lost; the committed offsets move back, then
+    forward past where the group was, so a crash during the rebuild replays from where it
+    got to, with no gap.
+    """
+
+    def __init__(self, since: float) -> None:
+        self.since_ms = int(since * 1000)
+        self.rewound: set[TopicPartition] = set()
+
+    def apply(self, consumer: KafkaConsumer, polled: Polled) -> Polled:
+        """``polled`` without the records of the partitions just moved back."""
+        fresh = [tp for tp in consumer.assignment() if tp not in self.rewound]
+        if not fresh:
+            return polled
+        try:
+            found = consumer.offsets_for_times({tp: self.since_ms for tp in fresh})
+        except KafkaError as exc:  # tried again after the next poll
+            log.warning("cannot look offsets up by time yet", extra={"error": str(exc)})
+            return polled
+        moved = set()
+        for tp in fresh:
+            at = found.get(tp)
+            if at is None:  # nothing since then: the group's own position stands
+                continue
+            consumer.seek(tp, at.offset)
+            moved.add(tp)
+            log.info(
+                "rebuilding sessions",
+                extra={"topic": tp.topic, "partition": tp.partition, "from_offset": at.offset},
+            )
+        self.rewound.update(fresh)
+        return {tp: records for tp, records in polled.items() if tp not in moved}
 
 
 async def report_live_held(
@@ -326,7 +374,7 @@ async def ingest(settings: Settings, store: SessionStore) -> None:
     """Run ingest until SIGTERM or SIGINT (the bundle only tells which items exist, and
     only with ``live`` 0)."""
     metrics = Metrics()
-    metrics.serve(settings.metrics_port, settings.host)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     bundles = BundleReloader(settings.bundle, settings.model, metrics)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -345,6 +393,7 @@ async def ingest(settings: Settings, store: SessionStore) -> None:
             await asyncio.sleep(delay)
     else:
         return
+    since = settings.rebuild_seconds()
     ingestor = Ingestor(
         consumer,
         producer,
@@ -354,6 +403,7 @@ async def ingest(settings: Settings, store: SessionStore) -> None:
         metrics,
         settings.dlq_topic,
         stopping=stopping,
+        rewind=Rewind(time.time() - since) if since is not None else None,
     )
     watch = (
         asyncio.create_task(bundles.watch(settings.watch_interval_s))

@@ -26,6 +26,11 @@ class Metrics:
         self.fallbacks = Counter(
             "recsvc_fallbacks_total", "Answers not personalized, by reason", ["reason"], registry=r
         )
+        self.unauthenticated_calls = Counter(
+            "recsvc_unauthenticated_calls_total",
+            "Calls refused for want of an accepted bearer token (--auth-tokens-file)",
+            registry=r,
+        )
         self.bundle_version = Gauge(
             "recsvc_bundle_info",
             "The bundle being served (value 1; 0 for one served before)",

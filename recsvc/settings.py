@@ -30,7 +30,13 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: What Kafka accepts as a ``group.instance.id`` (the rule for topic names).
 GROUP_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]+")
 #: ``RECSVC_*`` variables that are not settings of the online processes.
-NOT_SETTINGS = ("RECSVC_SHARED", "RECSVC_TEST_", "RECSVC_TOPICS", "RECSVC_INGEST_METRICS_PORT")
+NOT_SETTINGS = (
+    "RECSVC_SHARED",
+    "RECSVC_TEST_",
+    "RECSVC_TOPICS",
+    "RECSVC_INGEST_METRICS_PORT",
+    "RECSVC_AUTH_TOKENS",  # read by recsvc.security, never a flag
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,35 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"help": "address the gRPC server binds"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0: any free port)"})
     metrics_port: int = field(
-        default=9464, metadata={"help": "Prometheus /metrics port on the same host; 0: off"}
+        default=9464, metadata={"help": "Prometheus /metrics port (on --metrics-host); 0: off"}
+    )
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "address /metrics binds: loopback unless set (it has no auth)"},
+    )
+    tls_cert: str = field(
+        default="",
+        metadata={
+            "help": "serve: PEM certificate chain; with --tls-key, gRPC is served over TLS. "
+            "Empty: plaintext (right on loopback only)"
+        },
+    )
+    tls_key: str = field(default="", metadata={"help": "serve: PEM private key of --tls-cert"})
+    tls_client_ca: str = field(
+        default="",
+        metadata={
+            "help": "serve: PEM CA certificates; clients must then present a certificate one "
+            "of them signed (mutual TLS). Needs --tls-cert"
+        },
+    )
+    auth_tokens_file: str = field(
+        default="",
+        metadata={
+            "help": "serve: file of accepted bearer tokens, one per line ('#' comments); a call "
+            "without 'authorization: Bearer <token>' metadata is UNAUTHENTICATED (the health "
+            "service stays open). Tokens can also come from $RECSVC_AUTH_TOKENS "
+            "(comma-separated), which has no flag so that no token shows in a process list"
+        },
     )
     workers: int = field(
         default=1,
@@ -87,6 +121,15 @@ class Settings:
         metadata={
             "help": "ingest: 1 checks each fetched batch's CRC (in C with the crc32c package); "
             "0 relies on the broker's check on produce and on TCP"
+        },
+    )
+    rebuild_sessions: str = field(
+        default="",
+        metadata={
+            "help": "ingest: on start, replay the topic from this long ago (e.g. 24h, 90m, "
+            "2d, 3600s; 'ttl': the session TTL) into Redis before going on from the group's "
+            "offsets, to restore sessions an emptied Redis lost. The append is idempotent, so "
+            "what Redis still holds counts once. Empty: off"
         },
     )
     model: str = field(
@@ -146,6 +189,13 @@ class Settings:
         default=1.0,
         metadata={"help": "after 3 session store failures in a row, skip it this long"},
     )
+    shutdown_grace_s: float = field(
+        default=5.0,
+        metadata={
+            "help": "serve: on SIGTERM, health turns NOT_SERVING, new calls are refused, and "
+            "the calls in flight get this long to finish before the process exits"
+        },
+    )
     watch_interval_s: float = field(
         default=5.0, metadata={"help": "check the bundle path for a new version this often; 0: off"}
     )
@@ -154,6 +204,14 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check(self)
+
+    def rebuild_seconds(self) -> float | None:
+        """How far back ``rebuild_sessions`` replays, in seconds; None when off."""
+        if not self.rebuild_sessions:
+            return None
+        if self.rebuild_sessions == "ttl":
+            return float(self.session_ttl_s)
+        return parse_duration(self.rebuild_sessions)
 
     def live_settings(self) -> LiveSettings | None:
         """The live co-visit settings, or None when ``live`` is 0."""
@@ -166,6 +224,24 @@ class Settings:
             read_items=self.live_read_items,
             read_top=self.live_read_top,
         )
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration such as ``90m``, ``24h``, ``2d`` or ``3600s``.
+
+    Raises
+    ------
+    ValueError
+        Not a number followed by one of s, m, h, d.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"expected a duration like 90m, 24h, 2d or 3600s, got {text!r}")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
 def env_name(name: str) -> str:
@@ -250,6 +326,10 @@ def _check(s: Settings) -> None:
         fail("workers", "more than one worker needs a fixed --port to share")
     if s.metrics_port and s.metrics_port == s.port:
         fail("metrics_port", "must differ from the gRPC port")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        fail("tls_cert", "--tls-cert and --tls-key come together")
+    if s.tls_client_ca and not s.tls_cert:
+        fail("tls_client_ca", "client certificates need TLS: set --tls-cert and --tls-key")
     if urlparse(s.redis_url).scheme not in ("redis", "rediss", "unix"):
         fail("redis_url", f"expected redis://host:port/db, got {redact_url(s.redis_url)!r}")
     for server in s.kafka_bootstrap.split(","):
@@ -296,6 +376,15 @@ def _check(s: Settings) -> None:
     for name in ("store_cooldown_s", "watch_interval_s"):
         if getattr(s, name) < 0:
             fail(name, "must not be negative")
+    if s.rebuild_sessions and s.rebuild_sessions != "ttl":
+        try:
+            seconds = parse_duration(s.rebuild_sessions)
+        except ValueError as exc:
+            fail("rebuild_sessions", f"{exc}, or 'ttl'")
+        if not 0 < seconds <= 30 * 86400:
+            fail("rebuild_sessions", f"{s.rebuild_sessions} is outside (0, 30d]")
+    if not 0 <= s.shutdown_grace_s <= 600:
+        fail("shutdown_grace_s", f"{s.shutdown_grace_s} is outside 0..600 seconds")
     if s.log_format not in LOG_FORMATS:
         fail("log_format", f"{s.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
     if s.log_level not in LOG_LEVELS:

@@ -10,11 +10,12 @@ import pytest
 from helpers import Record
 from kafka import TopicPartition
 from kafka.errors import MessageSizeTooLargeError
+from kafka.structs import OffsetAndTimestamp
 
 from recsvc import settings
 from recsvc.events import Event
 from recsvc.exceptions import ConfigError, SessionStoreError
-from recsvc.ingest import Ingestor
+from recsvc.ingest import Ingestor, Rewind
 from recsvc.metrics import Metrics
 from recsvc.retry import Backoff
 from recsvc.sessions import InMemorySessionStore
@@ -172,3 +173,41 @@ def test_ingest_settings_are_checked() -> None:
     for name, value in [("INGEST_CHECK_CRCS", "2"), ("INGEST_MAX_POLL_RECORDS", "0")]:
         with pytest.raises(ConfigError, match=f"RECSVC_{name}"):
             settings.load(environ={f"RECSVC_{name}": value})
+
+
+def test_a_rebuild_rewinds_each_partition_once_to_the_time_asked() -> None:
+    p0, p1, p2 = (TopicPartition("t", n) for n in range(3))
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.assigned = {p0, p1}
+            self.asked: list[dict[TopicPartition, int]] = []
+            self.seeks: list[tuple[TopicPartition, int]] = []
+
+        def assignment(self) -> set[TopicPartition]:
+            return self.assigned
+
+        def offsets_for_times(self, times: dict[TopicPartition, int]) -> dict:
+            self.asked.append(times)
+            # partition 1 has nothing since then
+            return {
+                tp: None if tp.partition == 1 else OffsetAndTimestamp(40 + tp.partition, 0, None)
+                for tp in times
+            }
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            self.seeks.append((tp, offset))
+
+    consumer = Consumer()
+    rewind = Rewind(since=1000.0)
+    polled = {p0: ["r0"], p1: ["r1"]}
+    # p0 moves back: what the poll brought of it is dropped (it comes again, uncommitted);
+    # p1 has nothing since then and keeps the group's position and its records.
+    assert rewind.apply(consumer, polled) == {p1: ["r1"]}  # type: ignore[arg-type]
+    assert consumer.asked == [{p0: 1_000_000, p1: 1_000_000}]
+    assert consumer.seeks == [(p0, 40)]
+    assert rewind.apply(consumer, polled) == polled  # type: ignore[arg-type]
+    # A rebalance gives p2 too: only p2 is rewound; p0 goes on from where it is.
+    consumer.assigned = {p0, p1, p2}
+    assert rewind.apply(consumer, {p0: ["r0"], p2: ["r2"]}) == {p0: ["r0"]}  # type: ignore[arg-type]
+    assert consumer.asked[1] == {p2: 1_000_000} and consumer.seeks[1:] == [(p2, 42)]

@@ -44,6 +44,11 @@ def test_defaults_then_environment_then_flags() -> None:
         ({"RECSVC_BUDGET_MS": "inf"}, "must be a finite number"),
         ({"RECSVC_WORKERS": "0"}, "--workers / RECSVC_WORKERS: must be at least 1"),
         ({"RECSVC_WORKERS": "2", "RECSVC_PORT": "0"}, "needs a fixed --port"),
+        ({"RECSVC_REBUILD_SESSIONS": "yesterday"}, "like 90m, 24h, 2d or 3600s, got 'yest"),
+        ({"RECSVC_REBUILD_SESSIONS": "31d"}, "31d is outside (0, 30d]"),
+        ({"RECSVC_REBUILD_SESSIONS": "0h"}, "0h is outside (0, 30d]"),
+        ({"RECSVC_SHUTDOWN_GRACE_S": "-1"}, "-1.0 is outside 0..600 seconds"),
+        ({"RECSVC_TLS_KEY": "k.pem"}, "--tls-cert and --tls-key come together"),
     ],
 )
 def test_bad_values_fail_with_the_setting_named(env: dict[str, str], words: str) -> None:
@@ -92,3 +97,12 @@ def test_bad_group_membership_values_fail_with_the_reason(env: dict[str, str], w
     with pytest.raises(ConfigError) as caught:
         settings.load(None, env)
     assert words in str(caught.value)
+
+
+def test_how_far_back_sessions_are_rebuilt() -> None:
+    assert settings.load(None, {}).rebuild_seconds() is None
+    env = {"RECSVC_REBUILD_SESSIONS": "ttl", "RECSVC_SESSION_TTL_S": "7200"}
+    assert settings.load(None, env).rebuild_seconds() == 7200.0
+    for text, seconds in (("90m", 5400.0), ("1.5h", 5400.0), ("2d", 172800.0), ("30s", 30.0)):
+        loaded = settings.load(None, {"RECSVC_REBUILD_SESSIONS": text})
+        assert loaded.rebuild_seconds() == seconds

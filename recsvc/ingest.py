@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -292,8 +293,10 @@ def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
     partitions of one stopped for good wait for the session timeout.
     """
     servers = [s.strip() for s in settings.kafka_bootstrap.split(",")]
+    security = settings.kafka_options(os.environ)
     consumer = KafkaConsumer(
         bootstrap_servers=servers,
+        **security,
         group_id=settings.group_id,
         group_instance_id=settings.group_instance_id or None,
         session_timeout_ms=settings.ingest_session_timeout_ms,
@@ -306,7 +309,11 @@ def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
     )
     consumer.subscribe([settings.events_topic])
     producer = KafkaProducer(
-        bootstrap_servers=servers, acks="all", linger_ms=5, client_id="recsvc-ingest-dlq"
+        bootstrap_servers=servers,
+        acks="all",
+        linger_ms=5,
+        client_id="recsvc-ingest-dlq",
+        **security,
     )
     return consumer, producer
 

@@ -26,6 +26,19 @@ class Metrics:
         self.fallbacks = Counter(
             "recsvc_fallbacks_total", "Answers not personalized, by reason", ["reason"], registry=r
         )
+        self.session_hit_ratio = Gauge(
+            "recsvc_session_hit_ratio",
+            "Share of the last minute's session reads (of requests with a user) that found a "
+            "session",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.session_store_emptied = Gauge(
+            "recsvc_session_store_emptied",
+            "1 while the session store looks freshly emptied (the hit ratio fell suddenly)",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.unauthenticated_calls = Counter(
             "recsvc_unauthenticated_calls_total",
             "Calls refused for want of an accepted bearer token (--auth-tokens-file)",

@@ -34,11 +34,15 @@ from recsvc.retry import CircuitBreaker
 from recsvc.security import BearerTokens, read_tokens, server_credentials
 from recsvc.sessions import SessionEvent, SessionStore
 from recsvc.settings import Settings
+from recsvc.store_watch import EmptiedStoreWatch
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+#: The health "service" that says whether the session store looks intact: NOT_SERVING
+#: while it looks freshly emptied (:mod:`recsvc.store_watch`); the service stays SERVING.
+SESSIONS_HEALTH = "recsvc.sessions"
 DEFAULT_K = 30
 #: At most one log line per this many seconds about requests that are not protobuf.
 UNDECODABLE_LOG_INTERVAL_S = 10.0
@@ -149,9 +153,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         settings: Settings,
         metrics: Metrics,
         breaker: CircuitBreaker | None = None,
+        store_watch: EmptiedStoreWatch | None = None,
     ) -> None:
         self.bundles = bundles
         self.store = store
+        self.store_watch = store_watch
         self.budget_s = settings.budget_ms / 1000
         self.reserve_s = settings.scoring_reserve_ms / 1000
         self.metrics = metrics
@@ -269,6 +275,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             self.metrics.live_neighbours_read.observe(live.count())
         if not user_id:
             return (), live, Fallback.NO_USER
+        if self.store_watch is not None:
+            self.store_watch.record(bool(session))
         return session, live, None
 
     @staticmethod
@@ -302,8 +310,11 @@ class RecommendServer:
         self.bundles = BundleReloader(
             settings.bundle, settings.model, self.metrics, bool(settings.second_stage)
         )
-        self.service = RecommenderService(self.bundles, store, settings, self.metrics)
         self.health = health.aio.HealthServicer()
+        watch = EmptiedStoreWatch(self._store_emptied, self.metrics.session_hit_ratio.set)
+        self.service = RecommenderService(
+            self.bundles, store, settings, self.metrics, store_watch=watch
+        )
         self._credentials = server_credentials(
             settings.tls_cert, settings.tls_key, settings.tls_client_ca
         )
@@ -336,7 +347,7 @@ class RecommendServer:
         if not self.port:
             raise OSError(f"cannot bind the gRPC port at {address}")
         await self._server.start()
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, SESSIONS_HEALTH):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.watch_interval_s:
             self._tasks.append(
@@ -352,6 +363,27 @@ class RecommendServer:
             },
         )
         return self.port
+
+    def _store_emptied(self, emptied: bool, hit_ratio: float) -> None:
+        """The session store looks freshly emptied (or full again): say so in a metric, a
+        log line and the health of :data:`SESSIONS_HEALTH`. Answers go on, unpersonalized
+        where sessions are missing, so the service itself stays SERVING."""
+        self.metrics.session_store_emptied.set(int(emptied))
+        details = {"session_hit_ratio": round(hit_ratio, 4)}
+        if emptied:
+            log.warning(
+                "the session store looks freshly emptied (the share of reads that find a "
+                "session fell suddenly); recsvc ingest --rebuild-sessions restores it",
+                extra=details,
+            )
+        else:
+            log.info("the session store holds sessions again", extra=details)
+        status = health_pb2.HealthCheckResponse
+        self._tasks.append(
+            asyncio.ensure_future(
+                self.health.set(SESSIONS_HEALTH, status.NOT_SERVING if emptied else status.SERVING)
+            )
+        )
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Say NOT_SERVING (to health watchers), refuse new calls, give the calls in flight

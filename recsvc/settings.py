@@ -25,6 +25,10 @@ from recsvc.live import LiveSettings
 from recsvc.redact import redact_url
 
 ENV_PREFIX = "RECSVC_"
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: The Kafka SASL password's variable (never a flag).
+KAFKA_PASSWORD_ENV = "RECSVC_KAFKA_SASL_PASSWORD"
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: What Kafka accepts as a ``group.instance.id`` (the rule for topic names).
@@ -36,6 +40,7 @@ NOT_SETTINGS = (
     "RECSVC_TOPICS",
     "RECSVC_INGEST_METRICS_PORT",
     "RECSVC_AUTH_TOKENS",  # read by recsvc.security, never a flag
+    "RECSVC_KAFKA_SASL_PASSWORD",  # read by kafka_options, never a flag
 )
 
 
@@ -89,6 +94,33 @@ class Settings:
     )
     kafka_bootstrap: str = field(
         default="127.0.0.1:9092", metadata={"help": "Kafka bootstrap servers, host:port[,...]"}
+    )
+    kafka_security_protocol: str = field(
+        default="PLAINTEXT",
+        metadata={"help": "ingest: Kafka's security.protocol: " + " | ".join(KAFKA_PROTOCOLS)},
+    )
+    kafka_ssl_cafile: str = field(
+        default="", metadata={"help": "ingest: PEM CA file for Kafka's SSL (default: system)"}
+    )
+    kafka_ssl_certfile: str = field(
+        default="", metadata={"help": "ingest: PEM client certificate for Kafka's SSL"}
+    )
+    kafka_ssl_keyfile: str = field(
+        default="", metadata={"help": "ingest: PEM private key of --kafka-ssl-certfile"}
+    )
+    kafka_sasl_mechanism: str = field(
+        default="",
+        metadata={
+            "help": "ingest: Kafka SASL mechanism for the SASL_* protocols: "
+            + " | ".join(KAFKA_SASL_MECHANISMS)
+        },
+    )
+    kafka_sasl_username: str = field(
+        default="",
+        metadata={
+            "help": "ingest: Kafka SASL user; the password comes from $RECSVC_KAFKA_SASL_PASSWORD "
+            "(no flag, so that it shows in no process list)"
+        },
     )
     events_topic: str = field(default="recsvc.events", metadata={"help": "event stream topic"})
     dlq_topic: str = field(
@@ -204,6 +236,34 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check(self)
+
+    def kafka_options(self, environ: Mapping[str, str]) -> dict[str, Any]:
+        """kafka-python's security options (for the consumer and the producer alike).
+
+        Raises
+        ------
+        ConfigError
+            A SASL protocol without its password in ``$RECSVC_KAFKA_SASL_PASSWORD``.
+        """
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if "SSL" in self.kafka_security_protocol:
+            for name in ("cafile", "certfile", "keyfile"):
+                value = getattr(self, f"kafka_ssl_{name}")
+                if value:
+                    options[f"ssl_{name}"] = value
+        if self.kafka_security_protocol.startswith("SASL_"):
+            password = environ.get(KAFKA_PASSWORD_ENV, "")
+            if not password:
+                raise ConfigError(
+                    f"--kafka-security-protocol {self.kafka_security_protocol} needs the "
+                    f"password in ${KAFKA_PASSWORD_ENV}"
+                )
+            options |= {
+                "sasl_mechanism": self.kafka_sasl_mechanism,
+                "sasl_plain_username": self.kafka_sasl_username,
+                "sasl_plain_password": password,
+            }
+        return options
 
     def rebuild_seconds(self) -> float | None:
         """How far back ``rebuild_sessions`` replays, in seconds; None when off."""
@@ -336,6 +396,17 @@ def _check(s: Settings) -> None:
         host, sep, port = server.strip().rpartition(":")
         if not sep or not host or not port.isdigit():
             fail("kafka_bootstrap", f"expected host:port[,host:port], got {s.kafka_bootstrap!r}")
+    if s.kafka_security_protocol not in KAFKA_PROTOCOLS:
+        fail("kafka_security_protocol", f"{s.kafka_security_protocol!r} is not one of "
+             f"{', '.join(KAFKA_PROTOCOLS)}")  # fmt: skip
+    sasl = s.kafka_security_protocol.startswith("SASL_")
+    if sasl and s.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+        fail("kafka_sasl_mechanism", f"{s.kafka_security_protocol} needs one of "
+             f"{', '.join(KAFKA_SASL_MECHANISMS)}, got {s.kafka_sasl_mechanism!r}")  # fmt: skip
+    if sasl and not s.kafka_sasl_username:
+        fail("kafka_sasl_username", f"{s.kafka_security_protocol} needs a user")
+    if bool(s.kafka_ssl_certfile) != bool(s.kafka_ssl_keyfile):
+        fail("kafka_ssl_certfile", "--kafka-ssl-certfile and --kafka-ssl-keyfile come together")
     for name in ("events_topic", "dlq_topic", "group_id"):
         if not getattr(s, name).strip():
             fail(name, "must not be empty")

@@ -3,7 +3,9 @@
 # tests, from Maven Central jars run with the machine's Java: kafka.sh install|start|stop|status
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_DIR (<repo>/.local/services/kafka),
 # KAFKA_LIB (<repo>/.local/kafka-lib-<version>), KAFKA_HEAP (-Xms128m -Xmx512m),
-# RECSVC_TOPICS (name:partitions ..., default "recsvc.events:3 recsvc.events.dlq:1").
+# RECSVC_TOPICS (name:partitions ..., default "recsvc.events:3 recsvc.events.dlq:1");
+# KAFKA_SASL_PORT with KAFKA_SASL_USER and KAFKA_SASL_PASSWORD: a second listener, SASL/PLAIN
+# with that one user (for tests of the clients' SASL settings; off when unset).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -69,15 +71,24 @@ install_jars() {
 
 write_config() {
   mkdir -p "$DIR/data" "$DIR/logs"
+  local listeners="PLAINTEXT://127.0.0.1:$PORT" advertised="PLAINTEXT://127.0.0.1:$PORT"
+  local sasl=""
+  if [ -n "${KAFKA_SASL_PORT:-}" ]; then
+    listeners+=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
+    advertised+=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
+    sasl="sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_${KAFKA_SASL_USER:?}=\"${KAFKA_SASL_PASSWORD:?}\";"
+  fi
   cat >"$DIR/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listeners=$listeners,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=$advertised
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+$sasl
 log.dirs=$DIR/data
 num.partitions=1
 offsets.topic.replication.factor=1

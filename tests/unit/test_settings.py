@@ -49,6 +49,12 @@ def test_defaults_then_environment_then_flags() -> None:
         ({"RECSVC_REBUILD_SESSIONS": "0h"}, "0h is outside (0, 30d]"),
         ({"RECSVC_SHUTDOWN_GRACE_S": "-1"}, "-1.0 is outside 0..600 seconds"),
         ({"RECSVC_TLS_KEY": "k.pem"}, "--tls-cert and --tls-key come together"),
+        ({"RECSVC_KAFKA_SECURITY_PROTOCOL": "TLS"}, "'TLS' is not one of PLAINTEXT, SSL"),
+        ({"RECSVC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL_SSL needs one of PLAIN,"),
+        (
+            {"RECSVC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "RECSVC_KAFKA_SASL_MECHANISM": "PLAIN"},
+            "SASL_SSL needs a user",
+        ),
     ],
 )
 def test_bad_values_fail_with_the_setting_named(env: dict[str, str], words: str) -> None:
@@ -106,3 +112,25 @@ def test_how_far_back_sessions_are_rebuilt() -> None:
     for text, seconds in (("90m", 5400.0), ("1.5h", 5400.0), ("2d", 172800.0), ("30s", 30.0)):
         loaded = settings.load(None, {"RECSVC_REBUILD_SESSIONS": text})
         assert loaded.rebuild_seconds() == seconds
+
+
+def test_kafka_security_options_take_the_password_from_the_environment_only() -> None:
+    assert settings.load(None, {}).kafka_options({}) == {"security_protocol": "PLAINTEXT"}
+    env = {
+        "RECSVC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "RECSVC_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "RECSVC_KAFKA_SASL_USERNAME": "ingest",
+        "RECSVC_KAFKA_SSL_CAFILE": "/etc/ca.pem",
+        "RECSVC_KAFKA_SASL_PASSWORD": "hunter2-hunter2",  # not a setting: no flag
+    }
+    loaded = settings.load(None, env)
+    assert loaded.kafka_options(env) == {
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": "/etc/ca.pem",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "ingest",
+        "sasl_plain_password": "hunter2-hunter2",
+    }
+    assert "hunter2" not in repr(loaded)
+    with pytest.raises(ConfigError, match="needs the password in"):
+        loaded.kafka_options({})

@@ -18,7 +18,7 @@ PROTO_PY := recsvc/v1/recommender_pb2.py
 PROTOC := $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=.
 
 .PHONY: install lock protos up down bundle run stop test test-fast lint clean locust capacity \
-	ingest-bench scaling bundle-memory
+	ingest-bench scaling bundle-memory chaos
 
 install: $(VENV)/.installed $(PROTO_PY)
 
@@ -99,6 +99,10 @@ capacity: install up bundle
 # Events/s from Kafka into Redis by one `recsvc ingest` on one core.
 ingest-bench: install up bundle
 	$(PY) -m loadtest.ingest_bench --events 200000
+
+# Failure scenarios against the real Redis and Kafka, one JSON line of figures each.
+chaos: install up bundle
+	$(PY) -m loadtest.chaos --bundle $(BUNDLES)
 
 # The offline pipeline on 1M, 4M and 16M synthetic events: time and memory per stage.
 scaling: install

@@ -358,10 +358,9 @@ class FeatureBuilder:
             return rows
         if self.scorer is not None:
             arrays = self.scorer.arrays
-            scored = (
-                (COLUMNS["personalized"], ctx.window),
-                (COLUMNS["personalized_item"], [ctx.current]),
-            )
+            scored = [(COLUMNS["personalized"], ctx.window)]
+            if self.scorer.known[ctx.current]:  # as for the known candidates' rows
+                scored.append((COLUMNS["personalized_item"], [ctx.current]))
             for column, window in scored:
                 if any(v >= 0 for v in window):
                     values = live.new_scores(window_scores(window, live.anchors, *arrays))

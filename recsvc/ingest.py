@@ -324,11 +324,12 @@ class Rewind:
 
     It runs on ingest's polling thread, right after a poll (kafka-python's rebalance
     listeners may not block), and drops what that poll returned for the partitions it
-    moved, uncommitted. Consumption then goes on from there as usual: every event since
+    moved, uncommitted. A partition whose position is already at or before that message
+    stays where it is. Consumption then goes on from there as usual: every event since
     then is appended again, which changes nothing where Redis still holds it (the
     idempotent append) and restores what it lost; the committed offsets move back, then
-    forward past where the group was, so a crash during the rebuild replays from where it
-    got to, with no gap.
+    forward past where the group was. A crash during the rebuild loses nothing: a restart
+    (with the flag again, or without it) goes on from the last commit.
     """
 
     def __init__(self, since: float) -> None:
@@ -348,7 +349,9 @@ class Rewind:
         moved = set()
         for tp in fresh:
             at = found.get(tp)
-            if at is None:  # nothing since then: the group's own position stands
+            # Nothing since then, or the group is further back still (a backlog, or down
+            # longer than that): its own position stands, and nothing is skipped.
+            if at is None or at.offset >= consumer.position(tp):
                 continue
             consumer.seek(tp, at.offset)
             moved.add(tp)

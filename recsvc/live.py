@@ -134,6 +134,15 @@ class LiveCovisits:
     def __len__(self) -> int:
         return len(self._items)
 
+    def counts_at(self, at: float) -> dict[str, dict[str, float]]:
+        """Every item's neighbours with their co-visit counts decayed to the time ``at``
+        (comparable whatever the items' bases)."""
+        half = self.settings.half_life_s
+        return {
+            item: {n: v * 2.0 ** ((state.base - at) / half) for n, v in state.scores.items()}
+            for item, state in self._items.items()
+        }
+
     def held(self) -> LiveHeld:
         """Items with neighbours and neighbours in all."""
         return LiveHeld(len(self._items), sum(len(s.scores) for s in self._items.values()))

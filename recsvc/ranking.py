@@ -352,10 +352,10 @@ class Ranker:
         assert self._second is not None
         rows = self.features.new_item_rows(context, live_items)
         scores = self._second.scores(rows)
-        if not self._second.uses("live_current"):
-            # A model from before the live columns never saw such a row: without an anchor
-            # it says nothing of the item, which is not scored (as a known item without a
-            # fit-period event is not).
+        if not (self._second.uses("live_current") or self._second.uses("live_session")):
+            # A model that never learned from the live columns never saw such a row: without
+            # an anchor it says nothing of the item, which is not scored (as a known item
+            # without a fit-period event is not).
             scores[np.isnan(rows[:, COLUMNS["personalized"]])] = -np.inf
         return scores
 

@@ -7,9 +7,9 @@ features of :mod:`recsvc.features`, through :class:`recsvc.forest.Forest`: the t
 in C, with LightGBM's split rules, so serving needs no LightGBM (which is only for
 training). A model that does not parse, or was trained on other features, is refused.
 
-A model trained before features were added at the end of the list (the live columns) reads
-its columns as a prefix of today's rows: such a bundle keeps serving as it was built, without
-the new features, until it is rebuilt.
+A model trained before the live columns were added at the end of the list reads its 22
+columns as a prefix of today's rows: such a bundle keeps serving as it was built, without
+the new features, until it is rebuilt. No other prefix is accepted.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from recsvc.exceptions import BundleError
 from recsvc.forest import Forest
 
 MODEL_ARRAY = "ranker/model"
+#: The columns of models trained before the live columns were added (issue 16): such a model
+#: reads them as a prefix of today's rows.
+LEGACY_FEATURES = 22
 
 
 def model_array(text: str) -> np.ndarray:
@@ -32,8 +35,8 @@ class SecondStage:
     """A loaded ranking model; ``scores`` is safe to call from any thread."""
 
     def __init__(self, forest: Forest, features: tuple[str, ...]) -> None:
-        if forest.feature_names != features[: len(forest.feature_names)]:
-            raise ValueError("the forest's features must be a prefix of ``features``")
+        if forest.feature_names not in (features, features[:LEGACY_FEATURES]):
+            raise ValueError("the forest's features must be ``features`` or their older prefix")
         self._forest = forest
         self.features = features
         #: The model's columns: all of ``features``, or a prefix for an older model.
@@ -58,7 +61,7 @@ class SecondStage:
             msg = f"bundle {bundle.version}: {MODEL_ARRAY} is not a LightGBM model: {exc}"
             raise BundleError(msg) from None
         names = forest.feature_names
-        if not names or names != features[: len(names)]:
+        if names != features and names != features[:LEGACY_FEATURES]:
             raise BundleError(
                 f"bundle {bundle.version}: the ranker was trained on the features "
                 f"{list(forest.feature_names)}, this server builds {list(features)}"
@@ -70,8 +73,12 @@ class SecondStage:
         return self._forest.n_trees
 
     def uses(self, feature: str) -> bool:
-        """Whether the model was trained with ``feature`` (an older one lacks the last)."""
-        return feature in self._forest.feature_names
+        """Whether a tree splits on ``feature``: a model built before it, or trained with
+        its column missing (``ranker.live=false``, ``ranker.without``), does not."""
+        names = self._forest.feature_names
+        if feature not in names:
+            return False
+        return bool(np.any(self._forest.split_feature == names.index(feature)))
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Float64 scores of candidates (rows of float32 ``features``; higher is better)."""

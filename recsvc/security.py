@@ -54,9 +54,13 @@ def read_tokens(path: str, environ: Mapping[str, str]) -> frozenset[str]:
             token = line.strip()
             if token and not token.startswith("#"):
                 found.append((token, f"--auth-tokens-file {path}, line {number}"))
-    for number, part in enumerate(environ.get(TOKENS_ENV, "").split(","), 1):
-        if part.strip():
-            found.append((part.strip(), f"${TOKENS_ENV}, token {number}"))
+    from_env = [part.strip() for part in environ.get(TOKENS_ENV, "").split(",")]
+    if TOKENS_ENV in environ and not any(from_env):
+        # Set but empty (an unset variable in a deploy script, say): not "no auth".
+        raise ConfigError(f"${TOKENS_ENV} is set but holds no token")
+    for number, token in enumerate(from_env, 1):
+        if token:
+            found.append((token, f"${TOKENS_ENV}, token {number}"))
     for token, origin in found:
         if len(token) < MIN_TOKEN_LENGTH:
             raise ConfigError(

@@ -43,6 +43,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 #: The health "service" that says whether the session store looks intact: NOT_SERVING
 #: while it looks freshly emptied (:mod:`recsvc.store_watch`); the service stays SERVING.
 SESSIONS_HEALTH = "recsvc.sessions"
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 DEFAULT_K = 30
 #: At most one log line per this many seconds about requests that are not protobuf.
 UNDECODABLE_LOG_INTERVAL_S = 10.0
@@ -319,6 +320,12 @@ class RecommendServer:
             settings.tls_cert, settings.tls_key, settings.tls_client_ca
         )
         tokens = read_tokens(settings.auth_tokens_file, os.environ)
+        if tokens and self._credentials is None and settings.host not in LOOPBACK:
+            log.warning(
+                "bearer tokens without TLS on a non-loopback address: they cross the network "
+                "in the clear (set --tls-cert and --tls-key)",
+                extra={"host": settings.host},
+            )
         # Without tokens no interceptor at all: it would cost every call a Python hop.
         self._authenticated = bool(tokens)
         interceptors = (

@@ -590,6 +590,12 @@ class RedisSessionStore(SessionStore):
                     f"{redact_url(self.url)} refused it ({said}): upgrade Redis, grant the "
                     "command, or run with --live 0"
                 ) from None
+            if self.live is not None:
+                # Plain commands cannot count co-visits once per event: no live state.
+                raise ConfigError(
+                    f"live co-visits need Lua scripts, which {redact_url(self.url)} refused "
+                    f"({exc}): allow EVALSHA and SCRIPT LOAD, or run with --live 0"
+                ) from None
             # Scripting refused (disabled, not permitted, a cluster): plain commands from now.
             log.warning("Lua scripts refused; appending with pipelines", extra={"error": str(exc)})
             self._scripted = False

@@ -39,9 +39,10 @@ NOT_SETTINGS = (
     "RECSVC_TEST_",
     "RECSVC_TOPICS",
     "RECSVC_INGEST_METRICS_PORT",
-    "RECSVC_AUTH_TOKENS",  # read by recsvc.security, never a flag
-    "RECSVC_KAFKA_SASL_PASSWORD",  # read by kafka_options, never a flag
 )
+#: Secrets read from the environment only, never flags; matched exactly, so that a typo
+#: in one is an unknown setting, not a secret silently missing.
+SECRETS = ("RECSVC_AUTH_TOKENS", "RECSVC_KAFKA_SASL_PASSWORD")
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,10 @@ def load(
     unknown = sorted(
         name
         for name in environ
-        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(NOT_SETTINGS)
+        if name.startswith(ENV_PREFIX)
+        and name not in known
+        and name not in SECRETS
+        and not name.startswith(NOT_SETTINGS)
     )
     if unknown:
         raise ConfigError(f"unknown setting(s) in the environment: {', '.join(unknown)}")

@@ -49,7 +49,10 @@ class EmptiedStoreWatch:
     def record(self, hit: bool) -> None:
         """One read of a request with a user: did it find a session?"""
         now = self._clock()
-        if now - self._start >= self.window_s:
+        if now - self._start >= 2 * self.window_s:
+            # Idle for a window or more: the one before is too old to compare with.
+            self._start, self._reads, self._hits, self._before = now, 0, 0, None
+        elif now - self._start >= self.window_s:
             self._close_window(now)
         self._reads += 1
         self._hits += hit

@@ -88,20 +88,33 @@ def with_sessions(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def unpopular_first(names: tuple[str, ...] | None = None) -> str:
     """The text of a LambdaRank model over the second stage's features (or ``names``) that
     learned to put the least popular candidate first."""
+    # log1p of a share per million, as recsvc.features computes it: 0 to about 14.
+    return one_column_ranker("log_popularity", 15.0, lowest_first=True, names=names)
+
+
+def most_covisited_first() -> str:
+    """The same for the candidate with the largest share of the viewed item's co-visits."""
+    return one_column_ranker("live_current", 1.0, lowest_first=False)
+
+
+def one_column_ranker(
+    column: str, top: float, lowest_first: bool, names: tuple[str, ...] | None = None
+) -> str:
+    """A LambdaRank model that learned to rank by ``column`` alone (values 0..``top``)."""
     import lightgbm
 
     from recsvc.features import FEATURES
 
     names = names or FEATURES
-    popularity_column = names.index("log_popularity")
+    at = names.index(column)
     rng = np.random.default_rng(0)
     groups, size = 200, 5
-    # Every other column missing: the model can only learn from popularity.
+    # Every other column missing: the model can only learn from this one.
     features = np.full((groups * size, len(names)), np.nan, dtype=np.float32)
-    # log1p of a share per million, as recsvc.features computes it: 0 to about 14.
-    features[:, popularity_column] = rng.uniform(0.0, 15.0, size=groups * size)
-    popularity = features[:, popularity_column].reshape(groups, size)
-    labels = (popularity == popularity.min(axis=1, keepdims=True)).astype(float).ravel()
+    features[:, at] = rng.uniform(0.0, top, size=groups * size)
+    values = features[:, at].reshape(groups, size)
+    best = values.min(axis=1, keepdims=True) if lowest_first else values.max(axis=1, keepdims=True)
+    labels = (values == best).astype(float).ravel()
     data = lightgbm.Dataset(features, labels, group=[size] * groups, feature_name=list(names))
     params = {"objective": "lambdarank", "verbosity": -1, "min_data_in_leaf": 5, "seed": 0}
     text: str = lightgbm.train(params, data, num_boost_round=40).model_to_string()

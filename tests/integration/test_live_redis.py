@@ -244,6 +244,11 @@ def test_a_redis_that_will_not_run_zmscore_stops_ingest_with_a_clear_error(
         assert password not in str(refused.value)
         assert admin.zcard(f"recsvc:session:{run}-u") == 0  # nothing half-written
         assert asyncio.run(append(None)) == 3  # without live, sessions need no ZMSCORE
+        # A Redis that runs no scripts at all: sessions could be appended with plain
+        # commands, co-visits could not (not once per event), so live ingest stops too.
+        admin.acl_setuser(user, enabled=True, commands=["-evalsha", "-eval", "-script"])
+        with pytest.raises(ConfigError, match=r"live co-visits need Lua scripts.*--live 0"):
+            asyncio.run(append(SETTINGS))
     finally:
         admin.acl_deluser(user)
         admin.delete(f"recsvc:session:{run}-u")

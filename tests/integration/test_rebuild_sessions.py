@@ -9,10 +9,11 @@ import uuid
 from pathlib import Path
 
 import redis
-from conftest import PrivateRedis, wait_for
+from conftest import PrivateRedis, free_port, wait_for
 from kafka import KafkaProducer
 from test_stream_to_recommend import online_args
 
+from loadtest.ingest_bench import counters
 from recsvc.events import Event
 from recsvc.live import BASE_PREFIX, NEIGHBOURS_PREFIX, LiveSettings
 
@@ -120,8 +121,14 @@ def test_an_emptied_redis_is_rebuilt_from_the_topic_once(
     # Restarted with the rebuild again over an intact Redis: nothing changes (each event
     # is appended again and counts once, co-visits included).
     settled = state(private_redis.url)
-    again = processes([*args, "--rebuild-sessions", "ttl"], tmp_path / "ingest-4.log")
-    wait_for(lambda: "rebuilding sessions" in again.output(), what="the second rebuild")
-    time.sleep(3)
+    port = free_port()
+    again = processes(
+        [*args, "--rebuild-sessions", "ttl", "--metrics-port", str(port)],
+        tmp_path / "ingest-4.log",
+    )
+    # Every event of the topic came again, and each was a duplicate.
+    replayed = lambda: counters(port).get("duplicate", 0) >= len(events) + 1  # noqa: E731
+    wait_for(replayed, what="the second rebuild's replay")
+    assert counters(port).get("applied", 0) == 0
     assert again.stop() == 0
     assert same_state(state(private_redis.url), settled)

@@ -198,6 +198,9 @@ def test_a_rebuild_rewinds_each_partition_once_to_the_time_asked() -> None:
         def seek(self, tp: TopicPartition, offset: int) -> None:
             self.seeks.append((tp, offset))
 
+        def position(self, tp: TopicPartition) -> int:
+            return 30 if tp.partition == 3 else 100  # p3's group is behind the time asked
+
     consumer = Consumer()
     rewind = Rewind(since=1000.0)
     polled = {p0: ["r0"], p1: ["r1"]}
@@ -211,3 +214,9 @@ def test_a_rebuild_rewinds_each_partition_once_to_the_time_asked() -> None:
     consumer.assigned = {p0, p1, p2}
     assert rewind.apply(consumer, {p0: ["r0"], p2: ["r2"]}) == {p0: ["r0"]}  # type: ignore[arg-type]
     assert consumer.asked[1] == {p2: 1_000_000} and consumer.seeks[1:] == [(p2, 42)]
+    # A group further back than the time asked (offset 43 > position 30) is not moved
+    # forward: that would skip events for good.
+    p3 = TopicPartition("t", 3)
+    consumer.assigned = {p0, p1, p2, p3}
+    assert rewind.apply(consumer, {p3: ["r3"]}) == {p3: ["r3"]}  # type: ignore[arg-type]
+    assert consumer.seeks[2:] == []

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import live_read, tiny_bundle_arrays, unpopular_first, with_sessions
+from helpers import (
+    live_read,
+    most_covisited_first,
+    tiny_bundle_arrays,
+    unpopular_first,
+    with_sessions,
+)
 
 from recsvc.bundle import load_bundle, write_bundle
 from recsvc.contract import SOURCE_BITS
@@ -157,9 +163,16 @@ def test_a_new_item_without_an_anchor_is_not_scored_by_a_model_without_live_colu
     assert np.isfinite(ranking.scores[ranking.items.index("n")])
 
 
-def test_a_model_with_live_columns_scores_a_new_item_from_its_live_row(tmp_path: Path):
+@pytest.mark.parametrize("learned_live", [True, False], ids=["learned live", "never split"])
+def test_only_a_model_that_learned_the_live_columns_scores_a_new_item_without_anchor(
+    tmp_path: Path, learned_live: bool
+) -> None:
     arrays = {**with_sessions(tiny_bundle_arrays()), "item_fit_events": np.full(5, 9)}
-    arrays[MODEL_ARRAY] = model_array(unpopular_first())
+    # Both models name all 24 columns; only the first splits on a live one (a model trained
+    # with ranker.live=false names them too, and never does).
+    model = most_covisited_first() if learned_live else unpopular_first()
+    arrays[MODEL_ARRAY] = model_array(model)
     ranker = Ranker(load_bundle(write_bundle(tmp_path, arrays, {})))
+    # m was read only as a neighbour of n, which the bundle does not know: no anchor
     ranking = ranker.rank("b", 4, clicks("a"), live=live_read(n=[("m", 1.0)], b=[("n", 1.0)]))
-    assert "m" in ranking.items and np.isfinite(ranking.scores[ranking.items.index("m")])
+    assert np.isfinite(ranking.scores[ranking.items.index("m")]) == learned_live

@@ -41,6 +41,10 @@ def test_a_model_from_before_the_live_columns_reads_its_prefix(tmp_path: Path) -
     stage = SecondStage.from_bundle(bundle, FEATURES)
     assert stage is not None and stage.n_columns == len(FEATURES) - 2
     assert stage.uses("log_popularity") and not stage.uses("live_current")
+    # Only that older layout: a model of some other prefix is refused.
+    other = load_bundle(bundle_with(tmp_path / "other", model_array(unpopular_first(FEATURES[:9]))))
+    with pytest.raises(BundleError, match="trained on the features"):
+        SecondStage.from_bundle(other, FEATURES)
     rows = np.random.default_rng(0).uniform(0, 15, (6, len(FEATURES))).astype(np.float32)
     ones = rows.copy()
     ones[:, -2:] = 1.0  # the columns it was not trained on change nothing
@@ -118,3 +122,14 @@ def test_a_model_without_the_arrays_its_features_need_is_refused(
     bundle = load_bundle(write_bundle(tmp_path / "without", arrays, {}))
     with pytest.raises(BundleError, match="ranker model needs"):
         Ranker(bundle)
+
+
+def test_a_model_uses_only_the_columns_its_trees_split_on(tmp_path: Path) -> None:
+    # Trained with every column but popularity missing (as ranker.live=false leaves the
+    # live columns): it names all 24, and uses one.
+    stage = SecondStage.from_bundle(load_bundle(bundle_with(tmp_path, model_array(
+        unpopular_first()))), FEATURES)  # fmt: skip
+    assert stage is not None and stage.n_columns == len(FEATURES)
+    assert stage.uses("log_popularity")
+    assert not stage.uses("live_current") and not stage.uses("live_session")
+    assert not stage.uses("no_such_feature")

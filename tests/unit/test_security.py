@@ -179,6 +179,9 @@ def test_bad_token_sources_are_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         read_tokens(str(tmp_path / "missing"), {})
     assert read_tokens("", {}) == frozenset()
+    for empty in ("", " , ,"):  # set, but to nothing: an unset variable in a script, say
+        with pytest.raises(ConfigError, match="RECSVC_AUTH_TOKENS is set but holds no token"):
+            read_tokens("", {"RECSVC_AUTH_TOKENS": empty})
 
 
 def test_tls_settings_come_together_and_files_must_hold_pem(

@@ -49,6 +49,8 @@ def test_defaults_then_environment_then_flags() -> None:
         ({"RECSVC_REBUILD_SESSIONS": "0h"}, "0h is outside (0, 30d]"),
         ({"RECSVC_SHUTDOWN_GRACE_S": "-1"}, "-1.0 is outside 0..600 seconds"),
         ({"RECSVC_TLS_KEY": "k.pem"}, "--tls-cert and --tls-key come together"),
+        ({"RECSVC_AUTH_TOKENS_FIL": "t"}, "unknown setting(s) in the environment"),
+        ({"RECSVC_KAFKA_SASL_PASSWD": "x"}, "unknown setting(s) in the environment"),
         ({"RECSVC_KAFKA_SECURITY_PROTOCOL": "TLS"}, "'TLS' is not one of PLAINTEXT, SSL"),
         ({"RECSVC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL_SSL needs one of PLAIN,"),
         (

@@ -76,10 +76,11 @@ def test_the_server_says_so_in_a_metric_and_the_sessions_health(tiny_bundle: Pat
 
     async def scenario() -> None:
         async with serving(tiny_bundle, store) as (stub, server):
-            # The server's own watch, with windows short enough for a test.
+            # The server's own callbacks, on a clock of the test's.
+            clock = Clock()
             server.service.store_watch = EmptiedStoreWatch(
                 server._store_emptied, server.metrics.session_hit_ratio.set,
-                window_s=0.3, min_reads=5,
+                window_s=60, min_reads=5, clock=clock,
             )  # fmt: skip
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
             health = health_pb2_grpc.HealthStub(channel)
@@ -88,9 +89,9 @@ def test_the_server_says_so_in_a_metric_and_the_sessions_health(tiny_bundle: Pat
             for users in ([f"u{n}" for n in range(10)], [f"gone{n}" for n in range(10)]):
                 for user in users:  # sessions found, then none: the store was emptied
                     await stub.Recommend(pb.RecommendRequest(user_id=user, item_id="a"))
-                await asyncio.sleep(0.35)
+                clock.now += 60
             await stub.Recommend(pb.RecommendRequest(user_id="u1", item_id="a"))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the health update is a task of the server's loop
             assert (await health.Check(question)).status == NOT_SERVING
             assert (await health.Check(health_pb2.HealthCheckRequest())).status == SERVING
             value = server.metrics.registry.get_sample_value
@@ -99,3 +100,13 @@ def test_the_server_says_so_in_a_metric_and_the_sessions_health(tiny_bundle: Pat
             await channel.close()
 
     asyncio.run(scenario())
+
+
+def test_after_an_idle_spell_the_old_window_is_not_compared_with() -> None:
+    clock, changes = Clock(), []
+    watch = EmptiedStoreWatch(lambda *change: changes.append(change), clock=clock)
+    window(watch, clock, 500, 400)
+    clock.now += 3600  # an idle night, then a different crowd
+    window(watch, clock, 500, 10)
+    watch.record(False)
+    assert changes == []

@@ -1,0 +1,25 @@
+"""The short version of ``make chaos`` (loadtest/chaos.py): the same scenarios, smaller."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from loadtest.chaos import main
+
+
+def test_ingest_killed_again_and_again_loses_and_double_counts_nothing(
+    tiny_bundle: Path, redis_url: str, tmp_path: Path, capsys
+) -> None:
+    url = redis_url.rsplit("/", 1)[0] + "/9"  # a database of this test's own
+    code = main(
+        ["--scenario", "ingest-kill", "--bundle", str(tiny_bundle), "--redis-url", url,
+         "--events", "20000", "--users", "2000", "--kills", "3", "--kill-after-s", "0.3",
+         "--timeout-s", "60", "--workdir", str(tmp_path)]
+    )  # fmt: skip
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0
+    assert figures["scenario"] == "ingest-kill" and figures["events"] == 20000
+    assert figures["lost"] == figures["extra"] == figures["double_counted"] == 0
+    assert figures["live_items"] > 0
+    assert figures["kills"] >= 1 and len(figures["restart_to_consuming_s"]) == figures["kills"]

@@ -21,11 +21,19 @@ Scenarios (``--scenario``, repeatable; all by default):
 
     python -m loadtest.chaos --scenario ingest-kill --events 200000 --kills 5
 
-Not built yet (issue 17): the broker restart, the Redis restart with
-``--rebuild-sessions``, Redis stopped under load, the malformed-message storm, gRPC fuzzing,
-a tampered bundle on hot swap, SIGTERM under load and the soak. The tests hold short
-versions of several (``tests/integration``: outages, poison messages, graceful stop,
-rebuild).
+``redis-restart``
+    The same events are written by ingest into a Redis of the run's own (AOF on, as
+    ``make up`` runs it). It is restarted with its data: the same checks must find nothing
+    missing (``restart_lost``, ``restart_double_counted``). Then it is restarted with its
+    data deleted (``members_after_emptying``: what is left, 0), and ``recsvc ingest
+    --rebuild-sessions ttl`` must bring every session and co-visit count back
+    (``lost``, ``extra``, ``double_counted`` as above; ``rebuild_s``: until every session
+    member is back).
+
+Not built yet (issue 17): the broker restart, Redis stopped under load, the
+malformed-message storm, gRPC fuzzing, a tampered bundle on hot swap, SIGTERM under load and
+the soak. The tests hold short versions of several (``tests/integration``: outages, poison
+messages, graceful stop).
 """
 
 from __future__ import annotations
@@ -36,10 +44,12 @@ import math
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +59,7 @@ import redis
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
-from loadtest.ingest_bench import committed, end_offsets, zcard_total
+from loadtest.ingest_bench import REPO, committed, end_offsets, free_port, zcard_total
 from loadtest.processes import stop_process
 from recsvc.client import popular_items
 from recsvc.events import Event
@@ -115,20 +125,56 @@ def twin_counts(events: list[Event], at: float) -> tuple[dict[str, dict[str, flo
     return twin.covisits.counts_at(at), twin.covisits.evictions
 
 
+def verify(client: redis.Redis, users: list[str], events: list[Event]) -> dict[str, Any]:
+    """What Redis holds against what applying each event once gives: ``lost`` and
+    ``extra`` session members, and ``double_counted`` items (co-visit counts that differ
+    from the in-memory twin's; None when the cap evicted neighbours, see the docstring)."""
+    sessions = stored(client, users)
+    by_user: dict[str, list[Event]] = {}
+    for event in events:
+        by_user.setdefault(event.user_id, []).append(event)
+    want = {u: {e.event_id for e in evs[-SESSION_LENGTH:]} for u, evs in by_user.items()}
+    at = time.time()
+    got = live_counts(client, LiveSettings().half_life_s, at)
+    twin, evicted = twin_counts(events, at)
+    # Which neighbours an item's cap keeps depends on the order the partitions' events came
+    # in, so the counts are compared exactly only when the cap evicted none.
+    double = (
+        sum(
+            1
+            for item in set(got) | set(twin)
+            if got.get(item, {}).keys() != twin.get(item, {}).keys()
+            or any(not math.isclose(got[item][n], twin[item][n], rel_tol=1e-9) for n in twin[item])
+        )
+        if not evicted
+        else None
+    )
+    return {
+        "lost": sum(len(want[u] - sessions.get(u, set())) for u in want),
+        "extra": sum(len(sessions.get(u, set()) - want[u]) for u in want),
+        "double_counted": double,
+        "live_items": len(twin),
+        "evictions": evicted,
+    }
+
+
 class Ingest:
     """One ``recsvc ingest`` process of the scenario."""
 
-    def __init__(self, args: argparse.Namespace, topic: str, group: str, log: Path) -> None:
+    def __init__(
+        self, args: argparse.Namespace, topic: str, group: str, log: Path, redis_url: str
+    ) -> None:
         self.args, self.topic, self.group, self.log = args, topic, group, log
+        self.redis_url = redis_url
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, *extra: str) -> subprocess.Popen[bytes]:
         command = [
             sys.executable, "-m", "recsvc.cli", "ingest", "--bundle", self.args.bundle,
             "--kafka-bootstrap", self.args.kafka, "--events-topic", self.topic,
             "--dlq-topic", f"{self.topic}.dlq", "--group-id", self.group,
-            "--group-instance-id", f"{self.group}-0", "--redis-url", self.args.redis_url,
+            "--group-instance-id", f"{self.group}-0", "--redis-url", self.redis_url,
             "--metrics-port", "0", "--session-length", str(SESSION_LENGTH),
-            "--watch-interval-s", "0", "--log-level", "warning",
+            "--watch-interval-s", "0", "--log-level", "warning", *extra,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
         with self.log.open("ab") as out:
@@ -159,7 +205,7 @@ def ingest_kill(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ingest = Ingest(args, topic, group, workdir / f"{run}-ingest.log")
+    ingest = Ingest(args, topic, group, workdir / f"{run}-ingest.log", args.redis_url)
     proc: subprocess.Popen[bytes] | None = None
     started = time.monotonic()
     try:
@@ -188,40 +234,12 @@ def ingest_kill(args: argparse.Namespace) -> dict[str, Any]:
         wait(lambda: committed(admin, group) >= total, args.timeout_s, "the whole topic")
         stop_process(proc, 20)
         proc = None
-        sessions = stored(client, users)
-        by_user: dict[str, list[Event]] = {}
-        for event in events:
-            by_user.setdefault(event.user_id, []).append(event)
-        want = {u: {e.event_id for e in evs[-SESSION_LENGTH:]} for u, evs in by_user.items()}
-        lost = sum(len(want[u] - sessions.get(u, set())) for u in want)
-        extra = sum(len(sessions.get(u, set()) - want[u]) for u in want)
-        at = time.time()
-        got = live_counts(client, LiveSettings().half_life_s, at)
-        twin, evicted = twin_counts(events, at)
-        # Which neighbours an item's cap keeps depends on the order the partitions' events
-        # came in, so the counts are compared exactly only when the cap evicted none.
-        double = (
-            sum(
-                1
-                for item in set(got) | set(twin)
-                if got.get(item, {}).keys() != twin.get(item, {}).keys()
-                or any(
-                    not math.isclose(got[item][n], twin[item][n], rel_tol=1e-9) for n in twin[item]
-                )
-            )
-            if not evicted
-            else None
-        )
         return {
             "scenario": "ingest-kill",
             "events": len(events),
             "users": len(users),
             "kills": len(restarts),
-            "lost": lost,
-            "extra": extra,
-            "double_counted": double,
-            "live_items": len(twin),
-            "evictions": evicted,
+            **verify(client, users, events),
             "start_to_consuming_s": round(first, 2),
             "restart_to_consuming_s": [round(s, 2) for s in restarts],
             "max_restart_to_consuming_s": round(max(restarts, default=0.0), 2),
@@ -236,8 +254,89 @@ def ingest_kill(args: argparse.Namespace) -> dict[str, Any]:
         client.close()
 
 
+def redis_restart(args: argparse.Namespace) -> dict[str, Any]:
+    """A Redis of the run's own (``scripts/services/redis.sh``, AOF on) is filled by
+    ingest, restarted with its data, then restarted emptied and rebuilt from the topic."""
+    run = f"chaos-{uuid.uuid4().hex[:8]}"
+    topic, group = f"recsvc.{run}", f"recsvc-{run}"
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    service = PrivateRedis(port, workdir / f"{run}-redis")
+    url = f"redis://127.0.0.1:{port}/0"
+    users = [f"{run}-u{n}" for n in range(min(args.users, args.events))]
+    events = shopper_events(run, len(users), args.events, popular_items(args.bundle, args.items),
+                            args.seed)  # fmt: skip
+    expected = sum(min(n, SESSION_LENGTH) for n in Counter(e.user_id for e in events).values())
+    admin = KafkaAdminClient(bootstrap_servers=args.kafka, request_timeout_ms=20_000)
+    admin.create_topics([NewTopic(topic, 3, 1), NewTopic(f"{topic}.dlq", 1, 1)])
+    ingest = Ingest(args, topic, group, workdir / f"{run}-ingest.log", url)
+    proc: subprocess.Popen[bytes] | None = None
+    service.run("start")
+    client = redis.Redis.from_url(url)
+    started = time.monotonic()
+    try:
+        produce(args.kafka, topic, events)
+        total = sum(end_offsets(args.kafka, topic).values())
+        proc = ingest.start()
+        wait(lambda: committed(admin, group) >= total, args.timeout_s, "the whole topic")
+        stop_process(proc, 20)
+        proc = None
+        # 1. Restarted with its data (SHUTDOWN writes the AOF): nothing may be missing.
+        service.run("stop")
+        service.run("start")
+        kept = verify(client, users, events)
+        # 2. Restarted empty (its data gone, as on a host that lost its disk): the server
+        # sees empty sessions; ingest --rebuild-sessions takes them back from the topic.
+        service.run("stop")
+        shutil.rmtree(service.directory / "appendonlydir", ignore_errors=True)
+        service.run("start")
+        emptied = zcard_total(client, users)
+        proc = ingest.start("--rebuild-sessions", "ttl")
+        rebuilt_s = wait(lambda: zcard_total(client, users) >= expected, args.timeout_s,
+                         "the sessions rebuilt")  # fmt: skip
+        wait(lambda: committed(admin, group) >= total, args.timeout_s, "the rebuild's commits")
+        stop_process(proc, 20)
+        proc = None
+        rebuilt = verify(client, users, events)
+        return {
+            "scenario": "redis-restart",
+            "events": len(events),
+            "users": len(users),
+            "session_members": expected,
+            "restart_lost": kept["lost"],
+            "restart_double_counted": kept["double_counted"],
+            "members_after_emptying": emptied,
+            "rebuild_s": round(rebuilt_s, 2),
+            **rebuilt,
+            "elapsed_s": round(time.monotonic() - started, 1),
+        }
+    finally:
+        if proc is not None:
+            stop_process(proc, 20)
+        client.close()
+        service.run("stop")
+        admin.delete_topics([topic, f"{topic}.dlq"])
+        admin.close()
+
+
+class PrivateRedis:
+    """A Redis of the scenario's own, started and stopped with scripts/services/redis.sh."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.directory = directory
+        self.env = {**os.environ, "REDIS_PORT": str(port), "REDIS_DIR": str(directory)}
+
+    def run(self, action: str) -> None:
+        subprocess.run(
+            ["bash", str(REPO / "scripts/services/redis.sh"), action],
+            env=self.env, check=True, capture_output=True,
+        )  # fmt: skip
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "ingest-kill": ingest_kill,
+    "redis-restart": redis_restart,
 }
 
 
@@ -291,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures), flush=True)
         failed |= any(figures.get(k) for k in ("lost", "extra", "double_counted"))
         failed |= "double_counted" in figures and figures["double_counted"] is None
+        failed |= bool(figures.get("restart_lost")) or bool(figures.get("restart_double_counted"))
     return 1 if failed else 0
 
 

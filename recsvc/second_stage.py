@@ -41,6 +41,9 @@ class SecondStage:
         self.features = features
         #: The model's columns: all of ``features``, or a prefix for an older model.
         self.n_columns = len(forest.feature_names)
+        # The features some tree splits on, found once here, not per request.
+        split_on = np.unique(forest.split_feature)
+        self._used = frozenset(forest.feature_names[int(j)] for j in split_on if j >= 0)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, features: tuple[str, ...]) -> SecondStage | None:
@@ -75,10 +78,7 @@ class SecondStage:
     def uses(self, feature: str) -> bool:
         """Whether a tree splits on ``feature``: a model built before it, or trained with
         its column missing (``ranker.live=false``, ``ranker.without``), does not."""
-        names = self._forest.feature_names
-        if feature not in names:
-            return False
-        return bool(np.any(self._forest.split_feature == names.index(feature)))
+        return feature in self._used
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Float64 scores of candidates (rows of float32 ``features``; higher is better)."""

@@ -1,11 +1,11 @@
-"""The short version of ``make chaos`` (loadtest/chaos.py): the same scenarios, smaller."""
+"""The short version of ``make chaos`` (loadtest/chaos/): the same scenarios, smaller."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from loadtest.chaos import main
+from loadtest.chaos.cli import main
 
 
 def test_ingest_killed_again_and_again_loses_and_double_counts_nothing(

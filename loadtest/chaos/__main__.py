@@ -1,0 +1,5 @@
+import sys
+
+from loadtest.chaos.cli import main
+
+sys.exit(main())

@@ -18,7 +18,8 @@ import numpy as np
 import redis
 from kafka import KafkaProducer
 
-from loadtest.ingest_bench import REPO
+from loadtest.capacity import Server
+from loadtest.ingest_bench import REPO, free_port
 from recsvc.events import Event
 from recsvc.live import BASE_PREFIX, NEIGHBOURS_PREFIX, LiveSettings
 from recsvc.sessions import KEY_PREFIX, InMemorySessionStore
@@ -169,3 +170,19 @@ def counting_failures(figures: dict[str, Any]) -> list[str]:
     if "double_counted" in figures and figures["double_counted"] is None:
         found.append("double_counted (uncomparable: the cap evicted neighbours)")
     return found
+
+
+def serve(
+    args: argparse.Namespace, redis_url: str, log: Path, *extra: str, workers: int = 1
+) -> tuple[Server, str]:
+    """A ``recsvc serve`` of ``args.bundle`` on a free loopback port, started and waited for
+    until its health says SERVING, and its address. ``extra`` adds flags; the caller stops
+    it (``Server.stop``: SIGTERM, then SIGKILL after 15 s)."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "recsvc.cli", "serve", "--bundle", args.bundle,
+        "--redis-url", redis_url, "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--metrics-port", "0", "--log-level", "warning", *extra,
+    ]  # fmt: skip
+    target = f"127.0.0.1:{port}"
+    return Server(command, target, log), target

@@ -72,7 +72,9 @@ def compare_bundles(
                 f"{', '.join([*available_methods(bundle), REPLAYED])}"
             )
     replay = LiveSettings() if method == REPLAYED else None
-    runs = [evaluate(bundle, ks, [scored], replay=replay) for bundle in (base, other)]
+    # served_live alone: the plain served ranking would double the cost and is not compared.
+    asked = [] if method == REPLAYED else [method]
+    runs = [evaluate(bundle, ks, asked, replay=replay) for bundle in (base, other)]
     cases = runs[0].cases
     if len(cases) == 0:
         raise RecsvcError(f"bundle {base.version} has no held-out case to compare on")

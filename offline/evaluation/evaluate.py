@@ -168,13 +168,14 @@ def evaluate(
     """Rank every case's candidates with each method and record the target's rank.
 
     ``knn`` gives the settings of the session-kNN methods (default: the papers');
-    ``candidates`` replaces the bundle's candidate settings for ``served``. With ``replay``,
-    the method ``served_live`` is ``served`` with the live co-visits of the held-out
-    stream (:mod:`offline.evaluation.replay`).
+    ``methods`` None scores every method the bundle has. ``candidates`` replaces the
+    bundle's candidate settings for ``served``. With ``replay``, the method ``served_live``
+    is ``served`` with the live co-visits of the held-out stream
+    (:mod:`offline.evaluation.replay`), scored as well as ``methods``.
     """
     cases = cases_from_bundle(bundle, with_times=replay is not None)
     pools = np.asarray(bundle["pools"])[cases.current]
-    chosen = list(methods or available_methods(bundle))
+    chosen = list(available_methods(bundle) if methods is None else methods)
     ranks = {}
     for method in chosen:
         if method == "served":

@@ -81,3 +81,11 @@ def test_the_command_reports_the_replay_and_refuses_bad_live_settings(
     ):
         assert main([*base, *args]) == 2, args
         assert message in capsys.readouterr().err
+
+
+def test_no_method_asked_scores_the_replay_alone(tmp_path: Path) -> None:
+    bundle = load_bundle(replay_bundle(tmp_path))
+    alone = evaluate(bundle, methods=[], replay=LiveSettings())
+    both = evaluate(bundle, methods=["served"], replay=LiveSettings())
+    assert list(alone.ranks) == ["served_live"]
+    assert alone.ranks["served_live"].tolist() == both.ranks["served_live"].tolist()

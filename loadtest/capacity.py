@@ -93,10 +93,10 @@ class Step:
 class Process:
     """A process tree started here, logging to a file, with its CPU time."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self._log = log.open("w")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def cpu_seconds(self) -> float:
         total = 0.0
@@ -116,8 +116,10 @@ class Process:
 class Server(Process):
     """A gRPC server process, started and waited for until its health check says SERVING."""
 
-    def __init__(self, args: list[str], target: str, log: Path) -> None:
-        super().__init__(args, log)
+    def __init__(
+        self, args: list[str], target: str, log: Path, env: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(args, log, env)
         if not wait_serving(target, 60):
             self.stop()
             raise SystemExit(f"{' '.join(args)} did not start; see {log}")

@@ -343,6 +343,8 @@ def train_second_stage(
         live = LiveSettings() if config.ranker.live else None
         rows = training_rows(bundle, config.candidates, config.ranker.negatives, seed, live)
     model, metrics = train_ranker(rows, config.ranker, seed)
+    # What the server's live reads must match for the live columns to mean what they did.
+    metrics["live"] = live.as_dict() if live is not None else None
     print(
         f"second stage: {metrics['queries']} of {metrics['cases']} cases have their next item "
         f"among the candidates; {metrics['rows']} rows; best iteration "

@@ -150,7 +150,9 @@ _SOURCE_COLUMN = COLUMNS[f"source_{FEATURE_SOURCES[0]}"]
 _SOURCE_BITS = np.array([SOURCE_BITS[name] for name in FEATURE_SOURCES], dtype=np.uint8)
 _SECONDS_PER_DAY = 86400.0
 _STATIC = [COLUMNS[name] for name in ("log_popularity", "log_recent_clicks", "age_days")]
-_LIVE_COLUMNS = [COLUMNS["live_current"], COLUMNS["live_session"]]
+#: The columns of the live co-visits (recsvc.live), missing when none were read.
+LIVE_FEATURES = ("live_current", "live_session")
+_LIVE_COLUMNS = [COLUMNS[name] for name in LIVE_FEATURES]
 _LIVE_BIT = SOURCE_BITS["live"]
 
 

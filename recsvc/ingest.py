@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, UnsupportedVersionError
 from kafka.structs import OffsetAndMetadata
 
 from recsvc.dead_letters import DeadLetterQueue, Rejected
 from recsvc.events import Event, parse_event
-from recsvc.exceptions import InvalidEvent, SessionStoreError
+from recsvc.exceptions import ConfigError, InvalidEvent, SessionStoreError
+from recsvc.kafka_login import check_sasl_login
 from recsvc.metrics import Metrics
 from recsvc.redact import redact_url
 from recsvc.reloader import BundleReloader
@@ -308,9 +309,14 @@ def kafka_clients(settings: Settings) -> tuple[KafkaConsumer, KafkaProducer]:
         client_id="recsvc-ingest",
     )
     consumer.subscribe([settings.events_topic])
+    # kafka-python 3 makes producers idempotent by default; this one opts out. An idempotent
+    # producer treats a refused record (too large for the topic) as fatal and then fails
+    # every later send, so one poison letter would silence the dead-letter topic until a
+    # restart. A retried letter may be written twice instead.
     producer = KafkaProducer(
         bootstrap_servers=servers,
         acks="all",
+        enable_idempotence=False,
         linger_ms=5,
         client_id="recsvc-ingest-dlq",
         **security,
@@ -343,6 +349,11 @@ class Rewind:
             return polled
         try:
             found = consumer.offsets_for_times({tp: self.since_ms for tp in fresh})
+        except UnsupportedVersionError:
+            raise ConfigError(
+                "--rebuild-sessions needs a broker that looks offsets up by time "
+                "(Kafka 0.10.1 or later)"
+            ) from None
         except KafkaError as exc:  # tried again after the next poll
             log.warning("cannot look offsets up by time yet", extra={"error": str(exc)})
             return polled
@@ -393,6 +404,7 @@ async def ingest(settings: Settings, store: SessionStore) -> None:
     backoff = Backoff()
     while not stopping.is_set():
         try:
+            await asyncio.to_thread(check_sasl_login, settings, os.environ)
             consumer, producer = await asyncio.to_thread(kafka_clients, settings)
             break
         except KafkaError as exc:

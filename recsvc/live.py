@@ -40,7 +40,7 @@ Redis layout: ``recsvc:live:n:<item>`` a sorted set of neighbour -> score;
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from recsvc.contract import VISIT_TYPES
@@ -72,6 +72,45 @@ class LiveSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"live {name} must be an int >= 1, got {value!r}")
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+#: The settings that shape the co-visits a request reads, and so the second stage's live
+#: columns (the TTL only drops items idle for days).
+READ_SHAPING = ("half_life_s", "cap", "read_items", "read_top")
+
+
+def training_mismatch(
+    trained: Mapping[str, object] | None, serving: LiveSettings | None
+) -> str | None:
+    """Why the live co-visits a server reads differ from those a second stage learned on
+    (``trained``: the settings the pipeline recorded, None when it learned without them),
+    or None when they match or the model learned none.
+
+    Only the server's own settings are compared. The half-life and the cap also shape
+    what ingest writes, so ingest must run with the same ones; nothing checks that here."""
+    if trained is None:
+        return None
+    if serving is None:
+        return (
+            "the second stage learned the live co-visit columns, but this server runs with "
+            "--live 0: they are missing on every request and items new since the bundle go "
+            "unranked (run with --live 1)"
+        )
+    differ = [
+        f"{name} {trained.get(name)} in training, {getattr(serving, name)} here"
+        for name in READ_SHAPING
+        if trained.get(name) != getattr(serving, name)
+    ]
+    if not differ:
+        return None
+    return (
+        "the live co-visits read here are not those the second stage learned on ("
+        + "; ".join(differ)
+        + "): its live columns will be off; serve with the settings of the training"
+    )
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,9 @@ import ssl
 from typing import Any
 
 import hiredis
+from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.connection import SSLConnection, parse_url
+from redis.exceptions import RedisError
 
 
 class RedisReplyError(Exception):
@@ -34,6 +36,27 @@ class RedisReplyError(Exception):
 
 class RedisConnectionError(OSError):
     """The connection could not be opened, was lost, or stopped answering."""
+
+
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context of a parsed ``rediss://`` URL, as redis-py's own connection builds it
+    from the URL's ``ssl_*`` query parameters (``ssl_ca_certs``, ``ssl_cert_reqs``,
+    ``ssl_check_hostname``, ``ssl_certfile``, ``ssl_keyfile`` ...) and its defaults (the
+    system CAs; the certificate and the host name checked), so that one URL means the same
+    to both clients. The files named are read now.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``ssl_*`` parameter, a bad value, or a file that cannot be loaded.
+    """
+    tls = {name: value for name, value in options.items() if name.startswith("ssl_")}
+    try:
+        return AsyncSSLConnection(**tls).ssl_context.get()
+    except TypeError as exc:  # an ssl_* name redis-py does not take
+        raise ValueError(f"unknown TLS parameter: {exc}") from None
+    except (OSError, RedisError) as exc:  # ssl.SSLError is an OSError
+        raise ValueError(f"unusable TLS settings: {exc}") from None
 
 
 def encode_command(args: tuple[str | bytes | int | float, ...]) -> bytes:
@@ -121,8 +144,14 @@ class MultiplexedRedis:
 
     Parameters
     ----------
-    url : ``redis://[[user]:password@]host:port/db``, ``rediss://...`` or ``unix://path?db=N``
+    url : ``redis://[[user]:password@]host:port/db``, ``rediss://...`` or ``unix://path?db=N``;
+        a ``rediss://`` URL takes redis-py's ``ssl_*`` query parameters (:func:`tls_context`)
     timeout_s : seconds to connect, and the longest a call may wait for its reply
+
+    Raises
+    ------
+    ValueError
+        A URL redis-py would not take, or TLS settings that cannot be used.
     """
 
     def __init__(self, url: str, timeout_s: float = 1.0) -> None:
@@ -133,7 +162,10 @@ class MultiplexedRedis:
         self._db = int(options.get("db", 0))
         self._username = options.get("username")
         self._password = options.get("password")
-        self._tls = options.get("connection_class") is SSLConnection
+        tls = options.get("connection_class") is SSLConnection
+        if not tls and any(name.startswith("ssl_") for name in options):
+            raise ValueError("ssl_* parameters need a rediss:// URL")
+        self._tls_context = tls_context(options) if tls else None
         self.timeout_s = timeout_s
         self._connection: _Connection | None = None
         self._connecting = asyncio.Lock()
@@ -171,9 +203,8 @@ class MultiplexedRedis:
                     if self._path:
                         await loop.create_unix_connection(lambda: connection, self._path)
                     else:
-                        context = ssl.create_default_context() if self._tls else None
                         await loop.create_connection(
-                            lambda: connection, self._host, self._port, ssl=context
+                            lambda: connection, self._host, self._port, ssl=self._tls_context
                         )
                     await self._handshake(connection)
                 connected = True

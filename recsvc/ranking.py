@@ -15,7 +15,7 @@ from recsvc import contract
 from recsvc.bundle import Bundle
 from recsvc.candidates import LIVE, CandidateBuilder, CandidateSettings
 from recsvc.exceptions import BundleError, ConfigError, InvalidRequest, ItemNotFound
-from recsvc.features import COLUMNS, FEATURES, FeatureBuilder, RequestContext
+from recsvc.features import COLUMNS, FEATURES, LIVE_FEATURES, FeatureBuilder, RequestContext
 from recsvc.live import EMPTY_READ, LiveRead
 from recsvc.live_candidates import EMPTY as NO_LIVE
 from recsvc.live_candidates import LiveCandidates, gather
@@ -352,7 +352,7 @@ class Ranker:
         assert self._second is not None
         rows = self.features.new_item_rows(context, live_items)
         scores = self._second.scores(rows)
-        if not (self._second.uses("live_current") or self._second.uses("live_session")):
+        if not any(self._second.uses(name) for name in LIVE_FEATURES):
             # A model that never learned from the live columns never saw such a row: without
             # an anchor it says nothing of the item, which is not scored (as a known item
             # without a fit-period event is not).

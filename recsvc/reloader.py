@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from recsvc.bundle import load_bundle, resolve
@@ -28,14 +29,26 @@ def load_ranker(path: Path, model: str, second_stage: bool = True) -> Ranker:
 
 
 class BundleReloader:
-    """Holds the current :class:`Ranker`; ``ranker`` is what a request should use."""
+    """Holds the current :class:`Ranker`; ``ranker`` is what a request should use.
 
-    def __init__(self, path: Path, model: str, metrics: Metrics, second_stage: bool = True) -> None:
+    ``on_load`` is called with each ranker that is about to serve, the first and every
+    swapped one (for checks that only warn)."""
+
+    def __init__(
+        self,
+        path: Path,
+        model: str,
+        metrics: Metrics,
+        second_stage: bool = True,
+        on_load: Callable[[Ranker], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.model = model
         self.second_stage = second_stage
         self.metrics = metrics
+        self.on_load = on_load
         self.ranker = load_ranker(self.path, model, second_stage)
+        self._checked(self.ranker)
         self._lock = asyncio.Lock()
         self._failed: Path | None = None
         metrics.set_bundle(self.ranker.version)
@@ -61,11 +74,21 @@ class BundleReloader:
                     extra={"error": str(exc), "version": self.ranker.version},
                 )
                 return False
+            self._checked(ranker)
             old, self.ranker, self._failed = self.ranker, ranker, None
             self.metrics.set_bundle(ranker.version)
             self.metrics.bundle_swaps.labels(result="swapped").inc()
             log.info("bundle swapped", extra={"old": old.version, "version": ranker.version})
             return True
+
+    def _checked(self, ranker: Ranker) -> None:
+        """Run ``on_load``; a check that fails is logged and does not stop the bundle."""
+        if self.on_load is None:
+            return
+        try:
+            self.on_load(ranker)
+        except Exception:
+            log.exception("a check of the bundle failed", extra={"version": ranker.version})
 
     async def watch(self, interval_s: float) -> None:
         """Reload whenever the path resolves to a new bundle; runs until cancelled."""

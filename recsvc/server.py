@@ -20,16 +20,23 @@ from typing import cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from recsvc._wire import ranked_items
 from recsvc.contract import MAX_ID_LENGTH, SOURCE_BITS
 from recsvc.exceptions import InvalidRequest, ItemNotFound, LiveUnavailable, SessionStoreError
-from recsvc.live import EMPTY_READ, LiveRead
+from recsvc.features import LIVE_FEATURES
+from recsvc.live import EMPTY_READ, LiveRead, training_mismatch
 from recsvc.metrics import Metrics
-from recsvc.ranking import Fallback, RankedBy, Ranking
+from recsvc.ranking import Fallback, RankedBy, Ranker, Ranking
 from recsvc.redact import clip
 from recsvc.reloader import BundleReloader
+from recsvc.request_decoding import (
+    RequestOrError,
+    TolerantRegistration,
+    UndecodableRequest,
+    decode_request,
+)
 from recsvc.retry import CircuitBreaker
 from recsvc.security import BearerTokens, read_tokens, server_credentials
 from recsvc.sessions import SessionEvent, SessionStore
@@ -81,28 +88,6 @@ ITEM_FIELDS = (
         for f in ("item_id", "score", "sources", "unscored")
     ),
 )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class UndecodableRequest:
-    """What :func:`decode_request` gives for bytes that are not a ``RecommendRequest``."""
-
-    size: int
-    error: str
-
-
-#: What ``Recommend`` is called with: a decoded request, or why it could not be decoded.
-RequestOrError = pb.RecommendRequest | UndecodableRequest
-
-
-def decode_request(data: bytes) -> RequestOrError:
-    """``RecommendRequest.FromString`` that never raises (invalid UTF-8 in a string field is
-    a decode error too): grpc would answer UNKNOWN with the exception's text and log its
-    traceback, where ``Recommend`` answers INVALID_ARGUMENT."""
-    try:
-        return pb.RecommendRequest.FromString(data)
-    except Exception as exc:  # whatever the parser says, the caller's bytes are at fault
-        return UndecodableRequest(len(data), str(exc).rpartition(": ")[2][:80])
 
 
 def method_handlers(
@@ -309,7 +294,11 @@ class RecommendServer:
         self.store = store
         self.metrics = metrics or Metrics()
         self.bundles = BundleReloader(
-            settings.bundle, settings.model, self.metrics, bool(settings.second_stage)
+            settings.bundle,
+            settings.model,
+            self.metrics,
+            bool(settings.second_stage),
+            on_load=self._check_live_training,
         )
         self.health = health.aio.HealthServicer()
         watch = EmptiedStoreWatch(self._store_emptied, self.metrics.session_hit_ratio.set)
@@ -342,9 +331,15 @@ class RecommendServer:
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
         )
         self._server.add_registered_method_handlers(SERVICE_NAME, handlers)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        # Health and reflection as their own modules register them, but with parsers that
+        # never raise (tolerant): undecodable bytes are INVALID_ARGUMENT, as for Recommend.
+        registration = cast(grpc.aio.Server, TolerantRegistration(self._server))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registration)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]
+            reflection.aio.ReflectionServicer(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            ),
+            registration,
         )
         address = f"{self.settings.host}:{self.settings.port}"
         if self._credentials is None:
@@ -370,6 +365,21 @@ class RecommendServer:
             },
         )
         return self.port
+
+    def _check_live_training(self, ranker: Ranker) -> None:
+        """Warn when the live co-visits this server reads are not those the bundle's second
+        stage learned on (the pipeline records them)."""
+        second = ranker.second_stage
+        if second is None or not any(second.uses(name) for name in LIVE_FEATURES):
+            return
+        metrics = ranker.bundle.manifest.get("metrics")
+        learned = metrics.get("second_stage") if isinstance(metrics, dict) else None
+        trained = learned.get("live") if isinstance(learned, dict) else None
+        if not isinstance(trained, dict):
+            return  # a bundle that did not record them (built before it did)
+        problem = training_mismatch(trained, self.settings.live_settings())
+        if problem is not None:
+            log.warning(problem, extra={"version": ranker.version})
 
     def _store_emptied(self, emptied: bool, hit_ratio: float) -> None:
         """The session store looks freshly emptied (or full again): say so in a metric, a

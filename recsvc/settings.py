@@ -91,7 +91,14 @@ class Settings:
         metadata={"help": "serve: processes sharing the gRPC port, one per core (needs a port)"},
     )
     redis_url: str = field(
-        default="redis://127.0.0.1:6379/0", metadata={"help": "session store (redis:// rediss://)"}
+        default="redis://127.0.0.1:6379/0",
+        metadata={
+            "help": "session store: redis://[[user]:password@]host:port/db, or rediss://... for "
+            "TLS, whose redis-py query parameters serve ingest's writes and the server's reads "
+            "alike: ?ssl_ca_certs=CA.pem to trust a private CA (default: the system's), "
+            "&ssl_certfile=...&ssl_keyfile=... for a client certificate. A password is best "
+            "given in $RECSVC_REDIS_URL, which no process list shows"
+        },
     )
     kafka_bootstrap: str = field(
         default="127.0.0.1:9092", metadata={"help": "Kafka bootstrap servers, host:port[,...]"}

@@ -15,7 +15,14 @@ from types import ModuleType
 #: Scenario name -> its module, in the order ``make chaos`` runs them.
 SCENARIOS: dict[str, str] = {
     "ingest-kill": "loadtest.chaos.ingest_kill",
+    "broker-restart": "loadtest.chaos.broker_restart",
     "redis-restart": "loadtest.chaos.redis_restart",
+    "redis-down": "loadtest.chaos.redis_down",
+    "malformed-storm": "loadtest.chaos.malformed_storm",
+    "grpc-fuzz": "loadtest.chaos.grpc_fuzz",
+    "bundle-swap": "loadtest.chaos.bundle_swap",
+    "sigterm-drain": "loadtest.chaos.sigterm_drain",
+    "soak": "loadtest.chaos.soak",
 }
 
 
@@ -86,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in args.scenario or names:
         module = scenario(name)
-        figures = {"scenario": name, **module.run(args)}
-        reasons = module.failures(figures)
+        try:
+            figures = {"scenario": name, **module.run(args)}
+            reasons = module.failures(figures)
+        except (Exception, SystemExit) as exc:  # the next scenarios still run
+            figures, reasons = {"scenario": name}, [f"did not finish: {exc}"]
         figures |= {
             "failed": reasons,
             "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

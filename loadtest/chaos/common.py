@@ -7,16 +7,19 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.errors import KafkaError
 
 from loadtest.capacity import Server
 from loadtest.ingest_bench import REPO, free_port
@@ -25,6 +28,34 @@ from recsvc.live import BASE_PREFIX, NEIGHBOURS_PREFIX, LiveSettings
 from recsvc.sessions import KEY_PREFIX, InMemorySessionStore
 
 SESSION_LENGTH = 20
+
+
+def empty_database(url: str) -> redis.Redis:
+    """A client of the database at ``url``, which must be empty: the run flushes it at the
+    end."""
+    client = redis.Redis.from_url(url)
+    if client.dbsize():
+        raise SystemExit(f"chaos: {url} is not empty; give a database of its own")
+    return client
+
+
+def remove_from_kafka(admin: KafkaAdminClient, topics: list[str], group: str) -> None:
+    """Delete a run's topics and its consumer group, and close ``admin``; what cannot be
+    deleted is only reported (it does not stop the next scenario)."""
+    try:
+        admin.delete_topics(topics)  # raises what it could not delete
+    except KafkaError as exc:
+        print(f"chaos: could not delete the topics {topics}: {exc!r}", file=sys.stderr)
+    try:
+        refused = {
+            g: e for g, e in admin.delete_groups([group]).items() if e not in (None, "OK")
+        }  # says, not raises
+    except KafkaError as exc:
+        refused = {group: repr(exc)}
+    finally:
+        admin.close()
+    if refused:
+        print(f"chaos: could not delete the consumer group: {refused}", file=sys.stderr)
 
 
 def shopper_events(run: str, users: int, events: int, items: list[str], seed: int) -> list[Event]:
@@ -134,9 +165,10 @@ class Ingest:
             "--metrics-port", "0", "--session-length", str(SESSION_LENGTH),
             "--watch-interval-s", "0", "--log-level", "warning", *extra,
         ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
         with self.log.open("ab") as out:
-            return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                command, env=without_recsvc_settings(), stdout=out, stderr=subprocess.STDOUT
+            )
 
 
 def wait(check: Callable[[], bool], timeout_s: float, what: str) -> float:
@@ -176,13 +208,61 @@ def serve(
     args: argparse.Namespace, redis_url: str, log: Path, *extra: str, workers: int = 1
 ) -> tuple[Server, str]:
     """A ``recsvc serve`` of ``args.bundle`` on a free loopback port, started and waited for
-    until its health says SERVING, and its address. ``extra`` adds flags; the caller stops
-    it (``Server.stop``: SIGTERM, then SIGKILL after 15 s)."""
+    until its health says SERVING, and its address. It logs JSON lines and ignores the
+    ``RECSVC_*`` environment; ``extra`` adds flags. The caller stops it (``Server.stop``:
+    SIGTERM, then SIGKILL after 15 s)."""
     port = free_port()
     command = [
         sys.executable, "-m", "recsvc.cli", "serve", "--bundle", args.bundle,
         "--redis-url", redis_url, "--host", "127.0.0.1", "--port", str(port),
-        "--workers", str(workers), "--metrics-port", "0", "--log-level", "warning", *extra,
+        "--workers", str(workers), "--metrics-port", "0", "--log-level", "warning",
+        "--log-format", "json", *extra,
     ]  # fmt: skip
     target = f"127.0.0.1:{port}"
-    return Server(command, target, log), target
+    return Server(command, target, log, env=without_recsvc_settings()), target
+
+
+def without_recsvc_settings() -> dict[str, str]:
+    """This environment without the ``RECSVC_*`` settings, so that the processes a scenario
+    starts run with its flags and the defaults only."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
+
+
+class PrivateKafka:
+    """A Kafka broker of the scenario's own, started and stopped with
+    scripts/services/kafka.sh (its data kept across a stop and start); ``topics`` are
+    created at each start as kafka.sh's RECSVC_TOPICS, ``"name:partitions ..."``."""
+
+    def __init__(self, directory: Path, topics: str) -> None:
+        self.directory = directory
+        self.bootstrap = f"127.0.0.1:{free_port()}"
+        self.env = {
+            **os.environ,
+            "KAFKA_PORT": self.bootstrap.rsplit(":", 1)[1],
+            "KAFKA_CONTROLLER_PORT": str(free_port()),
+            "KAFKA_DIR": str(directory),
+            "RECSVC_TOPICS": topics,
+        }
+
+    def run(self, action: str) -> float:
+        """``kafka.sh start`` (returns once the broker serves) or ``stop``; its seconds."""
+        started = time.monotonic()
+        done = subprocess.run(
+            ["bash", str(REPO / "scripts/services/kafka.sh"), action],
+            env=self.env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode:
+            raise SystemExit(f"chaos: kafka.sh {action} failed: {done.stderr.strip()[-2000:]}")
+        return time.monotonic() - started
+
+
+def metric_samples(port: int, name: str) -> dict[str, float]:
+    """The samples of the counter or gauge ``name`` on the /metrics of a process on
+    ``port``, by the value of their one label ('' for none); empty when it is down."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    pattern = re.compile(rf'^{re.escape(name)}(?:\{{\w+="([^"]*)"\}})? (\S+)$', re.M)
+    return {label or "": float(value) for label, value in pattern.findall(text)}

@@ -27,11 +27,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import redis
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-from loadtest.chaos.common import Ingest, counting_failures, produce, shopper_events, verify, wait
+from loadtest.chaos.common import (
+    Ingest,
+    counting_failures,
+    empty_database,
+    produce,
+    remove_from_kafka,
+    shopper_events,
+    verify,
+    wait,
+)
 from loadtest.ingest_bench import committed, end_offsets, zcard_total
 from loadtest.processes import stop_process
 from recsvc.client import popular_items
@@ -55,9 +63,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    client = redis.Redis.from_url(args.redis_url)
-    if client.dbsize():
-        raise SystemExit(f"chaos: {args.redis_url} is not empty; give a database of its own")
+    client = empty_database(args.redis_url)
     tag = f"chaos-{uuid.uuid4().hex[:8]}"
     topic, group = f"recsvc.{tag}", f"recsvc-{tag}"
     users = [f"{tag}-u{n}" for n in range(min(args.users, args.events))]
@@ -111,10 +117,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if proc is not None:
             stop_process(proc, 20)
-        admin.delete_topics([topic, f"{topic}.dlq"])
-        admin.close()
         client.flushdb()
         client.close()
+        remove_from_kafka(admin, [topic, f"{topic}.dlq"], group)
 
 
 def failures(figures: dict[str, Any]) -> list[str]:

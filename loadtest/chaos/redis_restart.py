@@ -29,6 +29,7 @@ from loadtest.chaos.common import (
     PrivateRedis,
     counting_failures,
     produce,
+    remove_from_kafka,
     shopper_events,
     verify,
     wait,
@@ -100,8 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stop_process(proc, 20)
         client.close()
         service.run("stop")
-        admin.delete_topics([topic, f"{topic}.dlq"])
-        admin.close()
+        remove_from_kafka(admin, [topic, f"{topic}.dlq"], group)
 
 
 def failures(figures: dict[str, Any]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recsvc.exceptions import ConfigError
-from recsvc.features import COLUMNS, FEATURE_SOURCES
+from recsvc.features import COLUMNS, FEATURE_SOURCES, LIVE_FEATURES
 
 #: The features by what they describe, for ``ranker.without``.
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -17,7 +17,7 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "category": ("same_category", "session_category_share"),
     "position": ("pool_position", *(f"source_{name}" for name in FEATURE_SOURCES)),
     "session": ("session_length",),
-    "live": ("live_current", "live_session"),
+    "live": LIVE_FEATURES,
 }
 
 

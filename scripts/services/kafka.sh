@@ -6,6 +6,11 @@
 # RECSVC_TOPICS (name:partitions ..., default "recsvc.events:3 recsvc.events.dlq:1");
 # KAFKA_SASL_PORT with KAFKA_SASL_USER and KAFKA_SASL_PASSWORD: a second listener, SASL/PLAIN
 # with that one user (for tests of the clients' SASL settings; off when unset).
+# KAFKA_SSL_PORT with KAFKA_SSL_CERT and KAFKA_SSL_KEY (PEM files: the broker's certificate
+# chain and its unencrypted PKCS#8 private key): a listener that serves TLS; with KAFKA_SSL_CA
+# (a PEM file of CA certificates) too, it requires client certificates one of them signed
+# (for tests of the clients' SSL settings; off when unset). KAFKA_SASL_PROTOCOL=SASL_SSL
+# (default SASL_PLAINTEXT) serves the SASL listener over TLS too, with KAFKA_SSL_CERT/KEY.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -69,15 +74,39 @@ install_jars() {
   mv -T "$JARS_TMP" "$LIB" 2>/dev/null || [ -d "$LIB" ] || die "could not create $LIB"
 }
 
+# The PEM keystore lines of listener $1 (its name in lower case) from KAFKA_SSL_KEY and
+# KAFKA_SSL_CERT, copied into one file: the private key, then the certificate chain.
+keystore() {
+  mkdir -p "$DIR/ssl"
+  (umask 077 && cat "${KAFKA_SSL_KEY:?}" "${KAFKA_SSL_CERT:?}" >"$DIR/ssl/keystore.pem")
+  echo "listener.name.$1.ssl.keystore.type=PEM"
+  echo "listener.name.$1.ssl.keystore.location=$DIR/ssl/keystore.pem"
+}
+
 write_config() {
   mkdir -p "$DIR/data" "$DIR/logs"
   local listeners="PLAINTEXT://127.0.0.1:$PORT" advertised="PLAINTEXT://127.0.0.1:$PORT"
-  local sasl=""
+  local sasl="" sasl_protocol=${KAFKA_SASL_PROTOCOL:-SASL_PLAINTEXT}
   if [ -n "${KAFKA_SASL_PORT:-}" ]; then
-    listeners+=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
-    advertised+=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
+    [[ $sasl_protocol == SASL_PLAINTEXT || $sasl_protocol == SASL_SSL ]] ||
+      die "KAFKA_SASL_PROTOCOL must be SASL_PLAINTEXT or SASL_SSL, not $sasl_protocol"
+    listeners+=",$sasl_protocol://127.0.0.1:$KAFKA_SASL_PORT"
+    advertised+=",$sasl_protocol://127.0.0.1:$KAFKA_SASL_PORT"
     sasl="sasl.enabled.mechanisms=PLAIN
-listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_${KAFKA_SASL_USER:?}=\"${KAFKA_SASL_PASSWORD:?}\";"
+listener.name.${sasl_protocol,,}.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_${KAFKA_SASL_USER:?}=\"${KAFKA_SASL_PASSWORD:?}\";"
+    [ "$sasl_protocol" = SASL_PLAINTEXT ] || sasl+=$'\n'$(keystore sasl_ssl)
+  fi
+  local tls=""
+  if [ -n "${KAFKA_SSL_PORT:-}" ]; then
+    listeners+=",SSL://127.0.0.1:$KAFKA_SSL_PORT"
+    advertised+=",SSL://127.0.0.1:$KAFKA_SSL_PORT"
+    tls=$(keystore ssl)
+    if [ -n "${KAFKA_SSL_CA:-}" ]; then
+      tls+="
+listener.name.ssl.ssl.truststore.type=PEM
+listener.name.ssl.ssl.truststore.location=$(realpath "$KAFKA_SSL_CA")
+listener.name.ssl.ssl.client.auth=required"
+    fi
   fi
   cat >"$DIR/server.properties" <<EOF
 process.roles=broker,controller
@@ -87,8 +116,9 @@ listeners=$listeners,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
 advertised.listeners=$advertised
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 $sasl
+$tls
 log.dirs=$DIR/data
 num.partitions=1
 offsets.topic.replication.factor=1

@@ -11,6 +11,7 @@ from helpers import SMALL
 from bench.second_stage_cost import measure
 from recsvc.bundle import load_bundle
 from recsvc.cli import main
+from recsvc.live import LiveSettings
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +39,7 @@ def test_a_clicks_only_log_gets_a_second_stage_the_baselines_and_no_cart_model(
     trained = bundle.manifest["metrics"]["second_stage"]
     assert 0 < trained["queries"] <= trained["cases"] and trained["best_iteration"] >= 1
     assert trained["valid_ndcg10"] > max(trained["baseline_ndcg10"].values())
+    assert trained["live"] == LiveSettings().as_dict()  # what the replay counted with
     assert "ranker/model" in bundle
 
     assert main(["eval", "--bundle", str(out), "--json", str(tmp_path / "eval.json")]) == 0

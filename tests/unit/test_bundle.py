@@ -149,3 +149,19 @@ def test_a_served_bundle_is_not_swapped_for_one_with_nan_weights(tiny_bundle) ->
     assert not asyncio.run(reloader.reload())
     assert reloader.ranker.version == first
     assert reloader.metrics.bundle_swaps.labels(result="failed")._value.get() == 1
+
+
+def test_a_failing_check_of_a_new_bundle_is_logged_and_the_bundle_served(
+    tiny_bundle, caplog: pytest.LogCaptureFixture
+) -> None:
+    checked = []
+
+    def check(ranker) -> None:
+        checked.append(ranker.version)
+        raise KeyError("metrics")  # e.g. a manifest of an unexpected shape
+
+    reloader = BundleReloader(tiny_bundle, "personalized", Metrics(), on_load=check)
+    newer = write_bundle(tiny_bundle, tiny_bundle_arrays(), {}).name
+    assert asyncio.run(reloader.reload())
+    assert reloader.ranker.version == newer and checked[-1] == newer and len(checked) == 2
+    assert [r.message for r in caplog.records].count("a check of the bundle failed") == 2

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from helpers import Record
 from kafka import TopicPartition
-from kafka.errors import MessageSizeTooLargeError
+from kafka.errors import MessageSizeTooLargeError, UnsupportedVersionError
 from kafka.structs import OffsetAndTimestamp
 
 from recsvc import settings
@@ -220,3 +220,16 @@ def test_a_rebuild_rewinds_each_partition_once_to_the_time_asked() -> None:
     consumer.assigned = {p0, p1, p2, p3}
     assert rewind.apply(consumer, {p3: ["r3"]}) == {p3: ["r3"]}  # type: ignore[arg-type]
     assert consumer.seeks[2:] == []
+
+
+def test_a_broker_that_cannot_look_offsets_up_by_time_stops_the_rebuild_plainly() -> None:
+    class OldBroker:
+        def assignment(self) -> set[TopicPartition]:
+            return {TopicPartition("t", 0)}
+
+        def offsets_for_times(self, times: dict[TopicPartition, int]) -> dict:
+            raise UnsupportedVersionError("ListOffsetsRequest v1")
+
+    # Not a warning after every poll for ever: the flag cannot work against this broker.
+    with pytest.raises(ConfigError, match=r"Kafka 0\.10\.1"):
+        Rewind(since=1000.0).apply(OldBroker(), {})  # type: ignore[arg-type]

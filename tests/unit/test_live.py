@@ -9,7 +9,15 @@ import pytest
 from recsvc.events import Event
 from recsvc.exceptions import ConfigError
 from recsvc.ingest import report_live_held
-from recsvc.live import LiveCovisits, LiveHeld, LiveRead, LiveSettings, Visit, covisit_pairs
+from recsvc.live import (
+    LiveCovisits,
+    LiveHeld,
+    LiveRead,
+    LiveSettings,
+    Visit,
+    covisit_pairs,
+    training_mismatch,
+)
 from recsvc.metrics import Metrics
 from recsvc.sessions import InMemorySessionStore, SessionEvent, live_items
 
@@ -160,3 +168,13 @@ def test_ingest_reports_the_live_state_held_in_its_gauges():
     assert store.covisits is not None and store.covisits.held() == LiveHeld(3, 4)
     value = metrics.registry.get_sample_value
     assert value("recsvc_live_items_held") == 3 and value("recsvc_live_neighbours_held") == 4
+
+
+def test_a_server_reading_other_co_visits_than_the_training_is_told_how() -> None:
+    trained = LiveSettings().as_dict()
+    assert training_mismatch(trained, LiveSettings()) is None
+    assert training_mismatch(None, None) is None  # learned without them: nothing to match
+    assert "--live 0" in (training_mismatch(trained, None) or "")
+    told = training_mismatch(trained, LiveSettings(read_top=20, ttl_s=60)) or ""
+    assert "read_top 10 in training, 20 here" in told
+    assert "ttl_s" not in told  # the TTL does not change what a read returns

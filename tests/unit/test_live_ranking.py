@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,13 @@ from recsvc.bundle import load_bundle, write_bundle
 from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import ItemNotFound
 from recsvc.features import FEATURES
+from recsvc.live import LiveSettings
 from recsvc.live_candidates import gather
 from recsvc.ranking import Fallback, RankedBy, Ranker
 from recsvc.second_stage import MODEL_ARRAY, model_array
-from recsvc.sessions import SessionEvent
+from recsvc.server import RecommendServer
+from recsvc.sessions import InMemorySessionStore, SessionEvent
+from recsvc.settings import Settings
 
 LIVE = SOURCE_BITS["live"]
 INDEX = {name: i for i, name in enumerate("abcde")}
@@ -117,8 +122,6 @@ def test_the_second_stage_scores_new_items_too(tmp_path: Path):
 
 
 def test_the_server_says_unavailable_for_a_new_item_it_could_not_look_up(tiny_bundle: Path):
-    import asyncio
-
     import grpc
     from helpers import serving
 
@@ -176,3 +179,28 @@ def test_only_a_model_that_learned_the_live_columns_scores_a_new_item_without_an
     # m was read only as a neighbour of n, which the bundle does not know: no anchor
     ranking = ranker.rank("b", 4, clicks("a"), live=live_read(n=[("m", 1.0)], b=[("n", 1.0)]))
     assert np.isfinite(ranking.scores[ranking.items.index("m")]) == learned_live
+
+
+@pytest.mark.parametrize(
+    ("live", "warned"),
+    [(1, None), (0, "--live 0"), ("read_top", "read_top 10 in training, 20 here")],
+)
+def test_a_server_warns_when_its_live_reads_are_not_those_the_second_stage_learned_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, live: int | str, warned: str | None
+) -> None:
+    arrays = {**with_sessions(tiny_bundle_arrays()), "item_fit_events": np.full(5, 9)}
+    arrays[MODEL_ARRAY] = model_array(most_covisited_first())  # splits on a live column
+    learned = {"second_stage": {"live": LiveSettings().as_dict()}}
+    bundle = write_bundle(tmp_path, arrays, {"metrics": learned})
+    reads = {"live_read_top": 20} if live == "read_top" else {"live": live}
+    settings = Settings(bundle=bundle, port=0, metrics_port=0, watch_interval_s=0, **reads)
+
+    async def construct() -> None:  # a server is made on its event loop
+        RecommendServer(settings, InMemorySessionStore())
+
+    with caplog.at_level(logging.WARNING, logger="recsvc.server"):
+        asyncio.run(construct())
+    told = [r.getMessage() for r in caplog.records if "second stage learned" in r.getMessage()
+            or "live co-visits read here" in r.getMessage()]  # fmt: skip
+    assert len(told) == (warned is not None)
+    assert warned is None or warned in told[0]

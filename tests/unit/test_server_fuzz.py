@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import operator
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,8 @@ import grpc
 import pytest
 from helpers import serving_in_thread
 from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
 
+from loadtest.chaos.fuzz_requests import raw_payloads, typed_requests
 from recsvc.events import Event
 from recsvc.sessions import InMemorySessionStore
 from recsvc.v1 import recommender_pb2 as pb
@@ -41,63 +40,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
-#: Any character a proto string can hold (no lone surrogates).
-chars = st.characters(codec="utf-8")
-#: Ids past every length limit: 257 characters (ingest's limit + 1) up to a megabyte.
-huge_text = st.builds(operator.mul, chars, st.sampled_from([257, 9000, 2**18]))
-
-
-def ids(known: list[str]) -> st.SearchStrategy[str]:
-    return st.one_of(st.sampled_from(known), st.text(chars, max_size=40), huge_text)
-
-
-def request_of(**fields: Any) -> pb.RecommendRequest:
-    return pb.RecommendRequest(**{name: v for name, v in fields.items() if v is not None})
-
-
-#: Requests the tiny bundle can answer (k up to its pool size), half of the typed ones.
-answerable = st.builds(
-    request_of,
-    user_id=st.sampled_from(USERS),
-    item_id=st.sampled_from(ITEMS),
-    k=st.integers(0, 4),
-    exclude_seen=st.none() | st.booleans(),
-    category=st.none() | st.sampled_from(CATEGORIES),
-)
-typed_requests = answerable | st.builds(
-    request_of,
-    user_id=ids(USERS),
-    item_id=ids(["", *ITEMS]),
-    k=st.one_of(st.integers(0, 6), st.integers(0, 2**32 - 1)),
-    exclude_seen=st.none() | st.booleans(),
-    category=st.one_of(
-        st.none(), st.sampled_from(["", *CATEGORIES]), st.text(chars, max_size=10), huge_text
-    ),
-)
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    return bytes(out) + bytes([n])
-
-
-def length_delimited(field: int, data: bytes) -> bytes:
-    """Field ``field`` as bytes on the wire (for string fields: any bytes, not just UTF-8)."""
-    return varint(field << 3 | 2) + varint(len(data)) + data
-
-
-small_requests = typed_requests.filter(lambda r: r.ByteSize() < 2000)
-raw_payloads = st.one_of(
-    st.binary(max_size=300),
-    st.builds(lambda r, tail: r.SerializeToString() + tail, small_requests, st.binary(max_size=20)),
-    st.builds(lambda r, cut: r.SerializeToString()[:cut], small_requests, st.integers(0, 60)),
-    st.lists(
-        st.builds(length_delimited, st.integers(1, 8), st.binary(max_size=40)), max_size=4
-    ).map(b"".join),
-)
+TYPED = typed_requests(ITEMS, USERS, CATEGORIES, pool_size=4)
+RAW = raw_payloads(TYPED)
 
 
 def outcome(call: Callable[..., pb.RecommendResponse], request: Any) -> tuple[Any, str]:
@@ -138,7 +82,7 @@ def test_no_typed_request_gets_internal_or_unknown(
         stub = pb_grpc.RecommenderStub(channel)
 
         @FUZZ
-        @given(typed_requests)
+        @given(TYPED)
         def recommend(request: pb.RecommendRequest) -> None:
             check(*outcome(stub.Recommend, request), request.k)
 
@@ -156,7 +100,7 @@ def test_no_raw_bytes_get_internal_or_unknown(
         raw = channel.unary_unary(METHOD, response_deserializer=pb.RecommendResponse.FromString)
 
         @FUZZ
-        @given(raw_payloads)
+        @given(RAW)
         def recommend(payload: bytes) -> None:
             check(*outcome(raw, payload), None)
 

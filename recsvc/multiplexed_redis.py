@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import ssl
 from typing import Any
 
 import hiredis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import Connection as AsyncConnection
 from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.connection import SSLConnection, parse_url
 from redis.exceptions import RedisError
@@ -36,6 +39,16 @@ class RedisReplyError(Exception):
 
 class RedisConnectionError(OSError):
     """The connection could not be opened, was lost, or stopped answering."""
+
+
+#: What a URL's query may set: the connection's own settings (the ``ssl_*`` ones are checked
+#: by :func:`tls_context`), and what ``parse_url`` takes from the URL's other parts.
+URL_OPTIONS = {
+    *inspect.signature(AbstractConnection.__init__).parameters,
+    *inspect.signature(AsyncConnection.__init__).parameters,
+    "path",
+    "connection_class",
+} - {"self", "kwargs"}
 
 
 def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
@@ -162,6 +175,10 @@ class MultiplexedRedis:
         self._db = int(options.get("db", 0))
         self._username = options.get("username")
         self._password = options.get("password")
+        unknown = sorted(set(options) - URL_OPTIONS)
+        unknown = [name for name in unknown if not name.startswith("ssl_")]
+        if unknown:  # redis-py would fail at the first connection, with a TypeError
+            raise ValueError(f"unknown URL parameters {unknown}")
         tls = options.get("connection_class") is SSLConnection
         if not tls and any(name.startswith("ssl_") for name in options):
             raise ValueError("ssl_* parameters need a rediss:// URL")

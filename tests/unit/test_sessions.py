@@ -9,7 +9,14 @@ import pytest
 from helpers import check_grouped_append, check_store_contract
 
 from recsvc.events import Event
-from recsvc.sessions import InMemorySessionStore, RedisSessionStore, SessionStoreError, _member
+from recsvc.exceptions import ConfigError
+from recsvc.sessions import (
+    InMemorySessionStore,
+    RedisSessionStore,
+    SessionStoreError,
+    _member,
+    open_store,
+)
 
 
 def test_in_memory_store_keeps_the_contract() -> None:
@@ -58,3 +65,17 @@ def test_a_failed_write_is_tried_once_so_the_caller_owns_the_retries() -> None:
         return connections
 
     assert asyncio.run(scenario()) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "refused"),
+    [("?sockettimeout=1", "sockettimeout"), ("?socket_timeout=1&health_check_interval=5", None)],
+)
+def test_a_misspelt_url_parameter_is_refused_at_start(query: str, refused: str | None) -> None:
+    # redis-py itself takes any name and fails with a TypeError at the first connection.
+    url = f"redis://127.0.0.1:6379/0{query}"
+    if refused is None:
+        open_store(url, 8, 60)
+        return
+    with pytest.raises(ConfigError, match=f"unknown URL parameters.*{refused}"):
+        open_store(url, 8, 60)

@@ -39,10 +39,20 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``<time> <LEVEL> <logger>: <message>``, credentials hidden."""
+    """``<time> <LEVEL> <logger>: <message> key=value ...`` (the fields passed with
+    ``extra=``, as the JSON lines have them), credentials hidden."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        fields = " ".join(
+            f"{k}={json.dumps(v, default=str) if not isinstance(v, int | float) else v}"
+            for k, v in vars(record).items()
+            if k not in _STANDARD
+        )
+        line = super().formatMessage(record)
+        return f"{line} {fields}" if fields else line
 
     def format(self, record: logging.LogRecord) -> str:
         return scrub_credentials(super().format(record))

@@ -113,6 +113,12 @@ def test_text_logs_scrub_the_line() -> None:
     assert line.endswith("third.party: lost redis://u:***@h:1/0")
 
 
+def test_text_logs_show_the_extra_fields_as_the_json_lines_do() -> None:
+    record = _record("retrying", error="WRONGPASS for redis://:s3cret@h:2", attempts=3)
+    line = logs.TextFormatter().format(record)
+    assert line.endswith('third.party: retrying error="WRONGPASS for redis://:***@h:2" attempts=3')
+
+
 def test_the_session_store_errors_do_not_show_the_password() -> None:
     with pytest.raises(ConfigError) as caught:
         RedisSessionStore("redis://u:s3cret-pass@h:6379/0?socket_timeout=soon")

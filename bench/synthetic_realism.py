@@ -40,8 +40,9 @@ def log_stats(log: EventLog) -> dict[str, float]:
     -------
     Flat dict: ``events_per_user_mean`` ... ``same_category_next_click``.
     """
-    _, users = np.unique(log.user_ids, return_inverse=True)
-    item_names, items = np.unique(log.item_ids, return_inverse=True)
+    # Codes index sorted vocabularies: renumbered densely they are np.unique's inverse.
+    _, users = np.unique(log.user_codes, return_inverse=True)
+    item_names, items = np.unique(log.item_codes, return_inverse=True)
     n_items = len(item_names)
     types = log.types
     stats: dict[str, float] = {
@@ -51,8 +52,8 @@ def log_stats(log: EventLog) -> dict[str, float]:
     }
     for key, value in _spread(np.bincount(users)).items():
         stats[f"events_per_user_{key}"] = value
-    if log.categories is not None:
-        cat_names, cats = np.unique(log.categories, return_inverse=True)
+    if log.category_codes is not None:
+        cat_names, cats = np.unique(log.category_codes, return_inverse=True)
         item_cat = np.zeros(n_items, dtype=np.int64)
         item_cat[items] = cats
         stats["categories"] = float(len(cat_names))
@@ -72,7 +73,7 @@ def log_stats(log: EventLog) -> dict[str, float]:
     distinct_pairs = np.unique(users.astype(np.int64) * n_items + items)
     for key, value in _spread(np.bincount(distinct_pairs // n_items)).items():
         stats[f"distinct_items_per_user_{key}"] = value
-    if log.categories is not None:
+    if log.category_codes is not None:
         c = cats[order][is_click]
         same_user = u[1:] == u[:-1]
         stats["same_category_next_click"] = float((c[1:] == c[:-1])[same_user].mean())

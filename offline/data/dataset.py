@@ -189,17 +189,40 @@ def _concat(logs: list[EventLog], attr: str) -> np.ndarray:
     return np.concatenate([getattr(log, attr) for log in logs])
 
 
+def _merged_codes(logs: list[EventLog], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """One sorted vocabulary of the logs' ``kind`` (user, item, category) and every row's
+    code in it."""
+    vocabs = [getattr(log, f"{kind}_vocab") for log in logs]
+    codes = [getattr(log, f"{kind}_codes") for log in logs]
+    if len(logs) == 1:
+        return vocabs[0], codes[0]
+    vocab, inverse = np.unique(np.concatenate(vocabs), return_inverse=True)
+    inverse = inverse.astype(np.int32)
+    starts = np.cumsum([0, *map(len, vocabs)])[:-1]
+    return vocab, np.concatenate([inverse[s + c] for s, c in zip(starts, codes, strict=True)])
+
+
+def _dense(vocab: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The vocabulary entries ``codes`` use and the codes renumbered into them: what
+    ``np.unique(vocab[codes], return_inverse=True)`` gives, without a string per row."""
+    used = np.zeros(len(vocab), dtype=bool)
+    used[codes] = True
+    renumber = np.cumsum(used, dtype=np.int32) - 1
+    return vocab[used], renumber[codes]
+
+
 def _encode(
     logs: list[EventLog], keep: np.ndarray, holdout: np.ndarray
 ) -> tuple[Catalogue, np.ndarray, Interactions, np.ndarray]:
-    users_raw = _concat(logs, "user_ids")[keep]
-    items_raw = _concat(logs, "item_ids")[keep]
+    user_vocab, user_codes = _merged_codes(logs, "user")
+    user_ids, users = _dense(user_vocab, user_codes[keep])
+    item_vocab, item_codes = _merged_codes(logs, "item")
+    item_ids, items = _dense(item_vocab, item_codes[keep])
+    del user_codes, item_codes
     types = _concat(logs, "types")[keep]
     ts = _concat(logs, "ts")[keep]
     holdout = holdout[keep]
-    has_categories = all(log.categories is not None for log in logs)
-    user_ids, users = np.unique(users_raw, return_inverse=True)
-    item_ids, items = np.unique(items_raw, return_inverse=True)
+    has_categories = all(log.category_codes is not None for log in logs)
     n_items = len(item_ids)
     # The listing time of an item is its first fit-period event; an item first seen in the
     # held-out period counts as listed when that period begins, so the order of the held-out
@@ -208,8 +231,8 @@ def _encode(
     np.minimum.at(first_seen, items[~holdout], ts[~holdout])
     first_seen[np.isinf(first_seen)] = ts[holdout].min() if holdout.any() else np.inf
     if has_categories:
-        cats_raw = _concat(logs, "categories")[keep]  # type: ignore[arg-type]
-        category_names, cats = np.unique(cats_raw, return_inverse=True)
+        cat_vocab, cat_codes = _merged_codes(logs, "category")
+        category_names, cats = _dense(cat_vocab, cat_codes[keep])
         item_category = np.full(n_items, -1, dtype=np.int32)
         # The category of an item's first row (in time order) names it.
         by_item = np.lexsort((ts, items))

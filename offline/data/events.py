@@ -3,19 +3,41 @@
 Every row either becomes an event or is counted under the reason it was skipped; the
 report (:class:`offline.data.skips.SkipReport`) says how many rows of each kind there were and
 shows the first skipped ones by line number.
+
+Files are read by pyarrow's CSV reader, block by block: ids become int32 codes into
+vocabularies as they are read, and no Python object is made per row. The rules are those of
+Python's csv module with ``str.strip`` and ``float``: rows without the file's usual number of
+fields (the most common one among its first rows) come to Python one by one (too few fields,
+extra ones, a line of spaces), and timestamps that pyarrow does not read as ``float()`` does
+go through ``float()``. pyarrow gives a blank line as a row of empty fields, so the lines of
+such rows are looked up in the file (one more pass, up to the last of them). Known
+differences from the csv module: a quoted field with a line break inside counts as one line
+(later line numbers are one lower per such break), a UTF-8 byte-order mark before the first
+row is dropped, and invalid UTF-8 is only noticed in the columns that are read.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
-from offline.data.skips import SkipReport
+from offline.data.arrow_columns import (
+    DictionaryColumn,
+    concatenated,
+    parse_timestamps,
+    position_of,
+    sorted_vocabulary,
+)
+from offline.data.skips import MAX_EXAMPLES, SkipReport
 from recsvc.contract import EVENT_TYPES, LATEST_TIMESTAMP
 from recsvc.exceptions import DataError
 
@@ -71,37 +93,99 @@ TAOBAO_SPEC = ColumnSpec(
 
 @dataclass(frozen=True)
 class EventLog:
-    """Events with external string ids, in file order.
+    """Events in file order, their ids as int32 codes into sorted vocabularies.
+
+    Each vocabulary is a sorted str array without duplicates (``np.unique`` order), so code
+    order is id order; a loaded log uses every entry, a :meth:`select` may leave some unused.
 
     Attributes
     ----------
-    user_ids, item_ids : str arrays, shape (n,)
+    user_codes, item_codes : int32 arrays, shape (n,), into ``user_vocab`` and ``item_vocab``
     types : int8 array, shape (n,), index into ``EVENT_TYPES``
     ts : float64 array, shape (n,), Unix seconds
-    categories : str array, shape (n,), or None when the file has no category column
+    category_codes : int32 array, shape (n,), into ``category_vocab``; None without categories
+    user_vocab, item_vocab : str arrays
+    category_vocab : str array, or None when the file has no category column
     report : SkipReport
     """
 
-    user_ids: np.ndarray
-    item_ids: np.ndarray
+    user_codes: np.ndarray
+    item_codes: np.ndarray
     types: np.ndarray
     ts: np.ndarray
-    categories: np.ndarray | None
+    category_codes: np.ndarray | None
+    user_vocab: np.ndarray
+    item_vocab: np.ndarray
+    category_vocab: np.ndarray | None
     report: SkipReport
 
+    @classmethod
+    def from_ids(
+        cls,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        types: np.ndarray,
+        ts: np.ndarray,
+        categories: np.ndarray | None,
+        report: SkipReport,
+    ) -> EventLog:
+        """A log from external string ids (one per row)."""
+        user_vocab, users = _vocabulary(user_ids)
+        item_vocab, items = _vocabulary(item_ids)
+        cat_vocab, cats = (None, None) if categories is None else _vocabulary(categories)
+        return cls(users, items, types, ts, cats, user_vocab, item_vocab, cat_vocab, report)
+
     def __len__(self) -> int:
-        return len(self.user_ids)
+        return len(self.user_codes)
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        """Each row's user id, decoded (a str array as large as the log: for small uses)."""
+        return self.user_vocab[self.user_codes]
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        """Each row's item id, decoded (for small uses)."""
+        return self.item_vocab[self.item_codes]
+
+    @property
+    def categories(self) -> np.ndarray | None:
+        """Each row's category, decoded (for small uses); None without categories."""
+        if self.category_codes is None or self.category_vocab is None:
+            return None
+        return self.category_vocab[self.category_codes]
 
     def select(self, mask: np.ndarray) -> EventLog:
-        """The rows where ``mask`` is true (the load report stays the file's)."""
-        categories = None if self.categories is None else self.categories[mask]
-        return EventLog(self.user_ids[mask], self.item_ids[mask], self.types[mask],
-                        self.ts[mask], categories, self.report)  # fmt: skip
+        """The rows where ``mask`` is true, same vocabularies (the load report stays the file's)."""
+        cats = None if self.category_codes is None else self.category_codes[mask]
+        return EventLog(self.user_codes[mask], self.item_codes[mask], self.types[mask],
+                        self.ts[mask], cats, self.user_vocab, self.item_vocab,
+                        self.category_vocab, self.report)  # fmt: skip
+
+
+def _vocabulary(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    vocab, codes = np.unique(np.asarray(ids, dtype=str), return_inverse=True)
+    return vocab, codes.astype(np.int32)
 
 
 def load_taobao(path: str | Path) -> EventLog:
     """Load Taobao UserBehavior (``user,item,category,behavior,timestamp``, no header)."""
     return load_delimited(path, TAOBAO_SPEC)
+
+
+#: Bytes per block read by pyarrow: the transient memory of a load, whatever the file's size.
+_BLOCK_BYTES = 16 << 20
+#: Rows read by the csv module to learn the file's usual number of fields.
+_SAMPLE_ROWS = 1000
+#: Skip reasons of rows with all fields, in order of precedence (codes 1.. in ``_Rows.finish``).
+_REASONS = (
+    "empty user or item id",
+    "unparsable timestamp",
+    "timestamp out of range",
+    "unknown event type",
+)
+_BLANK = len(_REASONS) + 1
+_TYPE_CODES = {name: i for i, name in enumerate(EVENT_TYPES)}
 
 
 def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
@@ -110,18 +194,10 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
     Raises
     ------
     DataError
-        The file cannot be read, a named column is missing from the header, or no row
-        is usable.
+        The file cannot be read, is not UTF-8, a named column is missing from the header,
+        or no row is usable.
     """
     path = Path(path)
-    report = SkipReport(str(path))
-    type_codes = {name: i for i, name in enumerate(EVENT_TYPES)}
-    type_lookup = {**{t: t for t in EVENT_TYPES}, **spec.type_map}
-    users: list[str] = []
-    items: list[str] = []
-    types: list[int] = []
-    stamps: list[float] = []
-    cats: list[str] = []
     try:
         handle = path.open(newline="", encoding="utf-8")
     except OSError as exc:
@@ -130,56 +206,249 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
         reader = csv.reader(handle, delimiter=spec.delimiter)
         try:
             positions = _resolve_columns(spec, reader)
-            width = max(p for p in positions.values() if p is not None) + 1
-            for row in reader:
-                line_no = reader.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                report.read += 1
-                if len(row) < width:
-                    report.skip(f"line {line_no}", "too few fields", f"{len(row)} < {width}")
-                    continue
-                user = row[positions["user"]].strip()
-                item = row[positions["item"]].strip()
-                if not user or not item:
-                    report.skip(f"line {line_no}", "empty user or item id")
-                    continue
-                try:
-                    stamp = float(row[positions["timestamp"]])
-                except ValueError:
-                    report.skip(f"line {line_no}", "unparsable timestamp")
-                    continue
-                if not math.isfinite(stamp) or not 0 <= stamp < LATEST_TIMESTAMP:
-                    hint = "milliseconds?" if stamp >= LATEST_TIMESTAMP * 100 else ""
-                    report.skip(f"line {line_no}", "timestamp out of range", hint)
-                    continue
-                if positions["event_type"] is None:
-                    kind = spec.default_type
-                else:
-                    raw = row[positions["event_type"]].strip()
-                    kind = type_lookup.get(raw)
-                    if kind is None:
-                        report.skip(f"line {line_no}", "unknown event type", repr(raw[:20]))
-                        continue
-                users.append(user)
-                items.append(item)
-                types.append(type_codes[kind])
-                stamps.append(stamp)
-                if positions["category"] is not None:
-                    cats.append(row[positions["category"]].strip())
+            sample = [len(row) for row in itertools.islice(reader, _SAMPLE_ROWS) if row]
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: unreadable at line {reader.line_num}: {exc}") from exc
-    report.loaded = len(users)
-    if not users:
-        raise DataError(f"no usable events in {path}\n{report.summary()}")
-    return EventLog(
-        user_ids=np.array(users, dtype=str),
-        item_ids=np.array(items, dtype=str),
-        types=np.array(types, dtype=np.int8),
-        ts=np.array(stamps, dtype=np.float64),
-        categories=np.array(cats, dtype=str) if positions["category"] is not None else None,
-        report=report,
-    )
+            raise _unreadable(path, exc) from exc
+    width = max(p for p in positions.values() if p is not None) + 1
+    # Rows with the most common field count are parsed by pyarrow, all others in Python.
+    n_fields = max(Counter(sample).most_common(1)[0][0] if sample else 0, width, 2)
+    rows = _Rows(path, spec, positions, width)
+    columns = {name: f"f{p}" for name, p in positions.items() if p is not None}
+    dictionary = pa.dictionary(pa.int32(), pa.string())
+    # Ids are dictionary-encoded as read; a timestamp column that is also an id is decoded.
+    column_types = {col: dictionary for name, col in columns.items() if name != "timestamp"}
+    column_types.setdefault(columns["timestamp"], pa.string())
+    try:
+        batches = pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(
+                column_names=[f"f{i}" for i in range(n_fields)],
+                skip_rows=int(spec.header),
+                block_size=_BLOCK_BYTES,
+                use_threads=False,  # else the invalid-row handler gets no line numbers
+            ),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=spec.delimiter,
+                ignore_empty_lines=False,
+                invalid_row_handler=rows.odd_row,
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=column_types, include_columns=list(dict.fromkeys(columns.values()))
+            ),
+        )
+        for batch in batches:
+            rows.add(batch, columns)
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" not in str(exc):
+            raise _unreadable(path, exc) from exc
+    if rows.error is not None:
+        raise rows.error
+    return rows.finish()
+
+
+class _Rows:
+    """The rows of one file as they are read: pyarrow's batches and, in Python, the rows it
+    hands over (another number of fields than the usual)."""
+
+    def __init__(
+        self, path: Path, spec: ColumnSpec, positions: dict[str, int | None], width: int
+    ) -> None:
+        self.path, self.spec, self.positions, self.width = path, spec, positions, width
+        self.first_line = 1 + int(spec.header)
+        self.type_lookup = {**{t: t for t in EVENT_TYPES}, **spec.type_map}
+        self.ids = {name: DictionaryColumn() for name in ("user", "item", "category", "event_type")}
+        self.stamps: list[np.ndarray] = []
+        self.unparsable: list[np.ndarray] = []
+        self.n = 0
+        # Rows handed over: every line number; the kept ones (line, pyarrow rows before it,
+        # user, item, type code, timestamp, category); the skipped ones, counted.
+        self.odd_lines: list[int] = []
+        self.odd_kept: list[tuple[int, int, str, str, int, float, str]] = []
+        self.odd_skipped: Counter[str] = Counter()
+        self.odd_examples: list[tuple[int, str, str]] = []
+        self.odd_blank = 0
+        self.error: DataError | None = None
+
+    def add(self, batch: pa.RecordBatch, columns: dict[str, str]) -> None:
+        for name, codes in self.ids.items():
+            if name in columns:
+                codes.add(batch.column(columns[name]))
+        stamps = batch.column(columns["timestamp"])
+        if isinstance(stamps, pa.DictionaryArray):
+            stamps = stamps.dictionary_decode()
+        values, unparsable = parse_timestamps(stamps)
+        self.stamps.append(values)
+        self.unparsable.append(unparsable)
+        self.n += batch.num_rows
+
+    def odd_row(self, row: pa_csv.InvalidRow) -> str:
+        """pyarrow's invalid-row handler: parse the row as the csv module does."""
+        self.odd_lines.append(row.number)
+        try:
+            fields = next(csv.reader([row.text], delimiter=self.spec.delimiter), [])
+        except csv.Error as exc:
+            message = f"{self.path}: unreadable at line {row.number}: {exc}"
+            self.error = self.error or DataError(message)
+            return "skip"
+        outcome = self._check(fields)
+        if outcome is None:
+            self.odd_blank += 1
+        elif len(outcome) == 2:
+            reason, detail = outcome
+            self.odd_skipped[reason] += 1
+            if len(self.odd_examples) < MAX_EXAMPLES:
+                self.odd_examples.append((row.number, reason, detail))
+        else:
+            before = row.number - self.first_line - (len(self.odd_lines) - 1)
+            self.odd_kept.append((row.number, before, *outcome))
+        return "skip"
+
+    def _check(self, row: list[str]) -> tuple[str, str] | tuple[str, str, int, float, str] | None:
+        """None for a blank row, (reason, detail) for a bad one, else (user, item, type
+        code, timestamp, category): the rules of the csv-module loader, row by row."""
+        if not row or (len(row) == 1 and not row[0].strip()):
+            return None
+        pos = self.positions
+        if len(row) < self.width:
+            return "too few fields", f"{len(row)} < {self.width}"
+        user, item = row[pos["user"]].strip(), row[pos["item"]].strip()  # type: ignore[index]
+        if not user or not item:
+            return "empty user or item id", ""
+        try:
+            stamp = float(row[pos["timestamp"]])  # type: ignore[index]
+        except ValueError:
+            return "unparsable timestamp", ""
+        if not math.isfinite(stamp) or not 0 <= stamp < LATEST_TIMESTAMP:
+            return (
+                "timestamp out of range",
+                "milliseconds?" if stamp >= LATEST_TIMESTAMP * 100 else "",
+            )
+        kind = self.spec.default_type
+        if pos["event_type"] is not None:
+            raw = row[pos["event_type"]].strip()
+            if raw not in self.type_lookup:
+                return "unknown event type", repr(raw[:20])
+            kind = self.type_lookup[raw]
+        category = "" if pos["category"] is None else row[pos["category"]].strip()
+        return user, item, _TYPE_CODES[kind], stamp, category
+
+    def finish(self) -> EventLog:
+        """The log of the rows read: checks, the report, sorted vocabularies, file order."""
+        n, kept = self.n, self.odd_kept
+        users, user_vocab = self.ids["user"].finish([row[2] for row in kept])
+        items, item_vocab = self.ids["item"].finish([row[3] for row in kept])
+        stamps = concatenated(self.stamps, np.dtype(np.float64))
+        unparsable = concatenated(self.unparsable, np.dtype(bool))
+        type_codes, type_names = self.ids["event_type"].finish([])
+        if self.positions["event_type"] is None:
+            types = np.full(n, _TYPE_CODES[self.spec.default_type], dtype=np.int8)
+        else:
+            names = type_names.to_pylist()
+            codes = [_TYPE_CODES.get(self.type_lookup.get(t, ""), -1) for t in names]
+            types = np.array(codes, dtype=np.int8)[type_codes]
+        no_id = users[:n] == position_of(user_vocab, "")
+        no_id |= items[:n] == position_of(item_vocab, "")
+        reason = np.zeros(n, dtype=np.int8)  # 0 kept, else 1 + index in _REASONS, or _BLANK
+        reason[types < 0] = 4
+        reason[~((stamps >= 0) & (stamps < LATEST_TIMESTAMP))] = 3
+        reason[unparsable] = 2
+        reason[no_id] = 1
+        # A blank line reaches pyarrow as a row of empty fields: the candidates' text tells.
+        candidates = np.flatnonzero(no_id & unparsable)
+        if len(candidates):
+            reason[candidates[_blank_lines(self.path, self._lines(candidates))]] = _BLANK
+        del no_id, unparsable
+        report = self._report(reason, stamps, type_codes, type_names)
+        del type_codes
+        # Keep the good rows, with the ones handed over put back in file order.
+        good = reason == 0
+        before = np.array([row[1] for row in kept], dtype=np.int64)
+        at = before - np.searchsorted(np.flatnonzero(reason), before)
+        del reason
+
+        def merge(column: np.ndarray, odd: object) -> np.ndarray:
+            kept_rows = column[:n][good]
+            if not len(at):
+                return kept_rows
+            return np.insert(kept_rows, at, np.asarray(odd, dtype=column.dtype))
+
+        report.loaded = int(good.sum()) + len(kept)
+        if not report.loaded:
+            raise DataError(f"no usable events in {self.path}\n{report.summary()}")
+        user_codes, user_names = sorted_vocabulary(merge(users, users[n:]), user_vocab)
+        del users
+        item_codes, item_names = sorted_vocabulary(merge(items, items[n:]), item_vocab)
+        del items
+        category_codes = category_names = None
+        if self.positions["category"] is not None:
+            cats, cat_vocab = self.ids["category"].finish([row[6] for row in kept])
+            category_codes, category_names = sorted_vocabulary(merge(cats, cats[n:]), cat_vocab)
+        return EventLog(
+            user_codes=user_codes,
+            item_codes=item_codes,
+            types=merge(types, [row[4] for row in kept]),
+            ts=merge(stamps, [row[5] for row in kept]),
+            category_codes=category_codes,
+            user_vocab=user_names,
+            item_vocab=item_names,
+            category_vocab=category_names,
+            report=report,
+        )
+
+    def _lines(self, rows: np.ndarray) -> np.ndarray:
+        """Physical line of each of pyarrow's ``rows``: the lines handed over fill the gaps."""
+        odd = np.array(self.odd_lines, dtype=np.int64)
+        gaps = odd - self.first_line - np.arange(len(odd))
+        return self.first_line + rows + np.searchsorted(gaps, rows, side="right")
+
+    def _report(
+        self, reason: np.ndarray, stamps: np.ndarray, type_codes: np.ndarray, type_names: pa.Array
+    ) -> SkipReport:
+        """Rows read and skipped, pyarrow's and Python's together, examples in file order."""
+        counts = np.bincount(reason, minlength=_BLANK + 1)
+        report = SkipReport(str(self.path))
+        report.read = self.n - int(counts[_BLANK]) + len(self.odd_lines) - self.odd_blank
+        examples = list(self.odd_examples)
+        first = np.flatnonzero((reason > 0) & (reason < _BLANK))[:MAX_EXAMPLES]
+        for row, line in zip(first, self._lines(first), strict=True):
+            code, detail = int(reason[row]), ""
+            if code == 3 and stamps[row] >= LATEST_TIMESTAMP * 100:
+                detail = "milliseconds?"
+            elif code == 4:
+                detail = repr(type_names[int(type_codes[row])].as_py()[:20])
+            examples.append((int(line), _REASONS[code - 1], detail))
+        shown = sorted(examples)[:MAX_EXAMPLES]
+        for line, why, detail in shown:
+            report.skip(f"line {line}", why, detail)
+        totals = self.odd_skipped + Counter(
+            {why: int(counts[i + 1]) for i, why in enumerate(_REASONS)}
+        )
+        report.skipped.update(totals - Counter(why for _, why, _ in shown))
+        return report
+
+
+def _blank_lines(path: Path, lines: np.ndarray) -> np.ndarray:
+    """Which of ``lines`` (increasing line numbers) are empty in the file."""
+    blank = dict.fromkeys(lines.tolist(), False)
+    last = int(lines[-1])
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        for number, text in enumerate(handle, 1):
+            if number in blank:
+                blank[number] = not text.strip("\r\n")
+            if number >= last:
+                break
+    return np.array(list(blank.values()), dtype=bool)
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    """The error for a file that cannot be parsed, at its first line that is not UTF-8."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return DataError(f"{path}: unreadable at line {number}: {bad}")
+    return DataError(f"{path}: unreadable: {exc}")
 
 
 def _resolve_columns(spec: ColumnSpec, reader: Iterator[list[str]]) -> dict[str, int | None]:

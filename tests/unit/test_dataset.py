@@ -22,7 +22,7 @@ START = dt.datetime(2017, 12, 1, tzinfo=dt.timezone(dt.timedelta(hours=8))).time
 
 def make_log(rows: list[tuple[str, str, str, int, float]]) -> EventLog:
     users, items, cats, types, ts = zip(*rows, strict=True)
-    return EventLog(
+    return EventLog.from_ids(
         np.array(users),
         np.array(items),
         np.array(types, dtype=np.int8),

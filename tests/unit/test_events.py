@@ -111,3 +111,77 @@ def test_missing_file_and_missing_header_column_are_clear_errors(tmp_path):
     path = write(tmp_path, "a,b,c\n1,2,3\n")
     with pytest.raises(DataError, match="'Time' for timestamp is not in the header"):
         load_delimited(path, ColumnSpec(user="a", item="b", timestamp="Time", header=True))
+
+
+def test_blank_lines_are_not_read_and_later_line_numbers_count_them(tmp_path):
+    path = write(tmp_path, "1,10,5,pv,1\n\n   \n\r\n1,11,5,zz,2\n\n1,12,5,pv,x\n,,,,\n")
+    log = load_taobao(path)
+    assert log.report.read == 4 and log.item_ids.tolist() == ["10"]
+    assert log.report.examples == [
+        "line 5: unknown event type ('zz')",
+        "line 7: unparsable timestamp",
+        "line 8: empty user or item id",
+    ]
+
+
+def test_rows_with_extra_fields_are_kept_in_file_order(tmp_path):
+    path = write(tmp_path, "1,10,5,pv,1\n1,11,5,pv,2,extra\n1,12,5,pv,3\n1,13,5,pv,4,x,y\n")
+    log = load_taobao(path)
+    assert log.item_ids.tolist() == ["10", "11", "12", "13"]
+    assert log.ts.tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert log.report.skipped == {}
+
+
+def test_ids_types_and_categories_are_stripped_of_surrounding_whitespace(tmp_path):
+    path = write(tmp_path, " 1 ,10\t, 5 , cart ,1\n1,\u300010,5,pv,2\n \t,11,5,pv,3\n")
+    log = load_taobao(path)
+    assert log.user_ids.tolist() == ["1", "1"]
+    assert log.item_ids.tolist() == ["10", "10"]
+    assert log.categories.tolist() == ["5", "5"]
+    assert log.types.tolist() == [CART, CLICK]
+    assert log.report.examples == ["line 3: empty user or item id"]
+
+
+def test_timestamps_are_read_as_python_float_reads_them(tmp_path):
+    path = write(tmp_path, "1,10,5,pv, 12 \n1,10,5,pv,1_000\n1,10,5,pv,1e9\n1,10,5,pv,inf\n")
+    log = load_taobao(path)
+    assert log.ts.tolist() == [12.0, 1000.0, 1e9]
+    assert log.report.examples == ["line 4: timestamp out of range (milliseconds?)"]
+
+
+def test_a_header_file_numbers_lines_from_the_header(tmp_path):
+    path = write(tmp_path, "u;i;t\nA;x;1\n\nB;;2\nC;y\nD;z;3;extra\n")
+    log = load_delimited(path, ColumnSpec(user="u", item="i", timestamp="t", delimiter=";",
+                                          header=True))  # fmt: skip
+    assert log.user_ids.tolist() == ["A", "D"]
+    assert log.report.read == 4
+    assert log.report.examples == [
+        "line 4: empty user or item id",
+        "line 5: too few fields (2 < 3)",
+    ]
+
+
+def test_a_row_with_several_faults_counts_once_under_the_first_in_precedence(tmp_path):
+    path = write(
+        tmp_path,
+        ",10,5,zz,soon\n"  # empty id, unparsable timestamp, unknown type
+        "1,10,5,zz,soon\n"  # unparsable timestamp, unknown type
+        "1,10,5,zz,1511544090000\n"  # out of range, unknown type
+        "1,10,5,zz,1\n"
+        "1,10,5,pv,1\n",
+    )
+    log = load_taobao(path)
+    assert log.report.examples == [
+        "line 1: empty user or item id",
+        "line 2: unparsable timestamp",
+        "line 3: timestamp out of range (milliseconds?)",
+        "line 4: unknown event type ('zz')",
+    ]
+
+
+@pytest.mark.parametrize("bad_row", [b"1,1\xff0,5,pv,2\n", b"1,1\xff0,5\n"])
+def test_invalid_utf8_is_a_clear_error_with_its_line(tmp_path, bad_row):
+    path = tmp_path / "events.csv"
+    path.write_bytes(b"1,10,5,pv,1\n\n" + bad_row + b"1,10,5,pv,3\n")
+    with pytest.raises(DataError, match="unreadable at line 3: 'utf-8' codec can't decode"):
+        load_taobao(path)

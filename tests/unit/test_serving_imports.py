@@ -8,7 +8,7 @@ def test_serve_and_ingest_import_no_tensorflow() -> None:
     code = (
         "import sys, recsvc.cli, recsvc.server, recsvc.ingest, recsvc.client;"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'offline', "
-        "'training', 'scipy', 'annoy'}))"
+        "'training', 'scipy', 'annoy', 'pyarrow'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -108,7 +108,16 @@ def add_event_arguments(parser: argparse.ArgumentParser) -> None:
     columns.add_argument("--header", action="store_true", help="the first line names the columns")
     columns.add_argument("--user-col", type=_column, help="user (or session) id column")
     columns.add_argument("--item-col", type=_column, help="item id column")
-    columns.add_argument("--time-col", type=_column, help="Unix-seconds timestamp column")
+    columns.add_argument(
+        "--time-col", type=_column, help="time column, in the form --time-format says"
+    )
+    columns.add_argument(
+        "--time-format",
+        choices=["auto", "s", "ms", "iso"],
+        default="auto",
+        help="s: Unix seconds; ms: Unix milliseconds; iso: ISO-8601 (naive is UTC); auto "
+        "(default): told from the first rows. Times before 2000 or in the future are an error",
+    )
     columns.add_argument("--type-col", type=_column, help="event type column (default: none)")
     columns.add_argument("--category-col", type=_column, help="item category column")
     columns.add_argument(

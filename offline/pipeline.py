@@ -86,7 +86,7 @@ class PipelineInputs:
 
 def column_spec(args: argparse.Namespace) -> ColumnSpec:
     if args.format == "taobao":
-        return TAOBAO_SPEC
+        return replace(TAOBAO_SPEC, time_format=args.time_format)
     missing = [
         flag
         for flag, value in (
@@ -108,6 +108,7 @@ def column_spec(args: argparse.Namespace) -> ColumnSpec:
         header=args.header,
         type_map=args.type_map,
         default_type=args.default_type,
+        time_format=args.time_format,
     )
 
 

@@ -33,11 +33,18 @@ import pyarrow.csv as pa_csv
 from offline.data.arrow_columns import (
     DictionaryColumn,
     concatenated,
-    parse_timestamps,
     position_of,
     sorted_vocabulary,
 )
 from offline.data.skips import MAX_EXAMPLES, SkipReport
+from offline.data.times import (
+    TIME_FORMATS,
+    accepted,
+    check_range,
+    detect_format,
+    parse_column,
+    parse_one,
+)
 from recsvc.contract import EVENT_TYPES, LATEST_TIMESTAMP
 from recsvc.exceptions import DataError
 
@@ -64,12 +71,17 @@ class ColumnSpec:
     header: bool = False
     type_map: dict[str, str] = field(default_factory=dict)
     default_type: str = "click"
+    time_format: str = "auto"
 
     def __post_init__(self) -> None:
         bad = {v for v in [*self.type_map.values(), self.default_type] if v not in EVENT_TYPES}
         if bad:
             raise DataError(
                 f"event type mapping targets {sorted(bad)}, expected some of {list(EVENT_TYPES)}"
+            )
+        if self.time_format not in TIME_FORMATS:
+            raise DataError(
+                f"time format {self.time_format!r} is none of {', '.join(TIME_FORMATS)}"
             )
         named = [c for c in self.columns().values() if isinstance(c, str)]
         if named and not self.header:
@@ -206,13 +218,20 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
         reader = csv.reader(handle, delimiter=spec.delimiter)
         try:
             positions = _resolve_columns(spec, reader)
-            sample = [len(row) for row in itertools.islice(reader, _SAMPLE_ROWS) if row]
+            first = [(reader.line_num, row) for row in itertools.islice(reader, _SAMPLE_ROWS)]
         except (csv.Error, UnicodeDecodeError) as exc:
             raise _unreadable(path, exc) from exc
     width = max(p for p in positions.values() if p is not None) + 1
     # Rows with the most common field count are parsed by pyarrow, all others in Python.
+    sample = [len(row) for _, row in first if row]
     n_fields = max(Counter(sample).most_common(1)[0][0] if sample else 0, width, 2)
-    rows = _Rows(path, spec, positions, width)
+    at = positions["timestamp"]
+    assert at is not None  # a ColumnSpec always names it
+    times = [(line, row[at].strip()) for line, row in first if len(row) >= width]
+    fmt = spec.time_format
+    if fmt == "auto":
+        fmt = detect_format([text for _, text in times])
+    rows = _Rows(path, spec, positions, width, fmt, times[0] if times else None)
     columns = {name: f"f{p}" for name, p in positions.items() if p is not None}
     dictionary = pa.dictionary(pa.int32(), pa.string())
     # Ids are dictionary-encoded as read; a timestamp column that is also an id is decoded.
@@ -243,7 +262,9 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
             raise _unreadable(path, exc) from exc
     if rows.error is not None:
         raise rows.error
-    return rows.finish()
+    log = rows.finish()
+    check_range(log.ts, fmt, rows.example, str(path))
+    return log
 
 
 class _Rows:
@@ -251,9 +272,17 @@ class _Rows:
     hands over (another number of fields than the usual)."""
 
     def __init__(
-        self, path: Path, spec: ColumnSpec, positions: dict[str, int | None], width: int
+        self,
+        path: Path,
+        spec: ColumnSpec,
+        positions: dict[str, int | None],
+        width: int,
+        time_format: str,
+        example: tuple[int, str] | None,
     ) -> None:
         self.path, self.spec, self.positions, self.width = path, spec, positions, width
+        #: How the times read (``s``, ``ms`` or ``iso``), and a (line, time text) to show.
+        self.time_format, self.example = time_format, example
         self.first_line = 1 + int(spec.header)
         self.type_lookup = {**{t: t for t in EVENT_TYPES}, **spec.type_map}
         self.ids = {name: DictionaryColumn() for name in ("user", "item", "category", "event_type")}
@@ -276,7 +305,7 @@ class _Rows:
         stamps = batch.column(columns["timestamp"])
         if isinstance(stamps, pa.DictionaryArray):
             stamps = stamps.dictionary_decode()
-        values, unparsable = parse_timestamps(stamps)
+        values, unparsable = parse_column(stamps, self.time_format)
         self.stamps.append(values)
         self.unparsable.append(unparsable)
         self.n += batch.num_rows
@@ -315,7 +344,7 @@ class _Rows:
         if not user or not item:
             return "empty user or item id", ""
         try:
-            stamp = float(row[pos["timestamp"]])  # type: ignore[index]
+            stamp = parse_one(row[pos["timestamp"]], self.time_format)  # type: ignore[index]
         except ValueError:
             return "unparsable timestamp", ""
         if not math.isfinite(stamp) or not 0 <= stamp < LATEST_TIMESTAMP:
@@ -374,7 +403,7 @@ class _Rows:
 
         report.loaded = int(good.sum()) + len(kept)
         if not report.loaded:
-            raise DataError(f"no usable events in {self.path}\n{report.summary()}")
+            raise DataError(f"no usable events in {self.path}\n{report.summary()}{self._times()}")
         user_codes, user_names = sorted_vocabulary(merge(users, users[n:]), user_vocab)
         del users
         item_codes, item_names = sorted_vocabulary(merge(items, items[n:]), item_vocab)
@@ -393,6 +422,14 @@ class _Rows:
             item_vocab=item_names,
             category_vocab=category_names,
             report=report,
+        )
+
+    def _times(self) -> str:
+        """What to say of the times when no row was usable."""
+        shown = f" (line {self.example[0]}: {self.example[1]!r})" if self.example else ""
+        return (
+            f"\ntimes were read as {TIME_FORMATS[self.time_format]}{shown}; "
+            f"--time-format takes {accepted()}"
         )
 
     def _lines(self, rows: np.ndarray) -> np.ndarray:

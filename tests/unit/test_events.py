@@ -61,9 +61,9 @@ def test_delimited_with_header_named_columns_and_type_map(tmp_path):
     path = write(
         tmp_path,
         "SessionId\tItemId\tTime\tKind\n"
-        "s1\ti1\t10.5\tview\n"
-        "s1\ti2\t11.0\tbasket\n"
-        "s2\ti1\t12.0\tclick\n",
+        "s1\ti1\t1511544010.5\tview\n"
+        "s1\ti2\t1511544011.0\tbasket\n"
+        "s2\ti1\t1511544012.0\tclick\n",
     )
     spec = ColumnSpec(
         user="SessionId",
@@ -81,7 +81,7 @@ def test_delimited_with_header_named_columns_and_type_map(tmp_path):
 
 
 def test_delimited_without_type_column_uses_the_default_type(tmp_path):
-    path = write(tmp_path, "u,i,1\nu,j,2\n")
+    path = write(tmp_path, "u,i,1511544001\nu,j,1511544002\n")
     log = load_delimited(path, ColumnSpec(user=0, item=1, timestamp=2))
     assert log.types.tolist() == [CLICK, CLICK]
 
@@ -114,7 +114,9 @@ def test_missing_file_and_missing_header_column_are_clear_errors(tmp_path):
 
 
 def test_blank_lines_are_not_read_and_later_line_numbers_count_them(tmp_path):
-    path = write(tmp_path, "1,10,5,pv,1\n\n   \n\r\n1,11,5,zz,2\n\n1,12,5,pv,x\n,,,,\n")
+    path = write(
+        tmp_path, "1,10,5,pv,1511544001\n\n   \n\r\n1,11,5,zz,1511544002\n\n1,12,5,pv,x\n,,,,\n"
+    )
     log = load_taobao(path)
     assert log.report.read == 4 and log.item_ids.tolist() == ["10"]
     assert log.report.examples == [
@@ -125,15 +127,22 @@ def test_blank_lines_are_not_read_and_later_line_numbers_count_them(tmp_path):
 
 
 def test_rows_with_extra_fields_are_kept_in_file_order(tmp_path):
-    path = write(tmp_path, "1,10,5,pv,1\n1,11,5,pv,2,extra\n1,12,5,pv,3\n1,13,5,pv,4,x,y\n")
+    path = write(
+        tmp_path,
+        "1,10,5,pv,1511544001\n1,11,5,pv,1511544002,extra\n1,12,5,pv,1511544003\n"
+        "1,13,5,pv,1511544004,x,y\n",
+    )
     log = load_taobao(path)
     assert log.item_ids.tolist() == ["10", "11", "12", "13"]
-    assert log.ts.tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert log.ts.tolist() == [1511544001.0, 1511544002.0, 1511544003.0, 1511544004.0]
     assert log.report.skipped == {}
 
 
 def test_ids_types_and_categories_are_stripped_of_surrounding_whitespace(tmp_path):
-    path = write(tmp_path, " 1 ,10\t, 5 , cart ,1\n1,\u300010,5,pv,2\n \t,11,5,pv,3\n")
+    path = write(
+        tmp_path,
+        " 1 ,10\t, 5 , cart ,1511544001\n1,\u300010,5,pv,1511544002\n \t,11,5,pv,1511544003\n",
+    )
     log = load_taobao(path)
     assert log.user_ids.tolist() == ["1", "1"]
     assert log.item_ids.tolist() == ["10", "10"]
@@ -143,14 +152,17 @@ def test_ids_types_and_categories_are_stripped_of_surrounding_whitespace(tmp_pat
 
 
 def test_timestamps_are_read_as_python_float_reads_them(tmp_path):
-    path = write(tmp_path, "1,10,5,pv, 12 \n1,10,5,pv,1_000\n1,10,5,pv,1e9\n1,10,5,pv,inf\n")
+    path = write(
+        tmp_path,
+        "1,10,5,pv, 1511544012 \n1,10,5,pv,1_511_544_000\n1,10,5,pv,1.5e9\n1,10,5,pv,inf\n",
+    )
     log = load_taobao(path)
-    assert log.ts.tolist() == [12.0, 1000.0, 1e9]
+    assert log.ts.tolist() == [1511544012.0, 1511544000.0, 1.5e9]
     assert log.report.examples == ["line 4: timestamp out of range (milliseconds?)"]
 
 
 def test_a_header_file_numbers_lines_from_the_header(tmp_path):
-    path = write(tmp_path, "u;i;t\nA;x;1\n\nB;;2\nC;y\nD;z;3;extra\n")
+    path = write(tmp_path, "u;i;t\nA;x;1511544001\n\nB;;1511544002\nC;y\nD;z;1511544003;extra\n")
     log = load_delimited(path, ColumnSpec(user="u", item="i", timestamp="t", delimiter=";",
                                           header=True))  # fmt: skip
     assert log.user_ids.tolist() == ["A", "D"]
@@ -167,8 +179,8 @@ def test_a_row_with_several_faults_counts_once_under_the_first_in_precedence(tmp
         ",10,5,zz,soon\n"  # empty id, unparsable timestamp, unknown type
         "1,10,5,zz,soon\n"  # unparsable timestamp, unknown type
         "1,10,5,zz,1511544090000\n"  # out of range, unknown type
-        "1,10,5,zz,1\n"
-        "1,10,5,pv,1\n",
+        "1,10,5,zz,1511544001\n"
+        "1,10,5,pv,1511544001\n",
     )
     log = load_taobao(path)
     assert log.report.examples == [

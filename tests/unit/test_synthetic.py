@@ -172,7 +172,10 @@ def test_cli_defaults_keep_the_paper_ratios(tmp_path, capsys):
 
 def test_realism_statistics_on_a_known_log(tmp_path):
     path = tmp_path / "tiny.csv"
-    path.write_text("1,10,5,pv,100\n1,11,5,pv,200\n1,10,5,pv,300\n1,10,5,cart,310\n2,12,6,pv,100\n")
+    path.write_text(  # times 100 s apart, in 2017
+        "1,10,5,pv,1511544100\n1,11,5,pv,1511544200\n1,10,5,pv,1511544300\n"
+        "1,10,5,cart,1511544310\n2,12,6,pv,1511544100\n"
+    )
     stats = log_stats(load_taobao(path))
     assert stats["events_per_user_mean"] == 2.5
     assert stats["repeat_view_rate"] == pytest.approx(1 / 4)

@@ -99,9 +99,10 @@ def add_event_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--format",
         required=True,
-        choices=["taobao", "csv"],
+        choices=["taobao", "csv", "parquet"],
         help="taobao: UserBehavior user,item,category,behavior,ts without header; "
-        "csv: any delimited file described by the column flags",
+        "csv: any delimited file described by the column flags; parquet: a Parquet file, "
+        "its columns named (or numbered) by the same flags",
     )
     columns = parser.add_argument_group("csv columns (position from 0, or header name)")
     columns.add_argument("--delimiter", type=_delimiter, default=",", help="default ','; 'tab'")

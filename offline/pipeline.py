@@ -24,7 +24,7 @@ import numpy as np
 
 from offline.config import PipelineConfig, apply_overrides, describe
 from offline.data.dataset import Dataset, build_dataset, describe_split, fit_period_log
-from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_delimited
+from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_events
 from offline.data.interactions import CART, CLICK, Catalogue, Interactions
 from offline.data.sequences import CONVERSION_NAMES
 from offline.data.sessions import fit_sessions
@@ -97,7 +97,7 @@ def column_spec(args: argparse.Namespace) -> ColumnSpec:
         if value is None
     ]
     if missing:
-        raise ConfigError(f"--format csv needs {', '.join(missing)}")
+        raise ConfigError(f"--format {args.format} needs {', '.join(missing)}")
     return ColumnSpec(
         user=args.user_col,
         item=args.item_col,
@@ -109,6 +109,7 @@ def column_spec(args: argparse.Namespace) -> ColumnSpec:
         type_map=args.type_map,
         default_type=args.default_type,
         time_format=args.time_format,
+        parquet=args.format == "parquet",
     )
 
 
@@ -150,8 +151,8 @@ def run_pipeline(
     timings = Timings()
     metrics: dict[str, Any] = {}
     with timings.stage("load"):
-        log = load_delimited(inputs.events, inputs.spec)
-        test_log = load_delimited(inputs.test_events, inputs.spec) if inputs.test_events else None
+        log = load_events(inputs.events, inputs.spec)
+        test_log = load_events(inputs.test_events, inputs.spec) if inputs.test_events else None
         for loaded in filter(None, (log, test_log)):
             print(loaded.report.summary())
         data = build_dataset(

@@ -23,12 +23,14 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 from offline.data.arrow_columns import (
     DictionaryColumn,
@@ -42,8 +44,10 @@ from offline.data.times import (
     accepted,
     check_range,
     detect_format,
+    is_typed_time,
     parse_column,
     parse_one,
+    parse_typed,
 )
 from recsvc.contract import EVENT_TYPES, LATEST_TIMESTAMP
 from recsvc.exceptions import DataError
@@ -54,9 +58,10 @@ TAOBAO_TYPES = {"pv": "click", "cart": "cart", "fav": "fav", "buy": "buy"}
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """Where each Event field is in a delimited file.
+    """Where each Event field is in a delimited or Parquet file.
 
-    Columns are 0-based positions, or names when the file has a header. Without an event
+    Columns are 0-based positions, or names when the file has a header (a Parquet file,
+    ``parquet``, always has one, and ``delimiter`` and ``header`` do not apply). Without an event
     type column every row is ``default_type``; ``type_map`` maps the file's type names onto
     the contract's (``click``, ``cart``, ``fav``, ``buy``); names absent from it must already
     be contract names.
@@ -72,6 +77,7 @@ class ColumnSpec:
     type_map: dict[str, str] = field(default_factory=dict)
     default_type: str = "click"
     time_format: str = "auto"
+    parquet: bool = False
 
     def __post_init__(self) -> None:
         bad = {v for v in [*self.type_map.values(), self.default_type] if v not in EVENT_TYPES}
@@ -84,7 +90,7 @@ class ColumnSpec:
                 f"time format {self.time_format!r} is none of {', '.join(TIME_FORMATS)}"
             )
         named = [c for c in self.columns().values() if isinstance(c, str)]
-        if named and not self.header:
+        if named and not (self.header or self.parquet):
             raise DataError(f"columns {named} are named, but the file is read without a header")
 
     def columns(self) -> dict[str, int | str | None]:
@@ -200,6 +206,70 @@ _BLANK = len(_REASONS) + 1
 _TYPE_CODES = {name: i for i, name in enumerate(EVENT_TYPES)}
 
 
+def load_events(path: str | Path, spec: ColumnSpec) -> EventLog:
+    """Load an event file, Parquet or delimited as ``spec`` says (see those loaders)."""
+    return load_parquet(path, spec) if spec.parquet else load_delimited(path, spec)
+
+
+def load_parquet(path: str | Path, spec: ColumnSpec) -> EventLog:
+    """Load a Parquet event file; bad rows are counted in the report as ``row N``, as the
+    delimited loader counts its lines. Ids and categories may be of any type (they are
+    read as text); times are text in ``spec.time_format``, numbers (seconds or
+    milliseconds), or Parquet timestamps and dates. A null id is an empty one.
+
+    Raises
+    ------
+    DataError
+        The file cannot be read, a column is not in it, or no row is usable.
+    """
+    path = Path(path)
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read Parquet file {path}: {exc}") from exc
+    names = file.schema_arrow.names
+    positions: dict[str, int | None] = {}
+    for name, column in spec.columns().items():
+        if column is None:
+            positions[name] = None
+        elif isinstance(column, int) and 0 <= column < len(names):
+            positions[name] = column
+        elif isinstance(column, str) and column in names:
+            positions[name] = names.index(column)
+        else:
+            raise DataError(f"column {column!r} for {name} is not in {path}'s columns {names}")
+    columns = {name: names[p] for name, p in positions.items() if p is not None}
+    batches = file.iter_batches(batch_size=1 << 20, columns=list(dict.fromkeys(columns.values())))
+    try:
+        first = next(batches, None)
+        sample = [] if first is None else first.column(columns["timestamp"])[:_SAMPLE_ROWS]
+        times = [str(v) for v in (sample.to_pylist() if len(sample) else []) if v is not None]
+        fmt = detect_format(times) if spec.time_format == "auto" else spec.time_format
+        example = (1, times[0]) if times else None
+        rows = _Rows(path, replace(spec, header=False), positions, 0, fmt, example, "row")
+        for batch in itertools.chain([first] if first is not None else [], batches):
+            rows.add(_as_text(batch, columns), columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read Parquet file {path}: {exc}") from exc
+    log = rows.finish()
+    check_range(log.ts, fmt, rows.example, str(path))
+    return log
+
+
+def _as_text(batch: pa.RecordBatch, columns: dict[str, str]) -> pa.RecordBatch:
+    """``batch`` with the id columns as dictionary-encoded text, nulls as empty text, and
+    the time column as text unless it is numeric, a timestamp or a date."""
+    out = {}
+    for name, column_name in columns.items():
+        column = batch.column(column_name)
+        if name == "timestamp" and is_typed_time(column.type):
+            out[column_name] = column
+            continue
+        text = pc.fill_null(column.cast(pa.string()), "")
+        out[column_name] = text if name == "timestamp" else text.dictionary_encode()
+    return pa.record_batch(list(out.values()), names=list(out))
+
+
 def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
     """Load a delimited event file; bad rows are counted in the report, not raised.
 
@@ -279,8 +349,11 @@ class _Rows:
         width: int,
         time_format: str,
         example: tuple[int, str] | None,
+        unit: str = "line",
     ) -> None:
         self.path, self.spec, self.positions, self.width = path, spec, positions, width
+        #: What a report calls a row's place: ``line`` in a text file, ``row`` in Parquet.
+        self.unit = unit
         #: How the times read (``s``, ``ms`` or ``iso``), and a (line, time text) to show.
         self.time_format, self.example = time_format, example
         self.first_line = 1 + int(spec.header)
@@ -305,7 +378,11 @@ class _Rows:
         stamps = batch.column(columns["timestamp"])
         if isinstance(stamps, pa.DictionaryArray):
             stamps = stamps.dictionary_decode()
-        values, unparsable = parse_column(stamps, self.time_format)
+        values, unparsable = (
+            parse_typed(stamps, self.time_format)
+            if is_typed_time(stamps.type)
+            else parse_column(stamps, self.time_format)
+        )
         self.stamps.append(values)
         self.unparsable.append(unparsable)
         self.n += batch.num_rows
@@ -384,7 +461,7 @@ class _Rows:
         reason[no_id] = 1
         # A blank line reaches pyarrow as a row of empty fields: the candidates' text tells.
         candidates = np.flatnonzero(no_id & unparsable)
-        if len(candidates):
+        if len(candidates) and self.unit == "line":
             reason[candidates[_blank_lines(self.path, self._lines(candidates))]] = _BLANK
         del no_id, unparsable
         report = self._report(reason, stamps, type_codes, type_names)
@@ -426,7 +503,7 @@ class _Rows:
 
     def _times(self) -> str:
         """What to say of the times when no row was usable."""
-        shown = f" (line {self.example[0]}: {self.example[1]!r})" if self.example else ""
+        shown = f" ({self.unit} {self.example[0]}: {self.example[1]!r})" if self.example else ""
         return (
             f"\ntimes were read as {TIME_FORMATS[self.time_format]}{shown}; "
             f"--time-format takes {accepted()}"
@@ -456,7 +533,7 @@ class _Rows:
             examples.append((int(line), _REASONS[code - 1], detail))
         shown = sorted(examples)[:MAX_EXAMPLES]
         for line, why, detail in shown:
-            report.skip(f"line {line}", why, detail)
+            report.skip(f"{self.unit} {line}", why, detail)
         totals = self.odd_skipped + Counter(
             {why: int(counts[i + 1]) for i, why in enumerate(_REASONS)}
         )

@@ -95,6 +95,32 @@ def parse_column(column: pa.Array, fmt: str) -> tuple[np.ndarray, np.ndarray]:
     return seconds, np.isnan(seconds)
 
 
+def is_typed_time(kind: pa.DataType) -> bool:
+    """Whether a column of this type holds times as numbers, timestamps or dates (not text)."""
+    return bool(
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_timestamp(kind)
+        or pa.types.is_date(kind)
+    )
+
+
+def parse_typed(column: pa.Array, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Unix seconds of a typed time column (:func:`is_typed_time`) and where it is null.
+    Numbers are seconds, or milliseconds with ``fmt`` ``ms``; timestamps without a zone are
+    UTC."""
+    if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
+        zone = getattr(column.type, "tz", None) or None
+        micros = pc.cast(column, pa.timestamp("us", tz=zone)).cast(pa.int64())
+        seconds = pc.divide(micros.cast(pa.float64()), 1e6)
+    else:
+        seconds = column.cast(pa.float64())
+        if fmt == "ms":
+            seconds = pc.divide(seconds, 1000.0)
+    values = seconds.to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
+    return values, np.isnan(values) & np.asarray(column.is_null())
+
+
 def check_range(ts: np.ndarray, fmt: str, example: tuple[int, str] | None, source: str) -> None:
     """Refuse a log whose times (most of them: the median) are before 2000 or in the future.
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from offline.config import PipelineConfig, apply_overrides
 from offline.data.dataset import Dataset, build_dataset
-from offline.data.events import load_delimited
+from offline.data.events import load_events
 from offline.features.compound import Part
 from offline.pipeline import (
     FEATURE_CACHE_NAME,
@@ -112,9 +112,9 @@ def rebuild_dataset(args: argparse.Namespace, bundle: Bundle) -> tuple[Dataset, 
     if not isinstance(split, dict) or "holdout" not in split:
         raise BundleError(f"{bundle.path}: the manifest has no split to rebuild")
     spec = column_spec(args)
-    logs = [load_delimited(args.events, spec)]
+    logs = [load_events(args.events, spec)]
     if args.test_events is not None:
-        logs.append(load_delimited(args.test_events, spec))
+        logs.append(load_events(args.test_events, spec))
     for log in logs:
         print(log.report.summary())
     test_day = split.get("test") if args.test_events is None else None

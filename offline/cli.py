@@ -132,6 +132,22 @@ def add_event_arguments(parser: argparse.ArgumentParser) -> None:
         default="click",
         help="type of every row without --type-col (default click)",
     )
+    attributes = parser.add_argument_group("item attributes (optional)")
+    attributes.add_argument(
+        "--item-attributes",
+        type=Path,
+        help="a delimited file with a header: each item's category, instead of a category "
+        "column in the events",
+    )
+    attributes.add_argument(
+        "--attributes-item-col", type=_column, default="item_id", help="default item_id"
+    )
+    attributes.add_argument(
+        "--attributes-category-col", type=_column, default="category", help="default category"
+    )
+    attributes.add_argument(
+        "--attributes-delimiter", type=_delimiter, default=",", help="default ','; 'tab'"
+    )
 
 
 def add_image_arguments(parser: argparse.ArgumentParser, title: str) -> None:

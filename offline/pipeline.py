@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from offline.config import PipelineConfig, apply_overrides, describe
+from offline.data.attributes import AttributeSpec, load_item_categories, with_categories
 from offline.data.dataset import Dataset, build_dataset, describe_split, fit_period_log
 from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_events
 from offline.data.interactions import CART, CLICK, Catalogue, Interactions
 from offline.data.sequences import CONVERSION_NAMES
 from offline.data.sessions import fit_sessions
+from offline.data.skips import SkipReport
 from offline.peak_memory import PeakMemory
 from offline.pools import Pools, category_fill, merge_pools, newest_fill, order_pools
 from offline.sources import IMAGE, ITEM2VEC, ITEMCF, PSS
@@ -82,6 +84,7 @@ class PipelineInputs:
     shared: Path | None = None
     item_titles: Path | None = None
     feature_cache: Path | None = None
+    item_attributes: AttributeSpec | None = None
 
 
 def column_spec(args: argparse.Namespace) -> ColumnSpec:
@@ -113,6 +116,48 @@ def column_spec(args: argparse.Namespace) -> ColumnSpec:
     )
 
 
+def attribute_spec(args: argparse.Namespace) -> AttributeSpec | None:
+    """The ``--item-attributes`` flags, or None without that file.
+
+    Raises
+    ------
+    ConfigError
+        The events carry a category column too.
+    """
+    if args.item_attributes is None:
+        return None
+    if args.format == "taobao" or args.category_col is not None:
+        raise ConfigError(
+            "--item-attributes gives the categories, and so does the events' category "
+            "column (--category-col, or --format taobao's): use one of them"
+        )
+    return AttributeSpec(
+        args.item_attributes,
+        args.attributes_item_col,
+        args.attributes_category_col,
+        args.attributes_delimiter,
+    )
+
+
+def load_logs(inputs: PipelineInputs) -> tuple[EventLog, EventLog | None, list[SkipReport]]:
+    """The event log, the test log if any, with the attribute file's categories when it is
+    given, and the reports of every file read (each also printed)."""
+    log = load_events(inputs.events, inputs.spec)
+    test_log = load_events(inputs.test_events, inputs.spec) if inputs.test_events else None
+    reports = [x.report for x in filter(None, (log, test_log))]
+    if inputs.item_attributes is not None:
+        categories, report = load_item_categories(inputs.item_attributes)
+        reports.append(report)
+        log, unlisted = with_categories(log, categories)
+        if test_log is not None:
+            test_log, unlisted_test = with_categories(test_log, categories)
+            unlisted += unlisted_test
+        print(f"{report.summary()}; items of the events it does not list: {unlisted}")
+    for loaded in filter(None, (log, test_log)):
+        print(loaded.report.summary())
+    return log, test_log, reports
+
+
 def run_from_args(args: argparse.Namespace) -> Path | None:
     config = PipelineConfig()
     if args.param == ["list"]:
@@ -132,6 +177,7 @@ def run_from_args(args: argparse.Namespace) -> Path | None:
         shared=args.shared,
         item_titles=args.item_titles,
         feature_cache=args.feature_cache,
+        item_attributes=attribute_spec(args),
     )
     return run_pipeline(inputs, config, args.out, seed=args.seed, data_format=args.format)
 
@@ -151,10 +197,7 @@ def run_pipeline(
     timings = Timings()
     metrics: dict[str, Any] = {}
     with timings.stage("load"):
-        log = load_events(inputs.events, inputs.spec)
-        test_log = load_events(inputs.test_events, inputs.spec) if inputs.test_events else None
-        for loaded in filter(None, (log, test_log)):
-            print(loaded.report.summary())
+        log, test_log, reports = load_logs(inputs)
         data = build_dataset(
             log,
             test_log,
@@ -192,7 +235,7 @@ def run_pipeline(
         manifest = {
             "source": {
                 "format": data_format,
-                "files": [_describe_file(x) for x in filter(None, (log, test_log))],
+                "files": [_describe_file(report) for report in reports],
             },
             "parameters": {**config.as_dict(), "seed": seed},
             "split": data.split,
@@ -602,6 +645,6 @@ def _image_vectors(
     )
 
 
-def _describe_file(log: EventLog) -> dict[str, Any]:
-    path = Path(log.report.source)
-    return {"path": str(path.resolve()), "sha256": sha256_file(path), **log.report.as_dict()}
+def _describe_file(report: SkipReport) -> dict[str, Any]:
+    path = Path(report.source)
+    return {"path": str(path.resolve()), "sha256": sha256_file(path), **report.as_dict()}

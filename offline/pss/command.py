@@ -26,7 +26,7 @@ import numpy as np
 
 from offline.config import PipelineConfig, apply_overrides
 from offline.data.dataset import Dataset, build_dataset
-from offline.data.events import load_events
+from offline.data.skips import SkipReport
 from offline.features.compound import Part
 from offline.pipeline import (
     FEATURE_CACHE_NAME,
@@ -34,7 +34,9 @@ from offline.pipeline import (
     Timings,
     _describe_file,
     _image_vectors,
+    attribute_spec,
     column_spec,
+    load_logs,
     pool_stage,
     run_pss_stage,
 )
@@ -100,7 +102,7 @@ def bundle_root(path: Path) -> Path:
     return path.parent if (path / MANIFEST).is_file() else path
 
 
-def rebuild_dataset(args: argparse.Namespace, bundle: Bundle) -> tuple[Dataset, list[Any]]:
+def rebuild_dataset(args: argparse.Namespace, bundle: Bundle) -> tuple[Dataset, list[SkipReport]]:
     """The bundle's split and catalogue, rebuilt from the event log given on the command line.
 
     Raises
@@ -111,16 +113,17 @@ def rebuild_dataset(args: argparse.Namespace, bundle: Bundle) -> tuple[Dataset, 
     split = bundle.manifest.get("split")
     if not isinstance(split, dict) or "holdout" not in split:
         raise BundleError(f"{bundle.path}: the manifest has no split to rebuild")
-    spec = column_spec(args)
-    logs = [load_events(args.events, spec)]
-    if args.test_events is not None:
-        logs.append(load_events(args.test_events, spec))
-    for log in logs:
-        print(log.report.summary())
+    inputs = PipelineInputs(
+        events=args.events,
+        spec=column_spec(args),
+        test_events=args.test_events,
+        item_attributes=attribute_spec(args),
+    )
+    log, test_log, reports = load_logs(inputs)
     test_day = split.get("test") if args.test_events is None else None
     data = build_dataset(
-        logs[0],
-        logs[1] if len(logs) > 1 else None,
+        log,
+        test_log,
         timezone=str(split.get("timezone", "UTC")),
         test_day=test_day,
         holdout=split["holdout"],
@@ -135,7 +138,7 @@ def rebuild_dataset(args: argparse.Namespace, bundle: Bundle) -> tuple[Dataset, 
             f"items and events {data.split.get('events')}, the bundle has {len(ids)} items "
             f"and events {split.get('events')} (pass the log and loader flags it was built from)"
         )
-    return data, logs
+    return data, reports
 
 
 def run_train_pss(args: argparse.Namespace) -> Path:
@@ -149,7 +152,7 @@ def run_train_pss(args: argparse.Namespace) -> Path:
     config = config_from_manifest(parameters, args.param)
     seed = args.seed if args.seed is not None else int(parameters.get("seed", 7))
     print(f"bundle {bundle.path} ({bundle.n_items} items); seed {seed}")
-    data, logs = rebuild_dataset(args, bundle)
+    data, reports = rebuild_dataset(args, bundle)
 
     timings = Timings()
     metrics: dict[str, Any] = dict(bundle.manifest.get("metrics", {}))
@@ -224,7 +227,7 @@ def run_train_pss(args: argparse.Namespace) -> Path:
             "metrics": metrics,
             "train_pss": {
                 "from_version": bundle.version,
-                "events": [_describe_file(log) for log in logs],
+                "events": [_describe_file(report) for report in reports],
                 "timings": timings.seconds,
                 "peak_mib": getattr(timings, "peak_mib", {}),
                 "note": "models/* and eval/* are the old version's (the personalized models "

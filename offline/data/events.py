@@ -243,16 +243,18 @@ def load_parquet(path: str | Path, spec: ColumnSpec) -> EventLog:
     try:
         first = next(batches, None)
         sample = [] if first is None else first.column(columns["timestamp"])[:_SAMPLE_ROWS]
-        times = [str(v) for v in (sample.to_pylist() if len(sample) else []) if v is not None]
+        values = sample.to_pylist() if len(sample) else []
+        rows_times = [(n, str(v)) for n, v in enumerate(values, 1) if v is not None]
+        times = [text for _, text in rows_times]
         fmt = detect_format(times) if spec.time_format == "auto" else spec.time_format
-        example = (1, times[0]) if times else None
+        example = rows_times[0] if rows_times else None
         rows = _Rows(path, replace(spec, header=False), positions, 0, fmt, example, "row")
         for batch in itertools.chain([first] if first is not None else [], batches):
             rows.add(_as_text(batch, columns), columns)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"cannot read Parquet file {path}: {exc}") from exc
     log = rows.finish()
-    check_range(log.ts, fmt, rows.example, str(path))
+    check_range(log.ts, fmt, rows.example, str(path), rows.unit)
     return log
 
 
@@ -333,7 +335,7 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
     if rows.error is not None:
         raise rows.error
     log = rows.finish()
-    check_range(log.ts, fmt, rows.example, str(path))
+    check_range(log.ts, fmt, rows.example, str(path), rows.unit)
     return log
 
 

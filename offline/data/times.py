@@ -121,10 +121,13 @@ def parse_typed(column: pa.Array, fmt: str) -> tuple[np.ndarray, np.ndarray]:
     return values, np.isnan(values) & np.asarray(column.is_null())
 
 
-def check_range(ts: np.ndarray, fmt: str, example: tuple[int, str] | None, source: str) -> None:
+def check_range(
+    ts: np.ndarray, fmt: str, example: tuple[int, str] | None, source: str, unit: str = "line"
+) -> None:
     """Refuse a log whose times (most of them: the median) are before 2000 or in the future.
 
-    ``example`` is (line, text) of a value of the file, shown with the date it became.
+    ``example`` is (place, text) of a value of the file, shown with the date it became; the
+    place is a ``unit`` (``line`` of a text file, ``row`` of a Parquet file).
 
     Raises
     ------
@@ -141,9 +144,9 @@ def check_range(ts: np.ndarray, fmt: str, example: tuple[int, str] | None, sourc
     if example is not None:
         line, text = example
         try:
-            shown = f" (line {line}: {text!r} became {_date(parse_one(text, fmt))})"
+            shown = f" ({unit} {line}: {text!r} became {_date(parse_one(text, fmt))})"
         except ValueError:
-            shown = f" (line {line}: {text!r})"
+            shown = f" ({unit} {line}: {text!r})"
     raise DataError(
         f"{source}: the times read as {TIME_FORMATS[fmt]} land around {_date(middle)}, "
         f"outside 2000-01-01 to now{shown}; check --time-col and --time-format "

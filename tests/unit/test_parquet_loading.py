@@ -88,3 +88,11 @@ def test_the_format_flag_names_parquet_columns_without_a_header_flag() -> None:
                               "user", "--item-col", "item", "--time-col", "ts"])  # fmt: skip
     spec = column_spec(args)
     assert spec.parquet and (spec.user, spec.item, spec.timestamp) == ("user", "item", "ts")
+
+
+def test_the_time_shown_in_an_error_is_named_by_its_own_row(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "early.parquet",
+                         {"u": ["a", "b", "c"], "i": ["x", "y", "z"],
+                          "t": pa.array([None, 4517, 9034], pa.int64())})  # fmt: skip
+    with pytest.raises(DataError, match="row 2: '4517' became 1970-01-01 01:15:17 UTC"):
+        load_parquet(path, ColumnSpec(user="u", item="i", timestamp="t", parquet=True))

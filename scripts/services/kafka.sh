@@ -148,10 +148,12 @@ EOF
 }
 
 # Format the log dir once, with a cluster id generated once (16 random bytes, base64url).
+# The id is given as --cluster-id=ID: one that starts with '-' (1 in 64) would otherwise be
+# read as an option, and the format would fail.
 format_storage() {
   [ -s "$DIR/cluster.id" ] ||
     head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$DIR/cluster.id"
-  kafka_java kafka.tools.StorageTool format -t "$(cat "$DIR/cluster.id")" \
+  kafka_java kafka.tools.StorageTool format --cluster-id="$(cat "$DIR/cluster.id")" \
     -c "$DIR/server.properties" --ignore-formatted >"$DIR/logs/format.log" 2>&1 ||
     fail_with_log "$DIR/logs/format.log" "formatting the storage failed"
 }

@@ -28,7 +28,6 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,13 +40,12 @@ from loadtest.chaos.common import (
     PrivateKafka,
     counting_failures,
     empty_database,
-    shopper_events,
+    new_run,
     verify,
     wait,
 )
 from loadtest.ingest_bench import committed, end_offsets, zcard_total
 from loadtest.processes import stop_process
-from recsvc.client import popular_items
 from recsvc.events import Event
 
 
@@ -145,11 +143,7 @@ def accepts(address: str) -> bool:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     client = empty_database(args.redis_url)
-    tag = f"chaos-{uuid.uuid4().hex[:8]}"
-    topic, group = f"recsvc.{tag}", f"recsvc-{tag}"
-    users = [f"{tag}-u{n}" for n in range(min(args.users, args.events))]
-    events = shopper_events(tag, len(users), args.events, popular_items(args.bundle, args.items),
-                            args.seed)  # fmt: skip
+    tag, topic, group, users, events = new_run(args)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     broker = PrivateKafka(workdir / f"{tag}-kafka", f"{topic}:3 {topic}.dlq:1")

@@ -12,9 +12,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import redis
@@ -23,6 +24,7 @@ from kafka.errors import KafkaError
 
 from loadtest.capacity import Server
 from loadtest.ingest_bench import REPO, free_port
+from recsvc.client import popular_items
 from recsvc.events import Event
 from recsvc.live import BASE_PREFIX, NEIGHBOURS_PREFIX, LiveSettings
 from recsvc.sessions import KEY_PREFIX, InMemorySessionStore
@@ -56,6 +58,27 @@ def remove_from_kafka(admin: KafkaAdminClient, topics: list[str], group: str) ->
         admin.close()
     if refused:
         print(f"chaos: could not delete the consumer group: {refused}", file=sys.stderr)
+
+
+class Run(NamedTuple):
+    """One scenario run's names and events: a topic, a group and shoppers of its own."""
+
+    tag: str
+    topic: str
+    group: str
+    users: list[str]
+    events: list[Event]
+
+
+def new_run(args: argparse.Namespace, users: int | None = None) -> Run:
+    """A run of ``args.events`` events of ``users`` shoppers (default ``args.users``, at
+    most one per event) on the bundle's ``args.items`` most popular items."""
+    tag = f"chaos-{uuid.uuid4().hex[:8]}"
+    count = min(args.users, args.events) if users is None else users
+    items = popular_items(args.bundle, args.items)
+    events = shopper_events(tag, count, args.events, items, args.seed)
+    return Run(tag, f"recsvc.{tag}", f"recsvc-{tag}", [f"{tag}-u{n}" for n in range(count)],
+               events)  # fmt: skip
 
 
 def shopper_events(run: str, users: int, events: int, items: list[str], seed: int) -> list[Event]:

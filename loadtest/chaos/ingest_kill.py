@@ -23,7 +23,6 @@ import argparse
 import random
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +33,14 @@ from loadtest.chaos.common import (
     Ingest,
     counting_failures,
     empty_database,
+    new_run,
     produce,
     remove_from_kafka,
-    shopper_events,
     verify,
     wait,
 )
 from loadtest.ingest_bench import committed, end_offsets, zcard_total
 from loadtest.processes import stop_process
-from recsvc.client import popular_items
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,11 +62,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     client = empty_database(args.redis_url)
-    tag = f"chaos-{uuid.uuid4().hex[:8]}"
-    topic, group = f"recsvc.{tag}", f"recsvc-{tag}"
-    users = [f"{tag}-u{n}" for n in range(min(args.users, args.events))]
-    items = popular_items(args.bundle, args.items)
-    events = shopper_events(tag, len(users), args.events, items, args.seed)
+    tag, topic, group, users, events = new_run(args)
     admin = KafkaAdminClient(bootstrap_servers=args.kafka, request_timeout_ms=20_000)
     admin.create_topics([NewTopic(topic, 3, 1), NewTopic(f"{topic}.dlq", 1, 1)])
     rng = random.Random(args.seed)

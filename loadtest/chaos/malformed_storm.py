@@ -31,7 +31,6 @@ import json
 import random
 import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -47,15 +46,14 @@ from loadtest.chaos.common import (
     counting_failures,
     empty_database,
     metric_samples,
+    new_run,
     remove_from_kafka,
-    shopper_events,
     stored,
     verify,
     wait,
 )
 from loadtest.ingest_bench import committed, end_offsets, free_port
 from loadtest.processes import stop_process
-from recsvc.client import popular_items
 from recsvc.contract import LATEST_TIMESTAMP, MAX_ID_LENGTH
 from recsvc.events import Event
 
@@ -226,11 +224,9 @@ def skips_logged(log: Path) -> set[tuple[int, int]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     client = empty_database(args.redis_url)
-    tag = f"chaos-{uuid.uuid4().hex[:8]}"
-    topic, dlq, group = f"recsvc.{tag}", f"recsvc.{tag}.dlq", f"recsvc-{tag}"
-    users = [f"{tag}-u{n}" for n in range(min(args.users, max(1, args.events // 10)))]
-    good = shopper_events(tag, len(users), args.events, popular_items(args.bundle, args.items),
-                          args.seed)  # fmt: skip
+    # At most one shopper per 10 events, so that sessions have co-visits.
+    tag, topic, group, users, good = new_run(args, min(args.users, max(1, args.events // 10)))
+    dlq = f"{topic}.dlq"
     messages = storm(good, args.storm_rounds, args.seed)
     admin = KafkaAdminClient(bootstrap_servers=args.kafka, request_timeout_ms=20_000)
     admin.create_topics(

@@ -14,7 +14,6 @@ import argparse
 import shutil
 import subprocess
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,30 +27,25 @@ from loadtest.chaos.common import (
     Ingest,
     PrivateRedis,
     counting_failures,
+    new_run,
     produce,
     remove_from_kafka,
-    shopper_events,
     verify,
     wait,
 )
 from loadtest.ingest_bench import committed, end_offsets, free_port, zcard_total
 from loadtest.processes import stop_process
-from recsvc.client import popular_items
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """A Redis of the run's own (``scripts/services/redis.sh``, AOF on) is filled by
     ingest, restarted with its data, then restarted emptied and rebuilt from the topic."""
-    tag = f"chaos-{uuid.uuid4().hex[:8]}"
-    topic, group = f"recsvc.{tag}", f"recsvc-{tag}"
+    tag, topic, group, users, events = new_run(args)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     service = PrivateRedis(port, workdir / f"{tag}-redis")
     url = f"redis://127.0.0.1:{port}/0"
-    users = [f"{tag}-u{n}" for n in range(min(args.users, args.events))]
-    events = shopper_events(tag, len(users), args.events, popular_items(args.bundle, args.items),
-                            args.seed)  # fmt: skip
     expected = sum(min(n, SESSION_LENGTH) for n in Counter(e.user_id for e in events).values())
     admin = KafkaAdminClient(bootstrap_servers=args.kafka, request_timeout_ms=20_000)
     admin.create_topics([NewTopic(topic, 3, 1), NewTopic(f"{topic}.dlq", 1, 1)])

@@ -21,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
-import re
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from loadtest.chaos.common import SESSION_LENGTH, shopper_events
+from loadtest.chaos.common import SESSION_LENGTH, metric_samples, shopper_events
 from recsvc.live import LiveSettings
 from recsvc.sessions import RedisSessionStore
 from recsvc.v1 import recommender_pb2 as pb
@@ -107,14 +105,8 @@ def balanced(targets: Sequence[str], health_service: str) -> tuple[str, list[tup
 def served_calls(metrics_port: int) -> int | None:
     """The Recommend calls a ``recsvc serve`` (one process) has answered, whatever the
     outcome, by its /metrics on ``metrics_port``; None when that cannot be read."""
-    try:
-        url = f"http://127.0.0.1:{metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    counts = re.findall(r"^recsvc_request_latency_seconds_count(?:\{[^}]*\})? (\S+)$", text, re.M)
-    return round(sum(float(c) for c in counts))
+    samples = metric_samples(metrics_port, "recsvc_request_latency_seconds_count")
+    return round(sum(samples.values())) if samples else None
 
 
 @dataclass

@@ -118,7 +118,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: install lint up
-	RECSVC_SHARED=$(SHARED) $(VENV)/bin/pytest -q -ra
+	RECSVC_SHARED=$(SHARED) $(VENV)/bin/pytest -q -ra --durations=20
 
 # The edit loop: unit tests not marked slow; needs no Redis, Kafka or lint.
 test-fast: install

@@ -1,6 +1,7 @@
 """Scaling curve of the offline pipeline: time and peak memory per stage against log size.
 
     nice -n 10 python -m bench.scaling --sizes 1M,4M,16M
+    nice -n 10 python -m bench.scaling --sizes 1M,4M --engines local,spark
 
 For every size N (events) it writes a synthetic Taobao-format log with
 :mod:`offline.data.synthetic` at the paper's ratios (N / 100 users, N * 0.0035 items, items / 200
@@ -13,8 +14,12 @@ Training runs a bounded budget so that its cost grows with the data only through
 batches and 256 sampled negatives (see ``BUDGET``); give ``--param`` to override
 (repeatable).
 
-Each size appends a JSON line to ``<workdir>/results.jsonl``; the end prints a Markdown
-table. Logs are kept (``--keep-data`` keeps the CSV and bundle too) under ``--workdir``.
+``--engines local,spark`` runs each size with both engines (``recsvc pipeline --engine``,
+Spark in local mode on every core), one after the other on the same log; the peak memory
+includes the Spark JVM, a child of the pipeline.
+
+Each size and engine appends a JSON line to ``<workdir>/results.jsonl``; the end prints a
+Markdown table. Logs are kept (``--keep-data`` keeps the CSV and bundle too) under ``--workdir``.
 """
 
 from __future__ import annotations
@@ -76,7 +81,12 @@ def label(events: int) -> str:
 
 
 def run_pipeline(
-    csv: Path, out: Path, params: Sequence[str], log: Path, interval: float = 0.2
+    csv: Path,
+    out: Path,
+    params: Sequence[str],
+    log: Path,
+    interval: float = 0.2,
+    engine: str = "local",
 ) -> dict[str, Any]:
     """``recsvc pipeline`` on ``csv`` in a child process; wall seconds and peak RSS MiB.
 
@@ -86,7 +96,7 @@ def run_pipeline(
         The pipeline exited with an error (its log says why).
     """
     command = [sys.executable, "-m", "recsvc.cli", "pipeline", "--format", "taobao"]
-    command += ["--events", str(csv), "--out", str(out)]
+    command += ["--events", str(csv), "--out", str(out), "--engine", engine]
     for param in params:
         command += ["--param", param]
     started = time.perf_counter()
@@ -105,9 +115,15 @@ def run_pipeline(
 
 
 def bench_size(
-    events: int, workdir: Path, params: Sequence[str], seed: int, keep: bool
-) -> dict[str, Any]:
-    """Generate the log of ``events`` events, run the pipeline, return the figures."""
+    events: int,
+    workdir: Path,
+    params: Sequence[str],
+    seed: int,
+    keep: bool,
+    engines: Sequence[str] = ("local",),
+) -> list[dict[str, Any]]:
+    """Generate the log of ``events`` events, run the pipeline with each engine, return
+    the figures of each run."""
     name = label(events)
     sizes = default_sizes(events)
     spec = SyntheticSpec(events=events, seed=seed, **sizes)
@@ -116,32 +132,42 @@ def bench_size(
     if not csv.is_file():
         write_log(spec, csv, progress=False)
     generate_s = time.perf_counter() - started
-    bundles = workdir / "bundles" / name
-    run = run_pipeline(csv, bundles, params, workdir / f"pipeline_{name}.log")
-    bundle = load_bundle(bundles, verify=False)
-    on_disk = sum(f.stat().st_size for f in bundle.path.rglob("*") if f.is_file())
-    result = {
-        "events": events,
-        **sizes,
-        "items_in_bundle": bundle.n_items,
-        "csv_mib": round(csv.stat().st_size / MIB, 1),
-        "generate_s": round(generate_s, 1),
-        "stage_s": bundle.manifest["timings"],
-        "stage_peak_mib": bundle.manifest.get("peak_mib", {}),
-        "pipeline_wall_s": run["wall_s"],
-        "pipeline_peak_mib": run["peak_mib"],
-        "bundle_mib": round(on_disk / MIB, 1),
-        "params": list(params),
-    }
+    results = []
+    for engine in engines:
+        tag = name if engine == "local" else f"{name}_{engine}"
+        bundles = workdir / "bundles" / tag
+        run = run_pipeline(csv, bundles, params, workdir / f"pipeline_{tag}.log", engine=engine)
+        bundle = load_bundle(bundles, verify=False)
+        on_disk = sum(f.stat().st_size for f in bundle.path.rglob("*") if f.is_file())
+        results.append(
+            {
+                "events": events,
+                "engine": engine,
+                **sizes,
+                "items_in_bundle": bundle.n_items,
+                "csv_mib": round(csv.stat().st_size / MIB, 1),
+                "generate_s": round(generate_s, 1),
+                "stage_s": bundle.manifest["timings"],
+                "stage_peak_mib": bundle.manifest.get("peak_mib", {}),
+                "pipeline_wall_s": run["wall_s"],
+                "pipeline_peak_mib": run["peak_mib"],
+                "bundle_mib": round(on_disk / MIB, 1),
+                "params": list(params),
+            }
+        )
+        if not keep:
+            shutil.rmtree(bundles, ignore_errors=True)
     if not keep:
         csv.unlink(missing_ok=True)
-        shutil.rmtree(bundles, ignore_errors=True)
-    return result
+    return results
 
 
 def markdown(results: Sequence[dict[str, Any]]) -> str:
     """Per-stage seconds and peak MiB, one column pair per size."""
-    names = [label(r["events"]) for r in results]
+    names = [
+        label(r["events"]) + ("" if r.get("engine", "local") == "local" else f" {r['engine']}")
+        for r in results
+    ]
     lines = [
         "| | " + " | ".join(f"{n} s | {n} MiB" for n in names) + " |",
         "|---" + "|---:|---:" * len(results) + "|",
@@ -177,18 +203,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--keep-data", action="store_true", help="keep the CSVs and bundles (default: delete)"
     )
+    parser.add_argument(
+        "--engines",
+        type=lambda text: [e.strip() for e in text.split(",") if e.strip()],
+        default=["local"],
+        help="pipeline engines to run each size with: local, spark or local,spark (default local)",
+    )
     args = parser.parse_args(argv)
     params = args.param if args.param is not None else list(BUDGET)
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
     try:
         for events in tqdm(args.sizes, desc="sizes", unit="size"):
-            result = bench_size(events, args.workdir, params, args.seed, args.keep_data)
-            results.append(result)
-            line = json.dumps(result)
-            print(line, flush=True)
-            with (args.workdir / "results.jsonl").open("a") as handle:
-                handle.write(line + "\n")
+            for result in bench_size(
+                events, args.workdir, params, args.seed, args.keep_data, args.engines
+            ):
+                results.append(result)
+                line = json.dumps(result)
+                print(line, flush=True)
+                with (args.workdir / "results.jsonl").open("a") as handle:
+                    handle.write(line + "\n")
     except RecsvcError as exc:
         print(f"bench.scaling: error: {exc}", file=sys.stderr)
         return 1

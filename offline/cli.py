@@ -215,6 +215,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     add_image_arguments(pipe, "image source (optional)")
     add_title_arguments(pipe, "OUT/feature-cache.sqlite", " (used only with pss.enabled=true)")
+    engine = pipe.add_argument_group("engine")
+    engine.add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default="local",
+        help="local (default): every stage in this process; spark: loading the event files, "
+        "item-CF's neighbours (the co-occurrence self-join and top-k) and the training rows "
+        "of item2vec and the personalized models run on Apache Spark, with the same results "
+        "(pip install 'recsvc[spark]'; Java 17+). Training, annoy, the pools and the "
+        "second stage run in this process either way",
+    )
+    engine.add_argument(
+        "--spark-master",
+        metavar="URL",
+        help="Spark master for --engine spark, e.g. spark://host:7077 (default local[*], "
+        "every core here, or the master spark-submit sets)",
+    )
     out = pipe.add_argument_group("output and model")
     out.add_argument(
         "--out",

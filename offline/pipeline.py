@@ -15,7 +15,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,10 +41,13 @@ from recsvc.exceptions import ConfigError, DataError
 from recsvc.second_stage import MODEL_ARRAY, model_array
 
 if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
     from offline.features.cache import FeatureCache
     from offline.features.compound import Part
     from offline.features.image import ItemVectors
     from offline.pss.stage import PSSResult
+    from training.personalized import Examples
 
 logger = logging.getLogger(__name__)
 #: Default feature cache file, in the bundle root (next to the versions).
@@ -85,6 +88,10 @@ class PipelineInputs:
     item_titles: Path | None = None
     feature_cache: Path | None = None
     item_attributes: AttributeSpec | None = None
+    #: ``local``, or ``spark``: loading and item-CF's neighbours on Apache Spark.
+    engine: str = "local"
+    #: The Spark master URL of ``--engine spark``; None: ``local[*]`` or spark-submit's.
+    spark_master: str | None = None
 
 
 def column_spec(args: argparse.Namespace) -> ColumnSpec:
@@ -139,11 +146,24 @@ def attribute_spec(args: argparse.Namespace) -> AttributeSpec | None:
     )
 
 
-def load_logs(inputs: PipelineInputs) -> tuple[EventLog, EventLog | None, list[SkipReport]]:
+def load_logs(
+    inputs: PipelineInputs, spark: SparkSession | None = None
+) -> tuple[EventLog, EventLog | None, list[SkipReport]]:
     """The event log, the test log if any, with the attribute file's categories when it is
-    given, and the reports of every file read (each also printed)."""
-    log = load_events(inputs.events, inputs.spec)
-    test_log = load_events(inputs.test_events, inputs.spec) if inputs.test_events else None
+    given, and the reports of every file read (each also printed). With ``spark`` the event
+    files are read by Spark (:mod:`offline.spark.events`), into the same logs."""
+    if spark is not None:
+        from offline.spark.events import load_events as spark_load
+
+        def load(path: Path) -> EventLog:
+            return spark_load(spark, path, inputs.spec)
+    else:
+
+        def load(path: Path) -> EventLog:
+            return load_events(path, inputs.spec)
+
+    log = load(inputs.events)
+    test_log = load(inputs.test_events) if inputs.test_events else None
     reports = [x.report for x in filter(None, (log, test_log))]
     if inputs.item_attributes is not None:
         categories, report = load_item_categories(inputs.item_attributes)
@@ -178,7 +198,11 @@ def run_from_args(args: argparse.Namespace) -> Path | None:
         item_titles=args.item_titles,
         feature_cache=args.feature_cache,
         item_attributes=attribute_spec(args),
+        engine=args.engine,
+        spark_master=args.spark_master,
     )
+    if args.spark_master is not None and args.engine != "spark":
+        raise ConfigError("--spark-master is for --engine spark")
     return run_pipeline(inputs, config, args.out, seed=args.seed, data_format=args.format)
 
 
@@ -186,6 +210,42 @@ def run_pipeline(
     inputs: PipelineInputs, config: PipelineConfig, out: Path, *, seed: int, data_format: str
 ) -> Path:
     """Build and write a bundle; returns its version directory."""
+    with _engine(inputs) as spark:
+        return _run_pipeline(inputs, config, out, seed=seed, data_format=data_format, spark=spark)
+
+
+def _engine(inputs: PipelineInputs) -> AbstractContextManager[SparkSession | None]:
+    """The Spark session of ``--engine spark`` for the whole run, or None."""
+    if inputs.engine == "local":
+        return nullcontext()
+    if inputs.engine != "spark":
+        raise ConfigError(f"--engine is local or spark, got {inputs.engine!r}")
+    from offline.spark.session import spark_session
+
+    return spark_session(inputs.spark_master)
+
+
+def _engine_description(spark: SparkSession | None) -> dict[str, Any]:
+    """The manifest's ``engine``: which stages ran where."""
+    if spark is None:
+        return {"name": "local"}
+    return {
+        "name": "spark",
+        "master": spark.sparkContext.master,
+        "spark_version": spark.version,
+        "stages": ["load", "itemcf neighbours", "item2vec pairs", "personalized examples"],
+    }
+
+
+def _run_pipeline(
+    inputs: PipelineInputs,
+    config: PipelineConfig,
+    out: Path,
+    *,
+    seed: int,
+    data_format: str,
+    spark: SparkSession | None,
+) -> Path:
     will_run = {ITEMCF, ITEM2VEC, *([PSS] if config.pss.enabled else [])}
     if inputs.item_vectors is not None or inputs.item_images is not None:
         will_run.add(IMAGE)
@@ -197,7 +257,7 @@ def run_pipeline(
     timings = Timings()
     metrics: dict[str, Any] = {}
     with timings.stage("load"):
-        log, test_log, reports = load_logs(inputs)
+        log, test_log, reports = load_logs(inputs, spark)
         data = build_dataset(
             log,
             test_log,
@@ -220,14 +280,16 @@ def run_pipeline(
             )
             try:
                 ranker_model, metrics["second_stage"] = train_second_stage(
-                    fit_log, inputs, config, seed, out
+                    fit_log, inputs, config, seed, out, spark
                 )
             except DataError as exc:
                 # Too little data for a learned ranker: the first stage ranks alone, as the
                 # server does with any bundle without ranker/model.
                 print(f"second stage: not trained: {exc}; the personalized model ranks alone")
                 metrics["second_stage"] = {"skipped": str(exc)}
-    arrays, sources, skipped = build_arrays(data, inputs, config, seed, timings, metrics, out)
+    arrays, sources, skipped = build_arrays(
+        data, inputs, config, seed, timings, metrics, out, spark
+    )
     if ranker_model is not None:
         arrays[MODEL_ARRAY] = model_array(ranker_model)
     cat = data.catalogue
@@ -238,6 +300,7 @@ def run_pipeline(
                 "files": [_describe_file(report) for report in reports],
             },
             "parameters": {**config.as_dict(), "seed": seed},
+            "engine": _engine_description(spark),
             "split": data.split,
             "sources_ran": list(sources),
             "sources_skipped": skipped,
@@ -264,8 +327,10 @@ def build_arrays(
     timings: Timings,
     metrics: dict[str, Any],
     out: Path,
+    spark: SparkSession | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, CandidateSource], dict[str, str]]:
-    """Every array of a bundle from a split dataset: sources, pools, sessions, models.
+    """Every array of a bundle from a split dataset: sources, pools, sessions, models; with
+    ``spark``, item-CF's neighbours are computed there.
 
     Returns
     -------
@@ -276,13 +341,15 @@ def build_arrays(
 
     # Each source is built by its registered factory once the stage giving its data ran.
     sources: dict[str, CandidateSource] = {}
-    source_inputs = SourceInputs(fit, data.catalogue.item_category)
+    source_inputs = SourceInputs(fit, data.catalogue.item_category, spark=spark)
     with timings.stage("itemcf"):
         sources[ITEMCF] = build_source(ITEMCF, source_inputs, config, seed)
+    examples = SparkExamples(spark, fit, out) if spark is not None else None
     with timings.stage("item2vec"):
         from training.item2vec import train_item2vec
 
-        item2vec = train_item2vec(fit.of_type(CLICK), config.item2vec, seed=seed)
+        pairs = examples.pairs(config.item2vec.window) if examples is not None else None
+        item2vec = train_item2vec(fit.of_type(CLICK), config.item2vec, seed=seed, pairs=pairs)
         metrics["item2vec_losses"] = item2vec.losses
         source_inputs.embeddings[ITEM2VEC] = (item2vec.embeddings, item2vec.known)
         sources[ITEM2VEC] = build_source(ITEM2VEC, source_inputs, config, seed)
@@ -331,7 +398,11 @@ def build_arrays(
         arrays.update(sessions.to_arrays())
         metrics["sessions"] = sessions.n_sessions
     with timings.stage("personalized"):
-        arrays.update(_train_personalized(data, pools, item2vec.embeddings, config, seed, metrics))
+        arrays.update(
+            _train_personalized(data, pools, item2vec.embeddings, config, seed, metrics, examples)
+        )
+    if examples is not None:
+        examples.close()
 
     cat = data.catalogue
     arrays.update(
@@ -357,8 +428,56 @@ def build_arrays(
     return arrays, sources, skipped
 
 
+class SparkExamples:
+    """The training rows of item2vec and the personalized models, made by Spark
+    (:mod:`offline.spark.sequences`) from the fit period's events and memory-mapped from
+    Parquet shards in a scratch folder of the bundle root (on a cluster, ``--out`` must be
+    on a filesystem the executors share). The rows are the local code's, in its order.
+    :meth:`close` removes the folder; after a failure, the interpreter does at exit."""
+
+    def __init__(self, spark: SparkSession, fit: Interactions, out: Path) -> None:
+        from offline.spark.sequences import events_frame
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        self._scratch = tempfile.TemporaryDirectory(prefix=".spark-examples-", dir=out)
+        self._folder = Path(self._scratch.name)
+        self._events = events_frame(spark, fit).persist()
+
+    def pairs(self, window: int) -> tuple[np.ndarray, np.ndarray]:
+        """item2vec's (centres, contexts)."""
+        from offline.spark.sequences import mapped_columns, skipgram_pairs, write_shards
+
+        folder = self._folder / "pairs"
+        order = ["offset", "direction", "user", "visit"]
+        write_shards(skipgram_pairs(self._events, window), order, ["centre", "context"], folder)
+        columns = mapped_columns(
+            folder, {"centre": np.dtype(np.int32), "context": np.dtype(np.int32)}
+        )
+        return columns["centre"], columns["context"]
+
+    def next_items(self, window: int, conversion: str) -> Examples:
+        """The personalized models' examples."""
+        from offline.spark.sequences import examples_from_shards, next_item_examples, write_shards
+        from training.personalized import Examples
+
+        folder = self._folder / "examples"
+        columns = [f"w{j}" for j in range(window)] + ["target", "is_cart"]
+        rows = next_item_examples(self._events, window, conversion)
+        write_shards(rows, ["user", "visit"], columns, folder)
+        return Examples(*examples_from_shards(folder, window))
+
+    def close(self) -> None:
+        self._events.unpersist()
+        self._scratch.cleanup()
+
+
 def train_second_stage(
-    fit_log: EventLog, inputs: PipelineInputs, config: PipelineConfig, seed: int, out: Path
+    fit_log: EventLog,
+    inputs: PipelineInputs,
+    config: PipelineConfig,
+    seed: int,
+    out: Path,
+    spark: SparkSession | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The second stage's model, trained on the fit period's last ``ranker.span_hours``.
 
@@ -381,7 +500,7 @@ def train_second_stage(
     print(f"second stage, first stage {describe_split(inner.split)}")
     first = replace(config, ranker=replace(config.ranker, enabled=False))
     inner_metrics: dict[str, Any] = {}
-    arrays, _, _ = build_arrays(inner, inputs, first, seed, Timings(), inner_metrics, out)
+    arrays, _, _ = build_arrays(inner, inputs, first, seed, Timings(), inner_metrics, out, spark)
     with tempfile.TemporaryDirectory(prefix="recsvc-second-stage-") as tmp:
         manifest = {"parameters": {**first.as_dict(), "seed": seed}, "split": inner.split}
         bundle = load_bundle(write_bundle(Path(tmp), arrays, manifest))
@@ -531,12 +650,15 @@ def _train_personalized(
     config: PipelineConfig,
     seed: int,
     metrics: dict[str, Any],
+    spark_examples: SparkExamples | None = None,
 ) -> dict[str, np.ndarray]:
     from training.personalized import build_examples, train_personalized
 
-    examples = build_examples(
-        data.fit, window=config.personalized.window, conversion=config.conversion
-    )
+    window, conversion = config.personalized.window, config.conversion
+    if spark_examples is not None:
+        examples = spark_examples.next_items(window, conversion)
+    else:
+        examples = build_examples(data.fit, window=window, conversion=conversion)
     # cart_targets: the conversion targets, whichever events `conversion` names.
     metrics["personalized_examples"] = {
         "examples": len(examples),

@@ -165,7 +165,10 @@ def _batches(
 
 
 def train_item2vec(
-    clicks: Interactions, config: Item2VecConfig | None = None, seed: int = 0
+    clicks: Interactions,
+    config: Item2VecConfig | None = None,
+    seed: int = 0,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Item2VecResult:
     """Train item2vec on the users' click sequences.
 
@@ -176,6 +179,9 @@ def train_item2vec(
     config : Item2VecConfig, optional
     seed : int
         The same seed gives bit-identical embeddings.
+    pairs : (centres, contexts), optional
+        :func:`skipgram_pairs` of ``clicks`` with ``config.window``, made elsewhere (Spark's,
+        memory-mapped: :mod:`offline.spark.sequences`); default: made here.
 
     Returns
     -------
@@ -189,7 +195,7 @@ def train_item2vec(
     """
     config = config or Item2VecConfig()
     seed_everything(seed)
-    centres, contexts = skipgram_pairs(clicks, config.window)
+    centres, contexts = pairs if pairs is not None else skipgram_pairs(clicks, config.window)
     if len(centres) == 0:
         raise DataError("item2vec: no user has two different consecutive clicks")
     n_items, dim = clicks.n_items, config.dim

@@ -194,16 +194,16 @@ def load_taobao(path: str | Path) -> EventLog:
 #: Bytes per block read by pyarrow: the transient memory of a load, whatever the file's size.
 _BLOCK_BYTES = 16 << 20
 #: Rows read by the csv module to learn the file's usual number of fields.
-_SAMPLE_ROWS = 1000
+SAMPLE_ROWS = 1000
 #: Skip reasons of rows with all fields, in order of precedence (codes 1.. in ``_Rows.finish``).
-_REASONS = (
+SKIP_REASONS = (
     "empty user or item id",
     "unparsable timestamp",
     "timestamp out of range",
     "unknown event type",
 )
-_BLANK = len(_REASONS) + 1
-_TYPE_CODES = {name: i for i, name in enumerate(EVENT_TYPES)}
+_BLANK = len(SKIP_REASONS) + 1
+TYPE_CODES = {name: i for i, name in enumerate(EVENT_TYPES)}
 
 
 def load_events(path: str | Path, spec: ColumnSpec) -> EventLog:
@@ -242,7 +242,7 @@ def load_parquet(path: str | Path, spec: ColumnSpec) -> EventLog:
     batches = file.iter_batches(batch_size=1 << 20, columns=list(dict.fromkeys(columns.values())))
     try:
         first = next(batches, None)
-        sample = [] if first is None else first.column(columns["timestamp"])[:_SAMPLE_ROWS]
+        sample = [] if first is None else first.column(columns["timestamp"])[:SAMPLE_ROWS]
         values = sample.to_pylist() if len(sample) else []
         rows_times = [(n, str(v)) for n, v in enumerate(values, 1) if v is not None]
         times = [text for _, text in rows_times]
@@ -289,8 +289,8 @@ def load_delimited(path: str | Path, spec: ColumnSpec) -> EventLog:
     with handle:
         reader = csv.reader(handle, delimiter=spec.delimiter)
         try:
-            positions = _resolve_columns(spec, reader)
-            first = [(reader.line_num, row) for row in itertools.islice(reader, _SAMPLE_ROWS)]
+            positions = resolve_columns(spec, reader)
+            first = [(reader.line_num, row) for row in itertools.islice(reader, SAMPLE_ROWS)]
         except (csv.Error, UnicodeDecodeError) as exc:
             raise _unreadable(path, exc) from exc
     width = max(p for p in positions.values() if p is not None) + 1
@@ -438,7 +438,7 @@ class _Rows:
                 return "unknown event type", repr(raw[:20])
             kind = self.type_lookup[raw]
         category = "" if pos["category"] is None else row[pos["category"]].strip()
-        return user, item, _TYPE_CODES[kind], stamp, category
+        return user, item, TYPE_CODES[kind], stamp, category
 
     def finish(self) -> EventLog:
         """The log of the rows read: checks, the report, sorted vocabularies, file order."""
@@ -449,14 +449,14 @@ class _Rows:
         unparsable = concatenated(self.unparsable, np.dtype(bool))
         type_codes, type_names = self.ids["event_type"].finish([])
         if self.positions["event_type"] is None:
-            types = np.full(n, _TYPE_CODES[self.spec.default_type], dtype=np.int8)
+            types = np.full(n, TYPE_CODES[self.spec.default_type], dtype=np.int8)
         else:
             names = type_names.to_pylist()
-            codes = [_TYPE_CODES.get(self.type_lookup.get(t, ""), -1) for t in names]
+            codes = [TYPE_CODES.get(self.type_lookup.get(t, ""), -1) for t in names]
             types = np.array(codes, dtype=np.int8)[type_codes]
         no_id = users[:n] == position_of(user_vocab, "")
         no_id |= items[:n] == position_of(item_vocab, "")
-        reason = np.zeros(n, dtype=np.int8)  # 0 kept, else 1 + index in _REASONS, or _BLANK
+        reason = np.zeros(n, dtype=np.int8)  # 0 kept, else 1 + index in SKIP_REASONS, or _BLANK
         reason[types < 0] = 4
         reason[~((stamps >= 0) & (stamps < LATEST_TIMESTAMP))] = 3
         reason[unparsable] = 2
@@ -532,12 +532,12 @@ class _Rows:
                 detail = "milliseconds?"
             elif code == 4:
                 detail = repr(type_names[int(type_codes[row])].as_py()[:20])
-            examples.append((int(line), _REASONS[code - 1], detail))
+            examples.append((int(line), SKIP_REASONS[code - 1], detail))
         shown = sorted(examples)[:MAX_EXAMPLES]
         for line, why, detail in shown:
             report.skip(f"{self.unit} {line}", why, detail)
         totals = self.odd_skipped + Counter(
-            {why: int(counts[i + 1]) for i, why in enumerate(_REASONS)}
+            {why: int(counts[i + 1]) for i, why in enumerate(SKIP_REASONS)}
         )
         report.skipped.update(totals - Counter(why for _, why, _ in shown))
         return report
@@ -567,7 +567,15 @@ def _unreadable(path: Path, exc: Exception) -> DataError:
     return DataError(f"{path}: unreadable: {exc}")
 
 
-def _resolve_columns(spec: ColumnSpec, reader: Iterator[list[str]]) -> dict[str, int | None]:
+def resolve_columns(spec: ColumnSpec, reader: Iterator[list[str]]) -> dict[str, int | None]:
+    """Each event field's 0-based column (None when absent), the header read from ``reader``
+    when ``spec`` has one.
+
+    Raises
+    ------
+    DataError
+        A named column is not in the header, or the header is missing.
+    """
     columns = spec.columns()
     header: list[str] = []
     if spec.header:

@@ -86,6 +86,12 @@ class Cases:
                      self.is_cart[rows], self.windows[rows], gaps, times)  # fmt: skip
 
 
+def check_conversion(conversion: str) -> None:
+    """Raise a :class:`ConfigError` unless ``conversion`` is a key of :data:`CONVERSIONS`."""
+    if conversion not in CONVERSIONS:
+        raise ConfigError(f"conversion must be one of {', '.join(CONVERSIONS)}, got {conversion!r}")
+
+
 def visit_starts(users: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Mask of events that start a visit: a user's first event, or a different item."""
     start = np.ones(len(users), dtype=bool)
@@ -123,8 +129,7 @@ def next_item_cases(
     ConfigError
         An unknown ``conversion``.
     """
-    if conversion not in CONVERSIONS:
-        raise ConfigError(f"conversion must be one of {', '.join(CONVERSIONS)}, got {conversion!r}")
+    check_conversion(conversion)
     if eligible is None:
         eligible = np.ones(len(users), dtype=bool)
     visit_events = (types == CLICK) | (types == CART)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from offline.data.interactions import Interactions
 from offline.sources import IMAGE, ITEM2VEC, ITEMCF, PSS
 from offline.sources.base import CandidateSource
 from recsvc.exceptions import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 class SourceSettings(Protocol):
@@ -47,17 +50,24 @@ class SourceInputs:
         -1 when unknown (item-CF's attribute part).
     embeddings : source name -> (float array (n_items, d), bool array (n_items,) known)
         The vectors of each embedding source, added as the stages produce them.
+    spark : SparkSession or None
+        With ``--engine spark``: item-CF computes its neighbours there.
     """
 
     fit: Interactions
     item_category: np.ndarray
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    spark: SparkSession | None = None
 
 
 Factory = Callable[[SourceInputs, SourceSettings, int], CandidateSource]
 
 
 def _itemcf(inputs: SourceInputs, settings: SourceSettings, seed: int) -> CandidateSource:
+    if inputs.spark is not None:
+        from offline.spark.itemcf import SparkItemCF
+
+        return SparkItemCF(inputs.spark, inputs.fit, inputs.item_category, alpha=settings.alpha)
     from offline.sources.itemcf import ItemCF
 
     return ItemCF(inputs.fit, inputs.item_category, alpha=settings.alpha)

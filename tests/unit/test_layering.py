@@ -83,3 +83,15 @@ def test_offline_config_loads_without_tensorflow() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert out.stdout.strip() == "False"
+
+
+def test_the_local_engine_loads_without_pyspark() -> None:
+    """PySpark is an extra: the pipeline and its sources import it only for --engine spark."""
+    code = (
+        "import sys, offline.pipeline, offline.sources.registry, offline.cli; "
+        "print('pyspark' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert out.stdout.strip() == "False"

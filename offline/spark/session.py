@@ -1,0 +1,93 @@
+"""The Spark session of one ``--engine spark`` run.
+
+``local[*]`` (every core of this machine) unless ``--spark-master`` names a cluster; the
+same code runs under ``spark-submit``, which sets the master itself. The session is quiet
+(warnings and errors only, no web UI) and its scratch files go under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from recsvc.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+logger = logging.getLogger(__name__)
+
+#: The master of a run without ``--spark-master``: every core of this machine.
+LOCAL_MASTER = "local[*]"
+#: The driver's heap unless ``$RECSVC_SPARK_DRIVER_MEMORY`` says otherwise. In local mode
+#: the driver is also the only executor.
+DRIVER_MEMORY = "4g"
+
+
+def require_pyspark() -> None:
+    """Raise a :class:`ConfigError` that says how to install Spark when it is missing."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "--engine spark needs PySpark: pip install 'recsvc[spark]' (and Java 17 or newer)"
+        ) from None
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ConfigError("--engine spark needs Java 17 or newer: no java on PATH, no JAVA_HOME")
+
+
+@contextmanager
+def spark_session(
+    master: str | None = None, app: str = "recsvc-pipeline"
+) -> Iterator[SparkSession]:
+    """A Spark session for one run, stopped at the end.
+
+    ``master`` is a Spark master URL (``local[2]``, ``spark://host:7077``, ``yarn``); None
+    means ``local[*]``, or the master ``spark-submit`` set.
+
+    Raises
+    ------
+    ConfigError
+        PySpark or Java is missing, or the session does not start.
+    """
+    require_pyspark()
+    from pyspark.sql import SparkSession
+
+    scratch = tempfile.mkdtemp(prefix="recsvc-spark-")
+    builder = (
+        SparkSession.builder.appName(app)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.local.dir", scratch)
+        # Naive ISO-8601 times are UTC, as the local loader reads them.
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", os.environ.get("RECSVC_SPARK_DRIVER_MEMORY", DRIVER_MEMORY))
+        # Results come back to the driver as Arrow batches, not pickled rows.
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    if master is not None or "PYSPARK_SUBMIT_ARGS" not in os.environ:
+        builder = builder.master(master or LOCAL_MASTER)
+    try:
+        session = builder.getOrCreate()
+    except Exception as exc:  # the JVM failed to start: py4j raises plain exceptions
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise ConfigError(f"Spark did not start (master {master or LOCAL_MASTER}): {exc}") from exc
+    session.sparkContext.setLogLevel("ERROR")
+    if not session.sparkContext.getConf().contains("spark.sql.shuffle.partitions"):
+        # Three tasks per core, not Spark's fixed 200: a local run's shuffles of a few
+        # thousand rows would otherwise schedule hundreds of empty tasks each.
+        parallelism = session.sparkContext.defaultParallelism
+        session.conf.set("spark.sql.shuffle.partitions", str(max(8, 3 * parallelism)))
+    # PySpark logs each failed query's plan as JSON on stderr; recsvc reports the error.
+    logging.getLogger("DataFrameQueryContextLogger").setLevel(logging.CRITICAL)
+    logger.info("spark %s, master %s", session.version, session.sparkContext.master)
+    try:
+        yield session
+    finally:
+        session.stop()
+        shutil.rmtree(scratch, ignore_errors=True)

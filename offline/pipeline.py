@@ -233,7 +233,13 @@ def _engine_description(spark: SparkSession | None) -> dict[str, Any]:
         "name": "spark",
         "master": spark.sparkContext.master,
         "spark_version": spark.version,
-        "stages": ["load", "itemcf neighbours", "item2vec pairs", "personalized examples"],
+        "stages": [
+            "load",
+            "itemcf neighbours",
+            "item2vec pairs",
+            "pool merge",
+            "personalized examples",
+        ],
     }
 
 
@@ -392,7 +398,9 @@ def build_arrays(
     if cache is not None:
         cache.close()
 
-    pools, arrays = pool_stage(sources, data.catalogue, popularity, config, seed, timings, metrics)
+    pools, arrays = pool_stage(
+        sources, data.catalogue, popularity, config, seed, timings, metrics, spark
+    )
     with timings.stage("sessions"):
         sessions = fit_sessions(fit, config.session_gap_s)
         arrays.update(sessions.to_arrays())
@@ -550,8 +558,10 @@ def pool_stage(
     seed: int,
     timings: Timings,
     metrics: dict[str, Any],
+    spark: SparkSession | None = None,
 ) -> tuple[Pools, dict[str, np.ndarray]]:
-    """Neighbours of every source, their annoy recall, the merged pools, the pool scores.
+    """Neighbours of every source, their annoy recall, the merged pools (on Spark with
+    ``spark``), the pool scores.
 
     Used by ``recsvc pipeline`` and ``recsvc train pss``; sets ``metrics["annoy"]`` and
     ``metrics["pools"]``.
@@ -565,15 +575,18 @@ def pool_stage(
     with timings.stage("annoy_recall"):
         metrics["annoy"] = _annoy_recall(sources, neighbours, config, seed)
     with timings.stage("pools"):
-        pools = merge_pools(
-            {n: nb.head(config.source_quotas[n]) for n, nb in neighbours.items()},
-            {n: config.source_weights[n] for n in neighbours},
-            {
+        heads = {n: nb.head(config.source_quotas[n]) for n, nb in neighbours.items()}
+        weights = {n: config.source_weights[n] for n in neighbours}
+        if spark is not None:
+            from offline.spark.pools import merge_pools as merge_on_spark
+
+            pools = merge_on_spark(spark, heads, weights, catalogue, popularity, config.pool_size)
+        else:
+            rules = {
                 "category": category_fill(catalogue, popularity, config.pool_size),
                 "new": newest_fill(catalogue, config.pool_size),
-            },
-            size=config.pool_size,
-        )
+            }
+            pools = merge_pools(heads, weights, rules, size=config.pool_size)
         metrics["pools"] = _pool_stats(pools)
     arrays: dict[str, np.ndarray] = {}
     with timings.stage("pool_scores"):

@@ -19,7 +19,8 @@ from offline.sources.base import Neighbours
 from recsvc.contract import SOURCE_BITS
 
 RULES = ("category", "new")
-_TIER = 1e9  # key offset that puts each rule after everything before it
+#: Key offset that puts each rule after everything before it.
+TIER = 1e9
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,13 @@ class Pools:
         return {name: int(((self.sources & bit) > 0).sum()) for name, bit in SOURCE_BITS.items()}
 
 
-def category_fill(catalogue: Catalogue, popularity: np.ndarray, size: int) -> Neighbours:
-    """Per item, the ``size + 1`` most popular items of its category (ties: newer first).
+def category_top(catalogue: Catalogue, popularity: np.ndarray, size: int) -> np.ndarray:
+    """The ``size + 1`` most popular items of each category (ties: newer first).
 
     Returns
     -------
-    Neighbours with ``items`` of shape (n_items, size + 1); scores are the popularity.
+    int32 array, shape (n_categories + 1, size + 1), -1 padded; the last row (unknown
+    category) is empty.
     """
     n = catalogue.n_items
     cats = catalogue.item_category
@@ -55,18 +57,34 @@ def category_fill(catalogue: Catalogue, popularity: np.ndarray, size: int) -> Ne
     rank = np.arange(n) - starts
     width = size + 1
     n_cats = len(catalogue.category_names)
-    top = np.full((n_cats + 1, width), -1, dtype=np.int32)  # last row: unknown category
-    keep = rank < width
-    top[np.where(sorted_cats[keep] >= 0, sorted_cats[keep], n_cats), rank[keep]] = order[keep]
-    items = top[np.where(cats >= 0, cats, n_cats)]
-    items[cats < 0] = -1  # unknown category: no same-category rule
+    top = np.full((n_cats + 1, width), -1, dtype=np.int32)
+    keep = (rank < width) & (sorted_cats >= 0)
+    top[sorted_cats[keep], rank[keep]] = order[keep]
+    return top
+
+
+def category_fill(catalogue: Catalogue, popularity: np.ndarray, size: int) -> Neighbours:
+    """Per item, the ``size + 1`` most popular items of its category (ties: newer first).
+
+    Returns
+    -------
+    Neighbours with ``items`` of shape (n_items, size + 1); scores are the popularity.
+    """
+    cats = catalogue.item_category
+    top = category_top(catalogue, popularity, size)
+    items = top[np.where(cats >= 0, cats, len(top) - 1)]  # unknown category: no rule
     scores = np.where(items >= 0, popularity[np.maximum(items, 0)], np.nan).astype(np.float32)
     return Neighbours(items, scores)
 
 
+def newest_items(catalogue: Catalogue, size: int) -> np.ndarray:
+    """The ``size + 1`` most recently first-seen items (int32), newest first."""
+    return np.argsort(-catalogue.first_seen, kind="stable")[: size + 1].astype(np.int32)
+
+
 def newest_fill(catalogue: Catalogue, size: int) -> Neighbours:
     """The ``size + 1`` most recently first-seen items, the same list for every item."""
-    newest = np.argsort(-catalogue.first_seen, kind="stable")[: size + 1].astype(np.int32)
+    newest = newest_items(catalogue, size)
     items = np.broadcast_to(newest, (catalogue.n_items, len(newest)))
     scores = np.broadcast_to(catalogue.first_seen[newest].astype(np.float32), items.shape)
     return Neighbours(items, scores)
@@ -129,7 +147,7 @@ def _merge_rows(
         cands.append(block[r, rank].astype(np.int64))
         # Weighted round robin: the n-th pick of a source lands at n / weight; the source's
         # position in the list breaks ties, so merging is deterministic.
-        keys.append(tier * _TIER + (rank + 1) / weight + order * 1e-6)
+        keys.append(tier * TIER + (rank + 1) / weight + order * 1e-6)
         bits.append(np.full(len(r), SOURCE_BITS[name], dtype=np.uint8))
     slot = np.concatenate(slots)
     cand = np.concatenate(cands)
@@ -143,7 +161,7 @@ def _merge_rows(
     by_pair = np.lexsort((key, pair))
     pair, slot, cand, key, bit = (a[by_pair] for a in (pair, slot, cand, key, bit))
     first = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
-    from_sources = np.where(key < _TIER, bit, 0).astype(np.uint8)
+    from_sources = np.where(key < TIER, bit, 0).astype(np.uint8)
     merged = np.bitwise_or.reduceat(from_sources, first) if len(first) else bit[:0]
     merged = np.where(merged > 0, merged, bit[first])
     slot, cand, key = slot[first], cand[first], key[first]

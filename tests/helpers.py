@@ -39,6 +39,9 @@ SMALL = [
     "--param",
     "pss.labelled_anchors=2000",
 ]
+#: For a test of something else than the learned second stage: its training (a first-stage
+#: bundle built on the fit period minus its last day) doubles a pipeline's time.
+NO_SECOND_STAGE = ["--param", "ranker.enabled=false"]
 
 
 def tiny_bundle_arrays(weights: tuple[float, ...] = (1.0, 0.5, 0.25)) -> dict[str, np.ndarray]:

@@ -10,5 +10,6 @@ module gives the same result as the local engine's code it stands for, which
 - :mod:`offline.spark.itemcf`: item-CF's co-occurrence self-join and top-k, the
   neighbours of :class:`~offline.sources.itemcf.ItemCF`;
 - :mod:`offline.spark.sequences`: item2vec's skip-gram pairs and the personalized models'
-  examples, written as Parquet shards and memory-mapped for the training loop.
+  examples, written as Parquet shards and memory-mapped for the training loop;
+- :mod:`offline.spark.pools`: the pool merge of :func:`offline.pools.merge_pools`.
 """

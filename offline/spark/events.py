@@ -39,6 +39,7 @@ from offline.data.events import (
 )
 from offline.data.skips import MAX_EXAMPLES, SkipReport
 from offline.data.times import TIME_FORMATS, accepted, check_range, detect_format
+from offline.spark.session import frame
 from recsvc.contract import EVENT_TYPES, LATEST_TIMESTAMP
 from recsvc.exceptions import DataError
 
@@ -314,7 +315,7 @@ def _vocabulary(kept: DataFrame, column: str) -> tuple[np.ndarray, DataFrame]:
     distinct = kept.select(F.col(column).alias("value")).distinct().orderBy("value")
     values = distinct.toArrow().column("value").to_numpy(zero_copy_only=False).astype(str)
     table = pa.table({"value": values, f"{column}_code": np.arange(len(values), dtype=np.int32)})
-    return values, kept.sparkSession.createDataFrame(table)
+    return values, frame(kept.sparkSession, table)
 
 
 def _encoded(kept: DataFrame, report: SkipReport, has_category: bool) -> EventLog:

@@ -18,6 +18,7 @@ import pyarrow as pa
 from offline.data.interactions import Interactions
 from offline.sources.base import Neighbours
 from offline.sources.itemcf import ItemCF
+from offline.spark.session import frame
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -61,7 +62,7 @@ class SparkItemCF(ItemCF):
         matrix = self.user_item
         users = np.repeat(np.arange(matrix.shape[0], dtype=np.int32), np.diff(matrix.indptr))
         table = pa.table({"user": users, "item": matrix.indices.astype(np.int32)})
-        return self._spark.createDataFrame(table)
+        return frame(self._spark, table)
 
     def _top(self, k: int) -> DataFrame:
         """(i, rank from 1, j, float score) of every item's ``k`` best neighbours."""
@@ -69,14 +70,15 @@ class SparkItemCF(ItemCF):
         from pyspark.sql import functions as F
 
         clicks = self._clicks()
-        items = self._spark.createDataFrame(
+        items = frame(
+            self._spark,
             pa.table(
                 {
                     "item": np.arange(self.n_items, dtype=np.int32),
                     "users": self.item_users,
                     "category": self._category,
                 }
-            )
+            ),
         )
         pairs = (
             clicks.alias("a")

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from offline.data.interactions import CART, CLICK, Interactions
 from offline.data.sequences import CONVERSIONS, check_conversion
+from offline.spark.session import frame
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession, WindowSpec
@@ -47,7 +48,7 @@ def events_frame(spark: SparkSession, events: Interactions) -> DataFrame:
             "type": events.types.astype(np.int8),
         }
     )
-    return spark.createDataFrame(table)
+    return frame(spark, table)
 
 
 def _by_user(order: str = "pos") -> WindowSpec:

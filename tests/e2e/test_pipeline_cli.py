@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SMALL
+from helpers import NO_SECOND_STAGE, SMALL
 
 from recsvc.bundle import load_bundle
 from recsvc.cli import main
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 METRICS = {"hr@5", "hr@10", "hr@20", "ndcg@10", "mrr@20", "coverage"}
 
 
-def run_pipeline_and_eval(events: Path, out: Path, capsys) -> tuple[dict, str]:
+def run_pipeline_and_eval(events: Path, out: Path, capsys, *flags: str) -> tuple[dict, str]:
     code = main(
         [
             "pipeline",
@@ -31,6 +31,7 @@ def run_pipeline_and_eval(events: Path, out: Path, capsys) -> tuple[dict, str]:
             "--seed",
             "3",
             *SMALL,
+            *flags,
         ]
     )
     assert code == 0
@@ -101,8 +102,22 @@ def test_pipeline_and_eval_on_real_data_are_complete_and_repeatable(
     assert 0.0 < bundle.manifest["metrics"]["annoy"]["item2vec"]["recall"] <= 1.0
     assert bundle.manifest["source"]["files"][0]["skipped"] == {"too few fields": 1}
 
-    second, _ = run_pipeline_and_eval(taobao_slice, tmp_path / "b", capsys)
-    assert second == first  # the same seed gives the same JSON
+    # The same seed gives the same bundle and JSON, whichever engine builds it: the second
+    # run's loading, item-CF, pools and training rows are Spark's (offline/spark/).
+    engine = ["--engine", "spark", "--spark-master", "local[2]"]
+    second, _ = run_pipeline_and_eval(taobao_slice, tmp_path / "b", capsys, *engine)
+    assert second == first
+    on_spark = load_bundle(tmp_path / "b/bundles")
+    assert sorted(on_spark.arrays) == sorted(bundle.arrays)
+    for name in bundle.arrays:
+        a, b = np.asarray(bundle[name]), np.asarray(on_spark[name])
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+    for part in ("split", "source", "parameters", "metrics"):
+        assert on_spark.manifest[part] == bundle.manifest[part], part
+    assert bundle.manifest["engine"] == {"name": "local"}
+    assert on_spark.manifest["engine"]["name"] == "spark"
+    assert on_spark.manifest["engine"]["master"] == "local[2]"
 
 
 def test_bad_flags_and_inputs_fail_with_clear_messages(tmp_path: Path, capsys):
@@ -132,6 +147,10 @@ def test_bad_flags_and_inputs_fail_with_clear_messages(tmp_path: Path, capsys):
     assert "'many' is not a int" in capsys.readouterr().err
     assert main(["eval", "--bundle", str(tmp_path / "none"), "--json", str(tmp_path / "x")]) == 1
     assert "no bundle at" in capsys.readouterr().err
+    spark_master = ["--spark-master", "local[2]"]
+    args = ["pipeline", "--format", "taobao", "--events", str(empty), "--out", str(tmp_path)]
+    assert main([*args, *spark_master]) == 2
+    assert "--spark-master is for --engine spark" in capsys.readouterr().err
 
 
 def test_item_images_become_the_image_source(
@@ -164,6 +183,7 @@ def test_item_images_become_the_image_source(
             "--shared",
             str(shared),
             *SMALL,
+            *NO_SECOND_STAGE,
         ]
     )
     assert code == 0

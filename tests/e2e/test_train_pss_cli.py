@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SMALL
+from helpers import NO_SECOND_STAGE, SMALL
 
 from recsvc.bundle import load_bundle, sha256_file
 from recsvc.cli import main
@@ -164,7 +164,7 @@ def test_images_and_titles_are_embedded_once_across_pipeline_and_train(
                 str(tmp_path / "titles.csv")]  # fmt: skip
     capsys.readouterr()
     root = tmp_path / "bundles"
-    assert main(["pipeline", *features, "--out", str(root), *SMALL]) == 0
+    assert main(["pipeline", *features, "--out", str(root), *SMALL, *NO_SECOND_STAGE]) == 0
     first = capsys.readouterr().out
     assert f"feature cache: {root / 'feature-cache.sqlite'}" in first
     assert "image features: 4 embedded, 0 cached" in first

@@ -2,7 +2,7 @@
 
 The Spark loader must give the local loader's log and report, row for row, on files with
 every kind of bad row; Spark's item-CF the local neighbours and scores, bit for bit; its
-training rows the local ones, in the same order.
+training rows the local ones, in the same order; its pool merge the local pools.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from offline.data.events import TAOBAO_SPEC, ColumnSpec, EventLog, load_events
-from offline.data.interactions import Interactions
+from offline.data.interactions import Catalogue, Interactions
+from offline.pools import category_fill, merge_pools, newest_fill
+from offline.sources.base import Neighbours
 from offline.sources.itemcf import ItemCF
 from offline.spark import events as spark_events
+from offline.spark import pools as spark_pools
 from offline.spark import sequences
 from offline.spark.itemcf import SparkItemCF
 from offline.spark.session import spark_session
@@ -190,3 +193,33 @@ def test_spark_writes_item2vecs_pairs_in_their_order(spark, tmp_path: Path) -> N
     mapped = sequences.mapped_columns(tmp_path, {"centre": np.int32, "context": np.int32})
     assert np.array_equal(mapped["centre"], centres)
     assert np.array_equal(mapped["context"], contexts)
+
+
+def test_spark_merges_the_local_pools(spark) -> None:
+    rng = np.random.default_rng(8)
+    n_items, size = 50, 12
+
+    def neighbours(k: int) -> Neighbours:
+        items = np.stack([rng.permutation(n_items)[:k] for _ in range(n_items)]).astype(np.int32)
+        items[rng.random(items.shape) < 0.4] = -1  # short lists, so the rules fill them
+        return Neighbours(items, np.zeros(items.shape, np.float32))
+
+    sources = {"itemcf": neighbours(9), "item2vec": neighbours(7)}
+    weights = {"itemcf": 2.0, "item2vec": 1.0}
+    catalogue = Catalogue(
+        item_ids=np.array([f"i{j}" for j in range(n_items)]),
+        item_category=rng.integers(-1, 5, n_items).astype(np.int32),
+        category_names=np.array([f"c{j}" for j in range(5)]),
+        first_seen=rng.integers(0, 20, n_items).astype(np.float64),
+    )
+    popularity = rng.integers(0, 9, n_items)
+    rules = {
+        "category": category_fill(catalogue, popularity, size),
+        "new": newest_fill(catalogue, size),
+    }
+    local = merge_pools(sources, weights, rules, size)
+    on_spark = spark_pools.merge_pools(spark, sources, weights, catalogue, popularity, size)
+    assert np.array_equal(local.items, on_spark.items)
+    assert np.array_equal(local.sources, on_spark.sources)
+    counts = local.source_counts()
+    assert counts["category"] > 0 and counts["new"] > 0 and counts["itemcf"] > 0

@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +121,9 @@ def bench_size(
     seed: int,
     keep: bool,
     engines: Sequence[str] = ("local",),
-) -> list[dict[str, Any]]:
-    """Generate the log of ``events`` events, run the pipeline with each engine, return
-    the figures of each run."""
+) -> Iterator[dict[str, Any]]:
+    """Generate the log of ``events`` events, run the pipeline with each engine, and yield
+    the figures of each run as it ends."""
     name = label(events)
     sizes = default_sizes(events)
     spec = SyntheticSpec(events=events, seed=seed, **sizes)
@@ -132,14 +132,13 @@ def bench_size(
     if not csv.is_file():
         write_log(spec, csv, progress=False)
     generate_s = time.perf_counter() - started
-    results = []
     for engine in engines:
         tag = name if engine == "local" else f"{name}_{engine}"
         bundles = workdir / "bundles" / tag
         run = run_pipeline(csv, bundles, params, workdir / f"pipeline_{tag}.log", engine=engine)
         bundle = load_bundle(bundles, verify=False)
         on_disk = sum(f.stat().st_size for f in bundle.path.rglob("*") if f.is_file())
-        results.append(
+        yield (
             {
                 "events": events,
                 "engine": engine,
@@ -159,7 +158,6 @@ def bench_size(
             shutil.rmtree(bundles, ignore_errors=True)
     if not keep:
         csv.unlink(missing_ok=True)
-    return results
 
 
 def markdown(results: Sequence[dict[str, Any]]) -> str:

@@ -6,6 +6,8 @@ source → the two personalized models → bundle. Each stage's time and peak me
 the manifest (``timings``, ``peak_mib``). With ``pss.enabled`` the PSS stage (product
 embeddings from item2vec, images, titles) runs before the pool merge; ``recsvc train pss``
 (:mod:`offline.pss.command`) reuses that stage and the pool stage on an existing bundle.
+``--engine spark`` runs the loading, item-CF's neighbours, the pool merge and the training
+rows on Apache Spark (:mod:`offline.spark`), with the same results.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ class PipelineInputs:
     item_titles: Path | None = None
     feature_cache: Path | None = None
     item_attributes: AttributeSpec | None = None
-    #: ``local``, or ``spark``: loading and item-CF's neighbours on Apache Spark.
+    #: ``local``, or ``spark``: loading, item-CF's neighbours, the pool merge and the
+    #: training rows on Apache Spark (:mod:`offline.spark`).
     engine: str = "local"
     #: The Spark master URL of ``--engine spark``; None: ``local[*]`` or spark-submit's.
     spark_master: str | None = None
@@ -336,7 +339,7 @@ def build_arrays(
     spark: SparkSession | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, CandidateSource], dict[str, str]]:
     """Every array of a bundle from a split dataset: sources, pools, sessions, models; with
-    ``spark``, item-CF's neighbours are computed there.
+    ``spark``, item-CF's neighbours, the pool merge and the training rows are Spark's.
 
     Returns
     -------

@@ -8,8 +8,8 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-# gcc builds recsvc._scoring, recsvc._second_stage and recsvc._wire (the compiled request
-# path); the runtime image needs no compiler.
+# gcc builds recsvc._scoring, recsvc._second_stage, recsvc._live and recsvc._wire (the
+# compiled request path); the runtime image needs no compiler.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir grpcio-tools==1.85.1 build==1.6.1

@@ -25,7 +25,8 @@ install: $(VENV)/.installed $(PROTO_PY)
 # Installs the lock files, every package pinned with its hashes; `-e .` (recsvc itself, with
 # its C modules) is a separate --no-deps step that hash mode does not cover.
 $(VENV)/.installed: requirements.lock requirements-nodeps.lock setup.cfg pyproject.toml setup.py \
-		recsvc/_scoring.c recsvc/_wire.c recsvc/_second_stage.c recsvc/_buffers.h
+		recsvc/_scoring.c recsvc/_wire.c recsvc/_second_stage.c recsvc/_live.c \
+		recsvc/_buffers.h recsvc/_model.h
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock

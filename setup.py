@@ -1,4 +1,4 @@
-"""Build of the three compiled request-path modules and the entry points; the rest is in
+"""Build of the four compiled request-path modules and the entry points; the rest is in
 setup.cfg.
 
 The offline commands are registered only when the tree has ``offline/``: the serving image
@@ -17,7 +17,7 @@ setup(
         Extension(
             "recsvc._scoring",
             ["recsvc/_scoring.c"],
-            depends=["recsvc/_buffers.h"],
+            depends=["recsvc/_buffers.h", "recsvc/_model.h"],
             # -ffp-contract=off: no fused multiply-adds, so a score is the same bits
             # whatever CPU flags the build used (the module's sums have a fixed order).
             extra_compile_args=["-O3", "-ffp-contract=off"],
@@ -25,10 +25,15 @@ setup(
         Extension(
             "recsvc._second_stage",
             ["recsvc/_second_stage.c"],
-            depends=["recsvc/_buffers.h"],
+            depends=["recsvc/_buffers.h", "recsvc/_model.h"],
             extra_compile_args=["-O3", "-ffp-contract=off"],
         ),
         Extension("recsvc._wire", ["recsvc/_wire.c"], extra_compile_args=["-O2"]),
+        Extension(
+            "recsvc._live",
+            ["recsvc/_live.c"],
+            extra_compile_args=["-O2", "-ffp-contract=off"],
+        ),
     ],
     entry_points={
         "console_scripts": ["recsvc = recsvc.cli:main"],

@@ -43,65 +43,7 @@
  * offline evaluation (pool_scores) and the server (PoolRanker) share one scoring function
  * (score_pool), so a served score is the offline one bit for bit.
  */
-#include "_buffers.h"
-#include <math.h>
-
-#define LANES 8
-
-static float dot(const float *a, const float *b, Py_ssize_t d) {
-    float lane[LANES] = {0};
-    Py_ssize_t j = 0;
-    for (; j + LANES <= d; j += LANES) {
-        for (int l = 0; l < LANES; l++) {
-            lane[l] += a[j + l] * b[j + l];
-        }
-    }
-    float tail = 0.0f;
-    for (; j < d; j++) {
-        tail += a[j] * b[j];
-    }
-    return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7])) +
-           tail;
-}
-
-/* A model's arrays, acquired through the buffer protocol. */
-typedef struct {
-    Py_buffer input, output, weights, scorable;
-    int have_scorable;
-    Py_ssize_t n_items, d;
-} Model;
-
-static void release_model(Model *m) {
-    PyBuffer_Release(&m->input);
-    PyBuffer_Release(&m->output);
-    PyBuffer_Release(&m->weights);
-    PyBuffer_Release(&m->scorable);
-}
-
-/* Fills ``m`` (zeroed by the caller) and checks the shapes agree; releases on failure. */
-static int acquire_model(Model *m, PyObject *input, PyObject *output, PyObject *weights,
-                         PyObject *scorable) {
-    m->have_scorable = scorable != Py_None;
-    if (get_array(input, &m->input, "input_embeddings", "f", 4, 2, 0) ||
-        get_array(output, &m->output, "output_embeddings", "f", 4, 2, 0) ||
-        get_array(weights, &m->weights, "position_weights", "f", 4, 1, 0) ||
-        (m->have_scorable && get_array(scorable, &m->scorable, "scorable", "?B", 1, 1, 0))) {
-        release_model(m);
-        return -1;
-    }
-    m->n_items = m->input.shape[0];
-    m->d = m->input.shape[1];
-    if (m->output.shape[0] != m->n_items || m->output.shape[1] != m->d) {
-        PyErr_SetString(PyExc_ValueError,
-                        "input_embeddings and output_embeddings must have the same shape");
-    } else if (m->have_scorable && m->scorable.shape[0] != m->n_items) {
-        PyErr_SetString(PyExc_ValueError, "scorable must have one entry per item");
-    } else {
-        return 0;
-    }
-    release_model(m);
-    return -1;
-}
+#include "_model.h"
 
 /* Writes the score of each of the ``c`` slots of pool ``p`` into ``out``; -1 with an
  * exception set on a bad window or pool entry. */
@@ -114,6 +56,7 @@ static int score_pool(const Model *m, PyObject *window_obj, const int32_t *p, Py
     int status = -1;
     Py_ssize_t n_items = m->n_items, d = m->d;
     float *user = NULL;
+    Py_ssize_t *items = NULL;
     Py_ssize_t width = PySequence_Fast_GET_SIZE(window);
     if (width > m->weights.shape[0]) {
         PyErr_Format(PyExc_ValueError, "window has %zd slots, position_weights only %zd", width,
@@ -121,63 +64,38 @@ static int score_pool(const Model *m, PyObject *window_obj, const int32_t *p, Py
         goto done;
     }
     user = PyMem_Calloc(d > 0 ? d : 1, sizeof(float));
-    if (user == NULL) {
+    items = PyMem_Malloc((width > 0 ? width : 1) * sizeof(Py_ssize_t));
+    if (user == NULL || items == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    const float *in = m->input.buf, *o = m->output.buf, *w = m->weights.buf;
-    const unsigned char *ok = m->have_scorable ? m->scorable.buf : NULL;
-    /* Ask for every candidate's row before using any: they are scattered over the matrix,
-     * and on a busy server none is in cache, so waiting for them one at a time dominates. */
-    for (Py_ssize_t i = 0; i < c; i++) {
-        if (p[i] >= 0 && p[i] < n_items) {
-            if (ok != NULL) {
-                __builtin_prefetch(ok + p[i]);
-            }
-            const char *row = (const char *)(o + p[i] * d);
-            for (Py_ssize_t byte = 0; byte < d * (Py_ssize_t)sizeof(float); byte += 64) {
-                __builtin_prefetch(row + byte);
-            }
-        }
-    }
-    Py_ssize_t valid = 0;
+    model_prefetch(m, p, c);
     for (Py_ssize_t slot = 0; slot < width; slot++) {
         Py_ssize_t item = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(window, slot),
                                              PyExc_OverflowError);  /* numpy ints too */
         if (item == -1 && PyErr_Occurred()) {
             goto done;
         }
-        if (item < 0) {
-            continue;
-        }
         if (item >= n_items) {
             PyErr_Format(PyExc_IndexError, "window item %zd is out of range for %zd items", item,
                          n_items);
             goto done;
         }
-        const float *v = in + item * d;
-        for (Py_ssize_t j = 0; j < d; j++) {
-            user[j] += w[slot] * v[j];
-        }
-        valid++;
+        items[slot] = item < 0 ? -1 : item;
     }
-    if (valid > 0) {
-        for (Py_ssize_t j = 0; j < d; j++) {
-            user[j] /= (float)valid;
-        }
-    }
+    model_user(m, items, width, user);
     for (Py_ssize_t i = 0; i < c; i++) {
-        int32_t item = p[i];
-        if (item >= n_items) {
-            PyErr_Format(PyExc_IndexError, "pool item %d is out of range for %zd items", item,
+        if (p[i] >= n_items) {
+            PyErr_Format(PyExc_IndexError, "pool item %d is out of range for %zd items", p[i],
                          n_items);
             goto done;
         }
-        out[i] = (item < 0 || (ok != NULL && !ok[item])) ? -INFINITY : dot(o + item * d, user, d);
+        out[i] = model_score(m, user, p[i]);
     }
     status = 0;
 done:
     PyMem_Free(user);
+    PyMem_Free(items);
     Py_DECREF(window);
     return status;
 }

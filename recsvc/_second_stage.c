@@ -17,23 +17,33 @@
  *       The positions of the n best (item, score) entries, best first: higher score, then
  *       smaller item id (a bounded heap, no full sort).
  *
+ *   top_positions(scores, n) -> positions bytes
+ *       The same with the position as the item: numpy's argsort(-scores, kind="stable")[:n].
+ *
  *   merge_candidates(items, flags, current, cap) -> (items bytes, flags bytes)
  *       First occurrences in order, each with the OR of the flags of all its occurrences,
  *       without padding (-1) and the current item; at most cap.
  *
+ *   CandidateCore(pools, pool_sources)
+ *       .build(current, rows, knn_items, knn_scores, knn_n, live, live_flag, knn_flag, cap)
+ *       The same merge of a request's proposals (recsvc.candidates gives their order),
+ *       gathered from the bundle's pools here rather than concatenated in numpy first.
+ *
  *   FeatureCore(pools, category, static, columns, source_column, source_bits, n_features,
- *               itemcf, item2vec, item2vec_known, visit_weights)
- *       .build(current, visits, items, flags, knn_items, knn_scores, out)
- *       Writes every column of recsvc.features that needs no model (which one goes where
- *       comes from ``columns``) for each candidate; recsvc.features documents what each
- *       means and fills the model's columns.
+ *               itemcf, item2vec, item2vec_known, visit_weights, input_embeddings,
+ *               output_embeddings, position_weights, scorable, model_known, live_bit)
+ *       .build(current, visits, items, flags, knn_items, knn_scores, out, window,
+ *              live_items, live_shares, absent_shares)
+ *       Writes every column of recsvc.features (which one goes where comes from
+ *       ``columns``) for each candidate, recsvc.features documents what each means: the
+ *       personalized model's columns with the arithmetic of _model.h (the bits of
+ *       recsvc._scoring's scores), and the live shares of the candidates flagged live_bit.
  *
  * Lookups of items among a request's candidates go through a small open-addressing table
  * made per call (a few KB), so nothing grows with the catalogue and calls on different
  * threads share nothing; the GIL is held throughout (a call is tens of microseconds).
  */
-#include "_buffers.h"
-#include <math.h>
+#include "_model.h"
 #include <stdint.h>
 
 /* ---- ItemTable: item id -> dense index, in insertion order ---------------------------- */
@@ -452,9 +462,12 @@ static PyTypeObject SessionKNNType = {
 
 /* ---- best_scored ------------------------------------------------------------------ */
 
-/* Is entry a better than b: a higher score, or the same and a smaller item id? */
+/* Is entry a better than b: a higher score, or the same and a smaller item id? A NaN score
+ * is below every number (as numpy's argsort(-scores) places it). */
 static inline int better(const double *score, const int32_t *item, int64_t a, int64_t b) {
-    return score[a] > score[b] || (score[a] == score[b] && item[a] < item[b]);
+    double x = score[a], y = score[b];
+    if (x > y || (isnan(y) && !isnan(x))) return 1;
+    return (x == y || (isnan(x) && isnan(y))) && item[a] < item[b];
 }
 
 /* Sift entry ``i`` of a heap whose top is its worst entry. */
@@ -470,6 +483,33 @@ static void worst_down(int64_t *heap, Py_ssize_t n, Py_ssize_t i, const double *
         heap[worst] = swap;
         i = worst;
     }
+}
+
+/* Writes the positions of the at most n best of the m entries into ``heap`` (room for
+ * min(n, m)), best first; returns how many. */
+static Py_ssize_t best_positions(const int32_t *item, const double *score, Py_ssize_t m,
+                                 Py_ssize_t n, int64_t *heap) {
+    Py_ssize_t size = 0, cap = n < m ? n : m;
+    /* The cap best in a heap with the worst on top, then drained worst first. */
+    for (Py_ssize_t j = 0; j < m && cap > 0; j++) {
+        if (size < cap) {
+            heap[size++] = j;
+            for (Py_ssize_t i = size / 2 - 1; size == cap && i >= 0; i--) {
+                worst_down(heap, size, i, score, item);
+            }
+        } else if (better(score, item, j, heap[0])) {
+            heap[0] = j;
+            worst_down(heap, size, 0, score, item);
+        }
+    }
+    for (Py_ssize_t end = size - 1; end > 0; end--) {
+        int64_t swap = heap[0];
+        heap[0] = heap[end];
+        heap[end] = swap;
+        worst_down(heap, end, 0, score, item);
+    }
+    /* Draining put the worst last: heap[0..size) is now best first. */
+    return size;
 }
 
 static PyObject *best_scored(PyObject *module, PyObject *args) {
@@ -497,38 +537,50 @@ static PyObject *best_scored(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "n must not be negative");
         goto done;
     }
-    const int32_t *item = items_buf.buf;
-    const double *score = scores_buf.buf;
-    Py_ssize_t size = 0, cap = n < m ? n : m;
+    Py_ssize_t cap = n < m ? n : m;
     heap = PyMem_Malloc((cap > 0 ? cap : 1) * sizeof(int64_t));
     if (heap == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    /* The cap best in a heap with the worst on top, then drained worst first. */
-    for (Py_ssize_t j = 0; j < m && cap > 0; j++) {
-        if (size < cap) {
-            heap[size++] = j;
-            for (Py_ssize_t i = size / 2 - 1; size == cap && i >= 0; i--) {
-                worst_down(heap, size, i, score, item);
-            }
-        } else if (better(score, item, j, heap[0])) {
-            heap[0] = j;
-            worst_down(heap, size, 0, score, item);
-        }
-    }
-    for (Py_ssize_t end = size - 1; end > 0; end--) {
-        int64_t swap = heap[0];
-        heap[0] = heap[end];
-        heap[end] = swap;
-        worst_down(heap, end, 0, score, item);
-    }
-    /* Draining put the worst last: heap[0..size) is now best first. */
+    Py_ssize_t size = best_positions(items_buf.buf, scores_buf.buf, m, n, heap);
     result = PyBytes_FromStringAndSize((const char *)heap, size * sizeof(int64_t));
 done:
     PyMem_Free(heap);
     PyBuffer_Release(&items_buf);
     PyBuffer_Release(&scores_buf);
+    return result;
+}
+
+static PyObject *top_positions(PyObject *module, PyObject *args) {
+    PyObject *scores_obj;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "On:top_positions", &scores_obj, &n)) {
+        return NULL;
+    }
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "n must not be negative");
+        return NULL;
+    }
+    Py_buffer scores = {0};
+    if (get_array(scores_obj, &scores, "scores", "d", 8, 1, 0)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t m = scores.shape[0], cap = n < m ? n : m;
+    int32_t *position = PyMem_Malloc((m > 0 ? m : 1) * sizeof(int32_t));
+    int64_t *heap = PyMem_Malloc((cap > 0 ? cap : 1) * sizeof(int64_t));
+    if (position == NULL || heap == NULL || m > INT32_MAX) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < m; j++) position[j] = (int32_t)j;
+    Py_ssize_t size = best_positions(position, scores.buf, m, n, heap);
+    result = PyBytes_FromStringAndSize((const char *)heap, size * sizeof(int64_t));
+done:
+    PyMem_Free(position);
+    PyMem_Free(heap);
+    PyBuffer_Release(&scores);
     return result;
 }
 
@@ -588,23 +640,182 @@ done:
 
 /* ---- FeatureCore -------------------------------------------------------------------- */
 
+/* ---- CandidateCore ------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer pools, sources; /* int32 and uint8, both (n_items, width) */
+    int ready;
+} CandidateCore;
+
+static void CandidateCore_dealloc(CandidateCore *self) {
+    PyBuffer_Release(&self->pools);
+    PyBuffer_Release(&self->sources);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int CandidateCore_init(CandidateCore *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"pools", "pool_sources", NULL};
+    PyObject *pools, *sources;
+    if (self->ready || self->pools.obj != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "a CandidateCore is initialised once");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:CandidateCore", names, &pools, &sources)) {
+        return -1;
+    }
+    if (get_array(pools, &self->pools, "pools", "i", 4, 2, 0) ||
+        get_array(sources, &self->sources, "pool_sources", "B", 1, 2, 0)) {
+        return -1;
+    }
+    if (self->sources.shape[0] != self->pools.shape[0] ||
+        self->sources.shape[1] != self->pools.shape[1]) {
+        PyErr_SetString(PyExc_ValueError, "pool_sources must have the shape of pools");
+        return -1;
+    }
+    self->ready = 1;
+    return 0;
+}
+
+/* Adds ``c`` proposals to a merge: each item's first place, with the OR of the flags of all
+ * its proposals (``flags``, or ``flag`` for all of them); padding and ``current`` left out. */
+static void merge_add(ItemTable *table, unsigned char *merged, const int32_t *items,
+                      const unsigned char *flags, unsigned char flag, Py_ssize_t c,
+                      Py_ssize_t current) {
+    for (Py_ssize_t i = 0; i < c; i++) {
+        if (items[i] < 0 || items[i] == current) continue;
+        int added;
+        merged[table_add(table, items[i], &added)] |= flags != NULL ? flags[i] : flag;
+    }
+}
+
+static PyObject *CandidateCore_build(CandidateCore *self, PyObject *args) {
+    Py_ssize_t current, knn_n, cap;
+    PyObject *rows_obj, *knn_items_obj, *knn_scores_obj, *live_obj;
+    unsigned char live_flag, knn_flag;
+    if (!PyArg_ParseTuple(args, "nOOOnObbn:build", &current, &rows_obj, &knn_items_obj,
+                          &knn_scores_obj, &knn_n, &live_obj, &live_flag, &knn_flag, &cap)) {
+        return NULL;
+    }
+    if (!self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "the CandidateCore was not initialised");
+        return NULL;
+    }
+    const Py_ssize_t n_items = self->pools.shape[0], P = self->pools.shape[1];
+    if (current < 0 || current >= n_items) {
+        PyErr_Format(PyExc_IndexError, "current item %zd is outside 0..%zd", current,
+                     n_items - 1);
+        return NULL;
+    }
+    if (knn_n < 0 || cap < 0) {
+        PyErr_SetString(PyExc_ValueError, "knn_n and cap must not be negative");
+        return NULL;
+    }
+    Py_buffer knn_items = {0}, knn_scores = {0}, live = {0};
+    Py_ssize_t n_rows = 0, *rows = NULL;
+    int64_t *best = NULL;
+    unsigned char *merged = NULL;
+    ItemTable table = {0};
+    PyObject *result = NULL;
+    int has_knn = knn_items_obj != Py_None, has_live = live_obj != Py_None;
+    if ((has_knn && (get_array(knn_items_obj, &knn_items, "knn_items", "i", 4, 1, 0) ||
+                     get_array(knn_scores_obj, &knn_scores, "knn_scores", "d", 8, 1, 0))) ||
+        (has_live && get_array(live_obj, &live, "live", "i", 4, 1, 0))) {
+        goto done;
+    }
+    if (has_knn && knn_scores.shape[0] != knn_items.shape[0]) {
+        PyErr_SetString(PyExc_ValueError, "knn_scores must have one entry per knn item");
+        goto done;
+    }
+    rows = sequence_ints(rows_obj, "rows must be a sequence of ints", &n_rows);
+    if (rows == NULL) goto done;
+    for (Py_ssize_t r = 0; r < n_rows; r++) {
+        if (rows[r] < 0 || rows[r] >= n_items) {
+            PyErr_Format(PyExc_IndexError, "row %zd is outside 0..%zd", rows[r], n_items - 1);
+            goto done;
+        }
+    }
+    Py_ssize_t n_knn = has_knn ? knn_items.shape[0] : 0, n_live = has_live ? live.shape[0] : 0;
+    n_knn = n_knn < knn_n ? n_knn : knn_n;
+    Py_ssize_t total = P * (1 + n_rows) + n_live + n_knn;
+    best = PyMem_Malloc((n_knn > 0 ? n_knn : 1) * sizeof(int64_t));
+    merged = PyMem_Calloc(total > 0 ? total : 1, 1);
+    if (best == NULL || merged == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (table_init(&table, total)) goto done;
+    const int32_t *pools = self->pools.buf;
+    const unsigned char *sources = self->sources.buf;
+    merge_add(&table, merged, pools + current * P, sources + current * P, 0, P, current);
+    if (has_live) merge_add(&table, merged, live.buf, NULL, live_flag, n_live, current);
+    if (n_knn > 0) {
+        const int32_t *keys = knn_items.buf;
+        Py_ssize_t found = best_positions(keys, knn_scores.buf, knn_items.shape[0], n_knn, best);
+        for (Py_ssize_t j = 0; j < found; j++) {
+            merge_add(&table, merged, keys + best[j], NULL, knn_flag, 1, current);
+        }
+    }
+    for (Py_ssize_t r = 0; r < n_rows; r++) {
+        merge_add(&table, merged, pools + rows[r] * P, sources + rows[r] * P, 0, P, current);
+    }
+    Py_ssize_t kept = table.size < cap ? table.size : cap;
+    result = bytes_pair(table.items, kept * sizeof(int32_t), merged, kept);
+done:
+    table_free(&table);
+    PyMem_Free(rows);
+    PyMem_Free(best);
+    PyMem_Free(merged);
+    PyBuffer_Release(&knn_items);
+    PyBuffer_Release(&knn_scores);
+    PyBuffer_Release(&live);
+    return result;
+}
+
+static PyMethodDef CandidateCore_methods[] = {
+    {"build", (PyCFunction)CandidateCore_build, METH_VARARGS,
+     "build(current, rows, knn_items, knn_scores, knn_n, live, live_flag, knn_flag, cap)\n"
+     "--\n\n"
+     "(items bytes, flags bytes): int32 candidates and their uint8 source flags, merged as\n"
+     "merge_candidates merges them from, in this order: pool ``current`` with its sources,\n"
+     "``live`` (int32, or None) flagged live_flag, the knn_n best of knn_items/knn_scores\n"
+     "(int32/float64, or None; best_scored's order) flagged knn_flag, and the pools of\n"
+     "``rows`` with their sources."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CandidateCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "recsvc._second_stage.CandidateCore",
+    .tp_basicsize = sizeof(CandidateCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One bundle's pools, from which a request's candidates are merged.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)CandidateCore_init,
+    .tp_dealloc = (destructor)CandidateCore_dealloc,
+    .tp_methods = CandidateCore_methods,
+};
+
 /* The columns FeatureCore writes, by name (recsvc.features.FEATURES gives their places). */
 enum {
     C_ITEMCF_CURRENT, C_ITEMCF_SESSION, C_ITEM2VEC_CURRENT, C_ITEM2VEC_SESSION, C_VSKNN,
     C_POPULARITY, C_RECENT, C_AGE, C_SAME_CATEGORY, C_CATEGORY_SHARE, C_POOL_POSITION,
-    C_SESSION_LENGTH, C_N
+    C_SESSION_LENGTH, C_PERSONALIZED, C_PERSONALIZED_ITEM, C_SCORABLE, C_LIVE_CURRENT,
+    C_LIVE_SESSION, C_N
 };
 static const char *const column_names[C_N] = {
     "itemcf_current", "itemcf_session", "item2vec_current", "item2vec_session", "vsknn",
     "log_popularity", "log_recent_clicks", "age_days", "same_category",
-    "session_category_share", "pool_position", "session_length",
+    "session_category_share", "pool_position", "session_length", "personalized",
+    "personalized_item", "scorable", "live_current", "live_session",
 };
 #define MAX_SOURCES 8
 
 typedef struct {
     PyObject_HEAD
-    Py_buffer pools, category, statics, itemcf, item2vec, known, visit_weights;
-    int has_itemcf, has_item2vec, has_weights, ready;
+    Py_buffer pools, category, statics, itemcf, item2vec, known, visit_weights, model_known;
+    Model model;
+    int has_itemcf, has_item2vec, has_weights, has_model, ready;
+    unsigned char live_bit;
     Py_ssize_t n_items, width, dim, n_features, n_weights, n_sources, source_column;
     Py_ssize_t column[C_N];
     unsigned char source_bits[MAX_SOURCES];
@@ -618,24 +829,32 @@ static void FeatureCore_dealloc(FeatureCore *self) {
     PyBuffer_Release(&self->item2vec);
     PyBuffer_Release(&self->known);
     PyBuffer_Release(&self->visit_weights);
+    PyBuffer_Release(&self->model_known);
+    if (self->has_model) release_model(&self->model);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int FeatureCore_init(FeatureCore *self, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"pools", "category", "static", "columns", "source_column",
                             "source_bits", "n_features", "itemcf", "item2vec",
-                            "item2vec_known", "visit_weights", NULL};
+                            "item2vec_known", "visit_weights", "input_embeddings",
+                            "output_embeddings", "position_weights", "scorable", "model_known",
+                            "live_bit", NULL};
     PyObject *pools, *category, *statics, *columns, *source_bits, *itemcf = Py_None,
-             *item2vec = Py_None, *known = Py_None, *weights = Py_None;
+             *item2vec = Py_None, *known = Py_None, *weights = Py_None, *input = Py_None,
+             *output = Py_None, *position_weights = Py_None, *scorable = Py_None,
+             *model_known = Py_None;
     Py_ssize_t source_column, n_features;
+    unsigned char live_bit = 0;
     if (self->ready || self->pools.obj != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a FeatureCore is initialised once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOnOn|OOOO:FeatureCore", names, &pools,
-                                     &category, &statics, &columns, &source_column,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOnOn|OOOOOOOOOb:FeatureCore", names,
+                                     &pools, &category, &statics, &columns, &source_column,
                                      &source_bits, &n_features, &itemcf, &item2vec, &known,
-                                     &weights)) {
+                                     &weights, &input, &output, &position_weights, &scorable,
+                                     &model_known, &live_bit)) {
         return -1;
     }
     if (get_array(pools, &self->pools, "pools", "i", 4, 2, 0) ||
@@ -709,34 +928,36 @@ static int FeatureCore_init(FeatureCore *self, PyObject *args, PyObject *kwargs)
         if (get_array(weights, &self->visit_weights, "visit_weights", "d", 8, 1, 0)) return -1;
         self->n_weights = self->visit_weights.shape[0];
     }
+    if (input != Py_None) {
+        if (acquire_model(&self->model, input, output, position_weights, scorable)) return -1;
+        self->has_model = 1;
+        if (self->model.n_items != self->n_items || !self->model.have_scorable ||
+            get_array(model_known, &self->model_known, "model_known", "?B", 1, 1, 0)) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError,
+                                "the model needs one embedding per item, scorable and "
+                                "model_known");
+            }
+            return -1;
+        }
+        if (self->model_known.shape[0] != self->n_items) {
+            PyErr_SetString(PyExc_ValueError, "model_known needs one entry per item");
+            return -1;
+        }
+    }
+    self->live_bit = live_bit;
     self->ready = 1;
     return 0;
 }
 
-#define LANES 8
-
-/* a . b summed in eight lanes, then a fixed pairing: the compiler can vectorise it, and the
- * order (so the result) does not depend on the build. */
-static float inner(const float *a, const float *b, Py_ssize_t d) {
-    float lane[LANES] = {0};
-    Py_ssize_t j = 0;
-    for (; j + LANES <= d; j += LANES) {
-        for (int l = 0; l < LANES; l++) lane[l] += a[j + l] * b[j + l];
-    }
-    float tail = 0.0f;
-    for (; j < d; j++) tail += a[j] * b[j];
-    return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7])) +
-           tail;
-}
-
 static float norm(const float *v, Py_ssize_t d) {
-    return sqrtf(inner(v, v, d));
+    return sqrtf(dot(v, v, d));
 }
 
 /* A request's per-candidate sums, one entry per distinct candidate. */
 typedef struct {
-    int32_t *stamp, *slot0;
-    float *cf0, *cos0, *knn, *cand_norm;
+    int32_t *stamp, *slot0, *live;
+    float *cf0, *cos0, *knn, *cand_norm, *window_score, *item_score;
     double *cf_num, *cf_den, *cos_num, *cos_den;
 } Scratch;
 
@@ -749,7 +970,7 @@ static void scratch_free(Scratch *s) {
 
 static int scratch_init(Scratch *s, Py_ssize_t u) {
     Py_ssize_t n = u > 0 ? u : 1;
-    s->stamp = PyMem_Calloc(n, 2 * sizeof(int32_t) + 4 * sizeof(float));
+    s->stamp = PyMem_Calloc(n, 3 * sizeof(int32_t) + 6 * sizeof(float));
     s->cf_num = PyMem_Calloc(4 * n, sizeof(double));
     if (s->stamp == NULL || s->cf_num == NULL) {
         scratch_free(s);
@@ -757,15 +978,18 @@ static int scratch_init(Scratch *s, Py_ssize_t u) {
         return -1;
     }
     s->slot0 = s->stamp + n;
-    s->cf0 = (float *)(s->slot0 + n);
+    s->live = s->slot0 + n;
+    s->cf0 = (float *)(s->live + n);
     s->cos0 = s->cf0 + n;
     s->knn = s->cos0 + n;
     s->cand_norm = s->knn + n;
+    s->window_score = s->cand_norm + n;
+    s->item_score = s->window_score + n;
     s->cf_den = s->cf_num + n;
     s->cos_num = s->cf_den + n;
     s->cos_den = s->cos_num + n;
     for (Py_ssize_t e = 0; e < n; e++) {
-        s->slot0[e] = -1;
+        s->slot0[e] = s->live[e] = -1;
         s->cf0[e] = s->cos0[e] = NAN;
     }
     return 0;
@@ -784,9 +1008,12 @@ static inline float mean_or_nan(double num, double den) {
 
 static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
     Py_ssize_t current;
-    PyObject *visits_obj, *items_obj, *flags_obj, *knn_items_obj, *knn_scores_obj, *out_obj;
-    if (!PyArg_ParseTuple(args, "nOOOOOO:build", &current, &visits_obj, &items_obj, &flags_obj,
-                          &knn_items_obj, &knn_scores_obj, &out_obj)) {
+    PyObject *visits_obj, *items_obj, *flags_obj, *knn_items_obj, *knn_scores_obj, *out_obj,
+        *window_obj = Py_None, *live_items_obj = Py_None, *live_shares_obj = Py_None,
+        *absent_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "nOOOOOO|OOOO:build", &current, &visits_obj, &items_obj,
+                          &flags_obj, &knn_items_obj, &knn_scores_obj, &out_obj, &window_obj,
+                          &live_items_obj, &live_shares_obj, &absent_obj)) {
         return NULL;
     }
     if (!self->ready) {
@@ -799,10 +1026,12 @@ static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
                      n_items - 1);
         return NULL;
     }
-    Py_buffer items_buf = {0}, flags_buf = {0}, knn_items = {0}, knn_scores = {0}, out_buf = {0};
-    int has_knn = knn_items_obj != Py_None;
-    Py_ssize_t n_visits = 0, *visits = NULL, *rows = NULL;
+    Py_buffer items_buf = {0}, flags_buf = {0}, knn_items = {0}, knn_scores = {0}, out_buf = {0},
+              live_items = {0}, live_shares = {0}, absent = {0};
+    int has_knn = knn_items_obj != Py_None, has_live = live_items_obj != Py_None;
+    Py_ssize_t n_visits = 0, *visits = NULL, *rows = NULL, n_window = 0, *window = NULL;
     double *weights = NULL;
+    float *user = NULL, *ref_norms = NULL;
     PyObject *result = NULL;
     ItemTable table = {0};
     Scratch scratch = {0};
@@ -810,7 +1039,20 @@ static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
     if (get_array(flags_obj, &flags_buf, "flags", "B", 1, 1, 0) ||
         get_array(out_obj, &out_buf, "out", "f", 4, 2, 1) ||
         (has_knn && (get_array(knn_items_obj, &knn_items, "knn_items", "i", 4, 1, 0) ||
-                     get_array(knn_scores_obj, &knn_scores, "knn_scores", "d", 8, 1, 0)))) {
+                     get_array(knn_scores_obj, &knn_scores, "knn_scores", "d", 8, 1, 0))) ||
+        (has_live && (get_array(live_items_obj, &live_items, "live_items", "i", 4, 1, 0) ||
+                      get_array(live_shares_obj, &live_shares, "live_shares", "f", 4, 2, 0))) ||
+        (absent_obj != Py_None && get_array(absent_obj, &absent, "absent_shares", "f", 4, 1, 0))) {
+        goto done;
+    }
+    if ((has_live && (live_shares.shape[0] != live_items.shape[0] || live_shares.shape[1] != 2)) ||
+        (absent_obj != Py_None && absent.shape[0] != 2)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "live_shares needs two columns per live item, absent_shares two values");
+        goto done;
+    }
+    if (window_obj != Py_None && !self->has_model) {
+        PyErr_SetString(PyExc_ValueError, "a window needs a model; this FeatureCore has none");
         goto done;
     }
     const Py_ssize_t c = items_buf.shape[0], F = self->n_features, P = self->width;
@@ -834,9 +1076,34 @@ static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
     visits = sequence_ints(visits_obj, "visits must be a sequence of ints", &n_visits);
     rows = PyMem_Malloc((n_visits + 1) * sizeof(Py_ssize_t));
     weights = PyMem_Malloc((n_visits + 1) * sizeof(double));
-    if (visits == NULL || rows == NULL || weights == NULL) {
+    ref_norms = PyMem_Malloc((n_visits + 1) * sizeof(float));
+    if (visits == NULL || rows == NULL || weights == NULL || ref_norms == NULL) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
+    }
+    if (self->has_model) {
+        user = PyMem_Calloc(self->model.d > 0 ? self->model.d : 1, sizeof(float));
+        if (user == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    if (window_obj != Py_None) {
+        window = sequence_ints(window_obj, "window must be a sequence of ints", &n_window);
+        if (window == NULL) goto done;
+        if (n_window > self->model.weights.shape[0]) {
+            PyErr_Format(PyExc_ValueError, "window has %zd slots, position_weights only %zd",
+                         n_window, self->model.weights.shape[0]);
+            goto done;
+        }
+        for (Py_ssize_t j = 0; j < n_window; j++) {
+            if (window[j] >= n_items) {
+                PyErr_Format(PyExc_IndexError, "window item %zd is outside 0..%zd", window[j],
+                             n_items - 1);
+                goto done;
+            }
+            if (window[j] < 0) window[j] = -1;
+        }
     }
     /* The current item's row, then the weighted visits' rows with their weights. */
     const double *slot_weights = self->has_weights ? self->visit_weights.buf : NULL;
@@ -881,6 +1148,7 @@ static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
             __builtin_prefetch((const unsigned char *)self->known.buf + item);
         }
     }
+    if (self->has_model) model_prefetch(&self->model, table.items, u);
 
     /* Pool slots: each distinct candidate's first slot in each row's pool, with item-CF. */
     const int32_t *pools = self->pools.buf;
@@ -909,14 +1177,16 @@ static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
         for (Py_ssize_t e = 0; e < u; e++) {
             scratch.cand_norm[e] = vector_norm(self, table.items[e]);
         }
-        for (Py_ssize_t r = 0; r < m; r++) {
-            float ref_norm = vector_norm(self, (int32_t)rows[r]);
-            if (isnan(ref_norm)) continue;
-            const float *ref = vectors + rows[r] * d;
-            for (Py_ssize_t e = 0; e < u; e++) {
-                if (isnan(scratch.cand_norm[e])) continue;
-                float cosine = inner(ref, vectors + (Py_ssize_t)table.items[e] * d, d) /
-                               (ref_norm * scratch.cand_norm[e]);
+        /* Candidate by candidate, so that each row is read once for all the m references
+         * (they stay in L1); each sum still adds the references in their order. */
+        for (Py_ssize_t r = 0; r < m; r++) ref_norms[r] = vector_norm(self, (int32_t)rows[r]);
+        for (Py_ssize_t e = 0; e < u; e++) {
+            if (isnan(scratch.cand_norm[e])) continue;
+            const float *candidate = vectors + (Py_ssize_t)table.items[e] * d;
+            for (Py_ssize_t r = 0; r < m; r++) {
+                if (isnan(ref_norms[r])) continue;
+                float cosine = dot(vectors + rows[r] * d, candidate, d) /
+                               (ref_norms[r] * scratch.cand_norm[e]);
                 if (r == 0) {
                     scratch.cos0[e] = cosine;
                 } else if (!isnan(cosine)) {
@@ -933,6 +1203,37 @@ static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
         for (Py_ssize_t j = 0; j < knn_items.shape[0]; j++) {
             Py_ssize_t e = table_find(&table, keys[j]);
             if (e >= 0) scratch.knn[e] = (float)values[j];
+        }
+    }
+    if (has_live) {
+        const int32_t *keys = live_items.buf;
+        for (Py_ssize_t j = 0; j < live_items.shape[0]; j++) {
+            Py_ssize_t e = table_find(&table, keys[j]);
+            if (e >= 0) scratch.live[e] = (int32_t)j;
+        }
+    }
+    /* The model's scores of each distinct candidate, for the window and for the current
+     * item alone; NaN where it cannot score (-inf). */
+    float *window_score = NULL, *item_score = NULL;
+    if (self->has_model) {
+        const Model *model = &self->model;
+        const unsigned char *model_known = self->model_known.buf;
+        if (window != NULL && model_user(model, window, n_window, user) > 0) {
+            window_score = scratch.window_score;
+            for (Py_ssize_t e = 0; e < u; e++) {
+                float value = model_score(model, user, table.items[e]);
+                window_score[e] = isinf(value) && value < 0 ? NAN : value;
+            }
+        }
+        if (model_known[current]) {
+            Py_ssize_t alone = current;
+            memset(user, 0, model->d * sizeof(float));
+            model_user(model, &alone, 1, user);
+            item_score = scratch.item_score;
+            for (Py_ssize_t e = 0; e < u; e++) {
+                float value = model_score(model, user, table.items[e]);
+                item_score[e] = isinf(value) && value < 0 ? NAN : value;
+            }
         }
     }
 
@@ -974,12 +1275,30 @@ static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
             row[self->source_column + b] = (flags[i] & self->source_bits[b]) ? 1.0f : 0.0f;
         }
         row[col[C_SESSION_LENGTH]] = (float)known_visits;
+        if (window_score != NULL) row[col[C_PERSONALIZED]] = window_score[e];
+        if (item_score != NULL) row[col[C_PERSONALIZED_ITEM]] = item_score[e];
+        if (self->has_model) {
+            row[col[C_SCORABLE]] = ((const unsigned char *)self->model.scorable.buf)[item] ? 1.0f
+                                                                                           : 0.0f;
+        }
+        if (absent_obj != Py_None) {
+            row[col[C_LIVE_CURRENT]] = ((const float *)absent.buf)[0];
+            row[col[C_LIVE_SESSION]] = ((const float *)absent.buf)[1];
+        }
+        if (has_live && (flags[i] & self->live_bit) && scratch.live[e] >= 0) {
+            const float *shares = (const float *)live_shares.buf + 2 * (Py_ssize_t)scratch.live[e];
+            row[col[C_LIVE_CURRENT]] = shares[0];
+            row[col[C_LIVE_SESSION]] = shares[1];
+        }
     }
     result = Py_NewRef(Py_None);
 done:
     PyMem_Free(visits);
     PyMem_Free(rows);
     PyMem_Free(weights);
+    PyMem_Free(window);
+    PyMem_Free(user);
+    PyMem_Free(ref_norms);
     scratch_free(&scratch);
     table_free(&table);
     PyBuffer_Release(&items_buf);
@@ -987,16 +1306,23 @@ done:
     PyBuffer_Release(&out_buf);
     PyBuffer_Release(&knn_items);
     PyBuffer_Release(&knn_scores);
+    PyBuffer_Release(&live_items);
+    PyBuffer_Release(&live_shares);
+    PyBuffer_Release(&absent);
     return result;
 }
 
 static PyMethodDef FeatureCore_methods[] = {
     {"build", (PyCFunction)FeatureCore_build, METH_VARARGS,
-     "build(current, visits, items, flags, knn_items, knn_scores, out)\n--\n\n"
-     "Write the model-free feature columns of each candidate into out (float32\n"
+     "build(current, visits, items, flags, knn_items, knn_scores, out, window=None,\n"
+     "      live_items=None, live_shares=None, absent_shares=None)\n--\n\n"
+     "Write the feature columns of each candidate into out (float32\n"
      "(len(items), n_features)); every other column is set to NaN. visits: the earlier\n"
      "visits, newest first, -1 unknown; knn_items/knn_scores: int32/float64 V-SKNN scores,\n"
-     "or None (the vsknn column stays NaN)."},
+     "or None (the vsknn column stays NaN); window: the model's window (current item\n"
+     "first, -1 empty), or None (the model's columns stay NaN); live_items/live_shares:\n"
+     "int32 (n,) and float32 (n, 2), the shares of the live neighbours, given to the\n"
+     "candidates flagged live_bit; absent_shares: float32 (2,), the other candidates'."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1004,7 +1330,9 @@ static PyTypeObject FeatureCoreType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "recsvc._second_stage.FeatureCore",
     .tp_doc = PyDoc_STR("FeatureCore(pools, category, static, columns, source_column, "
                         "source_bits, n_features, itemcf=None, item2vec=None, "
-                        "item2vec_known=None, visit_weights=None)\n--\n\n"
+                        "item2vec_known=None, visit_weights=None, input_embeddings=None, "
+                        "output_embeddings=None, position_weights=None, scorable=None, "
+                        "model_known=None, live_bit=0)\n--\n\n"
                         "One bundle's arrays for the second stage's features (see "
                         "recsvc.features)."),
     .tp_basicsize = sizeof(FeatureCore),
@@ -1020,6 +1348,11 @@ static PyMethodDef methods[] = {
      "best_scored(items, scores, n)\n--\n\n"
      "int64 positions, as bytes, of the at most n entries with the highest scores, best\n"
      "first (equal scores: the smaller item id first)."},
+    {"top_positions", top_positions, METH_VARARGS,
+     "top_positions(scores, n)\n--\n\n"
+     "int64 positions, as bytes, of the at most n highest of the float64 scores, best\n"
+     "first: np.argsort(-scores, kind='stable')[:n] (equal scores keep their order, NaN\n"
+     "last), without sorting them all."},
     {"merge_candidates", merge_candidates, METH_VARARGS,
      "merge_candidates(items, flags, current, cap)\n--\n\n"
      "(int32 items, uint8 flags) as bytes: the first occurrence of each item in order, with\n"
@@ -1034,7 +1367,8 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__second_stage(void) {
-    if (PyType_Ready(&SessionKNNType) < 0 || PyType_Ready(&FeatureCoreType) < 0) {
+    if (PyType_Ready(&SessionKNNType) < 0 || PyType_Ready(&FeatureCoreType) < 0 ||
+        PyType_Ready(&CandidateCoreType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);
@@ -1042,7 +1376,8 @@ PyMODINIT_FUNC PyInit__second_stage(void) {
         return NULL;
     }
     if (PyModule_AddObjectRef(m, "SessionKNN", (PyObject *)&SessionKNNType) < 0 ||
-        PyModule_AddObjectRef(m, "FeatureCore", (PyObject *)&FeatureCoreType) < 0) {
+        PyModule_AddObjectRef(m, "FeatureCore", (PyObject *)&FeatureCoreType) < 0 ||
+        PyModule_AddObjectRef(m, "CandidateCore", (PyObject *)&CandidateCoreType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -26,7 +26,7 @@ import numpy as np
 from recsvc import _second_stage
 from recsvc.contract import SOURCE_BITS
 from recsvc.exceptions import ConfigError
-from recsvc.session_knn import KNNParams, SessionIndex, request_session, top_scored
+from recsvc.session_knn import KNNParams, SessionIndex, request_session
 
 SESSION_KNN = np.uint8(SOURCE_BITS["session_knn"])
 LIVE = np.uint8(SOURCE_BITS["live"])
@@ -99,6 +99,11 @@ class CandidateBuilder:
         self.pool_sources = pool_sources
         self.sessions = sessions
         self.settings = settings
+        # The merge gathers from the pools in C: no array is made per request.
+        self._core = _second_stage.CandidateCore(
+            np.ascontiguousarray(pools, dtype=np.int32),
+            np.ascontiguousarray(pool_sources, dtype=np.uint8),
+        )
 
     @property
     def adds_any(self) -> bool:
@@ -134,23 +139,22 @@ class CandidateBuilder:
         live : the request's live neighbours that the bundle knows (indices)
         """
         s = self.settings
-        items = [self.pools[current]]
-        flags = [self.pool_sources[current]]
-        if live is not None and len(live):
-            items.append(live)
-            flags.append(np.full(len(live), LIVE, dtype=np.uint8))
+        knn_items = knn_scores = None
         if self.sessions is not None and s.knn_items:
             if knn is None:
                 knn = self.session_scores(current, visits)
             assert knn is not None
-            best, _ = top_scored(*knn, s.knn_items)
-            items.append(best)
-            flags.append(np.full(len(best), SESSION_KNN, dtype=np.uint8))
+            knn_items, knn_scores = knn
         rows = [v for v in visits if v >= 0][: s.session_pools]
-        if rows:
-            items.append(self.pools[rows].ravel())
-            flags.append(self.pool_sources[rows].ravel())
-        merged, merged_flags = _second_stage.merge_candidates(
-            np.concatenate(items), np.concatenate(flags), current, s.cap
+        merged, merged_flags = self._core.build(
+            current,
+            rows,
+            knn_items,
+            knn_scores,
+            s.knn_items,
+            live if live is not None and len(live) else None,
+            LIVE,
+            SESSION_KNN,
+            s.cap,
         )
         return np.frombuffer(merged, dtype=np.int32), np.frombuffer(merged_flags, dtype=np.uint8)

@@ -86,12 +86,14 @@ A feature whose bundle array is absent (``pool_scores/itemcf``, ``embeddings/ite
 ``item_recent_clicks``, the training sessions, the model) is NaN throughout.
 
 Cost
-    Everything but the model's columns is built in one compiled call
-    (``recsvc/_second_stage.c``, :class:`FeatureCore`): the candidates' pool slots through a
-    small per-call table item -> candidate, the cosines one dot product each, the columns
-    of the candidate alone gathered from a table built with the builder (``n_items`` x 3
-    float32). The model's two columns are two calls of the compiled scoring core. V-SKNN
-    is scored once per request: the caller passes the scores it gathered candidates with.
+    Every column is built in one compiled call (``recsvc/_second_stage.c``,
+    :class:`FeatureCore`): the candidates' pool slots and live shares through a small
+    per-call table item -> candidate, the cosines one dot product each, the columns of the
+    candidate alone gathered from a table built with the builder (``n_items`` x 3 float32),
+    and the model's two columns with the scoring arithmetic of ``recsvc/_model.h``, so they
+    are the bits :func:`~recsvc.scoring.window_scores` gives. On a busy server each numpy
+    call starts with cold caches, so the calls, not the arithmetic, were the cost. V-SKNN is
+    scored once per request: the caller passes the scores it gathered candidates with.
 """
 
 from __future__ import annotations
@@ -266,6 +268,17 @@ class FeatureBuilder:
             raise BundleError(f"features: itemcf has shape {itemcf.shape}, pools {pools.shape}")
         # The compiled part holds the arrays (views when they already have its dtypes, as a
         # bundle's do).
+        model = (
+            {
+                "input_embeddings": scorer.input_embeddings,
+                "output_embeddings": scorer.output_embeddings,
+                "position_weights": scorer.position_weights,
+                "scorable": np.ascontiguousarray(scorer.scorable, dtype=bool),
+                "model_known": np.ascontiguousarray(scorer.known, dtype=bool),
+            }
+            if scorer is not None
+            else {}
+        )
         self._core = _second_stage.FeatureCore(
             np.ascontiguousarray(pools, dtype=np.int32),
             np.ascontiguousarray(category, dtype=np.int32),
@@ -280,6 +293,8 @@ class FeatureBuilder:
                 None if item2vec_known is None else np.ascontiguousarray(item2vec_known, bool)
             ),
             visit_weights=self._visit_weights,
+            live_bit=_LIVE_BIT,
+            **model,
         )
 
     @classmethod
@@ -346,10 +361,19 @@ class FeatureBuilder:
             knn = self.sessions.scores(request_session(current, visits), self.knn)
         knn_items, knn_scores = knn if knn is not None else (None, None)
         out = np.empty((n, len(FEATURES)), dtype=np.float32)
-        self._core.build(current, visits, items, flags, knn_items, knn_scores, out)
-        if n:
-            self._personalized(ctx, current, items, out)
-            _live_shares(out, items, flags, live)
+        self._core.build(
+            current,
+            visits,
+            items,
+            flags,
+            knn_items,
+            knn_scores,
+            out,
+            ctx.window if self.scorer is not None else None,
+            live.known if len(live.known) else None,
+            live.known_shares if len(live.known) else None,
+            live.absent_shares,
+        )
         return out
 
     def new_item_rows(self, ctx: RequestContext, live: LiveCandidates) -> np.ndarray:
@@ -373,40 +397,6 @@ class FeatureBuilder:
         rows[:, COLUMNS["session_length"]] = sum(0 <= v < self.n_items for v in ctx.visits)
         rows[:, _LIVE_COLUMNS] = live.new_shares
         return rows
-
-    def _personalized(
-        self, ctx: RequestContext, current: int, items: np.ndarray, out: np.ndarray
-    ) -> None:
-        scorer = self.scorer
-        if scorer is None:
-            return
-        arrays = scorer.arrays
-        if any(v >= 0 for v in ctx.window):
-            out[:, COLUMNS["personalized"]] = _finite(window_scores(ctx.window, items, *arrays))
-        if scorer.known[current]:
-            out[:, COLUMNS["personalized_item"]] = _finite(window_scores([current], items, *arrays))
-        out[:, COLUMNS["scorable"]] = scorer.scorable[items]
-
-
-def _live_shares(
-    out: np.ndarray, items: np.ndarray, flags: np.ndarray, live: LiveCandidates
-) -> None:
-    """The live columns: each live-flagged candidate's shares, the rest ``absent_shares``."""
-    out[:, _LIVE_COLUMNS] = live.absent_shares
-    rows = np.flatnonzero(flags & _LIVE_BIT)
-    if not len(rows) or not len(live.known):
-        return
-    order = np.argsort(live.known, kind="stable")
-    sorted_known = live.known[order]
-    at = np.minimum(np.searchsorted(sorted_known, items[rows]), len(order) - 1)
-    found = sorted_known[at] == items[rows]
-    out[np.ix_(rows[found], _LIVE_COLUMNS)] = live.known_shares[order[at[found]]]
-
-
-def _finite(scores: np.ndarray) -> np.ndarray:
-    """Scores with ``-inf`` (not scorable) as NaN."""
-    scores[scores == -np.inf] = np.nan
-    return scores
 
 
 def _log_share(counts: np.ndarray) -> np.ndarray:

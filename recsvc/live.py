@@ -259,6 +259,12 @@ class LiveRead:
         factor, names, scores = self._lists.get(item, (1.0, [], []))
         return [(name, score * factor) for name, score in zip(names, scores, strict=True)]
 
+    @property
+    def by_item(self) -> dict[str, tuple[float, list[str], list[float]]]:
+        """item -> (factor, neighbours best first, stored scores), for each item read that
+        has neighbours: what :meth:`lists` lists, without a copy (do not modify it)."""
+        return self._lists
+
     def lists(self) -> list[tuple[str, float, list[str], list[float]]]:
         """(item, factor, neighbours, stored scores) of each item read that has neighbours;
         a neighbour's co-visit count is its stored score times the factor."""

@@ -16,11 +16,11 @@ items. Shares are ratios of counts read together, so they need no clock and no t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from recsvc import _live
 from recsvc.live import LiveRead
 
 
@@ -103,55 +103,29 @@ EMPTY = LiveCandidates(
 )
 
 
-def gather(live: LiveRead, index: Mapping[str, int], viewed: str) -> LiveCandidates:
-    """The live candidates of a request that viewed ``viewed`` (never one of them)."""
-    strength: dict[str, float] = {}
-    from_anchor: dict[str, dict[int, float]] = {}
-    # Co-visit counts read for the viewed item (side 0) and the session's other items (1).
-    side_counts: tuple[dict[str, float], dict[str, float]] = ({}, {})
-    side_totals = [0.0, 0.0]
-    for item, factor, names, scores in live.lists():
-        anchor = index.get(item, -1)
-        side = 0 if item == viewed else 1
-        counts = side_counts[side]
-        for neighbour, stored in zip(names, scores, strict=True):
-            score = stored * factor
-            strength[neighbour] = strength.get(neighbour, 0.0) + score
-            counts[neighbour] = counts.get(neighbour, 0.0) + score
-            side_totals[side] += score
-            if anchor >= 0 and neighbour not in index:
-                from_anchor.setdefault(neighbour, {})[anchor] = score
-    strength.pop(viewed, None)
-    from_anchor.pop(viewed, None)
-    absent = np.array([0.0 if t > 0 else np.nan for t in side_totals], dtype=np.float32)
-    if not strength:
-        return dataclasses.replace(EMPTY, absent_shares=absent) if live else EMPTY
+def gather(live: LiveRead, index: dict[str, int], viewed: str) -> LiveCandidates:
+    """The live candidates of a request that viewed ``viewed`` (never one of them).
 
-    def shares(names: list[str]) -> np.ndarray:
-        out = np.tile(absent, (len(names), 1))
-        for side in (0, 1):
-            if side_totals[side] > 0:
-                counts = side_counts[side]
-                out[:, side] = [counts.get(n, 0.0) / side_totals[side] for n in names]
-        return out
-
-    ranked = sorted(strength, key=lambda n: -strength[n])  # stable: read order breaks ties
-    known = [n for n in ranked if n in index]
-    new = [n for n in ranked if n not in index]
-    anchors = sorted({a for n in new for a in from_anchor.get(n, {})})
-    column = {a: j for j, a in enumerate(anchors)}
-    weights = np.zeros((len(new), len(anchors)))
-    for i, neighbour in enumerate(new):
-        for anchor, score in from_anchor.get(neighbour, {}).items():
-            weights[i, column[anchor]] = score
+    Each neighbour's count is summed over the lists that hold it (its strength), and per
+    side: the viewed item's list, and the other items' lists. Gathered in C
+    (``recsvc/_live.c``) in the order of operations of a loop over the lists, so the sums
+    are the same doubles whatever the build.
+    """
+    (known, known_strength, new, anchors, weights, strength, known_shares, new_shares, absent) = (
+        _live.gather(live.by_item, index, viewed)
+    )
+    absent_shares = np.frombuffer(absent, dtype=np.float32)
+    if not known and not new:
+        return dataclasses.replace(EMPTY, absent_shares=absent_shares) if live else EMPTY
+    n_anchors = len(anchors) // 4
     return LiveCandidates(
-        np.array([index[n] for n in known], dtype=np.int32),
-        np.array([strength[n] for n in known]),
+        np.frombuffer(known, dtype=np.int32),
+        np.frombuffer(known_strength, dtype=np.float64),
         new,
-        np.array(anchors, dtype=np.int32),
-        weights,
-        np.array([strength[n] for n in new]),
-        shares(known),
-        shares(new),
-        absent,
+        np.frombuffer(anchors, dtype=np.int32),
+        np.frombuffer(weights, dtype=np.float64).reshape(len(new), n_anchors),
+        np.frombuffer(strength, dtype=np.float64),
+        np.frombuffer(known_shares, dtype=np.float32).reshape(-1, 2),
+        np.frombuffer(new_shares, dtype=np.float32).reshape(-1, 2),
+        absent_shares,
     )

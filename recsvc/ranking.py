@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsvc import contract
+from recsvc import _second_stage, contract
 from recsvc.bundle import Bundle
 from recsvc.candidates import LIVE, CandidateBuilder, CandidateSettings
 from recsvc.exceptions import BundleError, ConfigError, InvalidRequest, ItemNotFound
@@ -140,12 +140,13 @@ class Ranker:
         self._has_history = np.ones(len(ids), dtype=bool)
         if "item_fit_events" in bundle:
             self._has_history = np.asarray(bundle["item_fit_events"]) > 0
+        self._all_have_history = bool(self._has_history.all())
         # The items the live path treats as the bundle's: in an evaluation bundle, an item
         # first seen in the held-out period is in the catalogue, but only the stream knows
         # it, as it would be for a server.
         self._live_index = (
             self._index
-            if self._has_history.all()
+            if self._all_have_history
             else {name: i for name, i in self._index.items() if self._has_history[i]}
         )
         # The learned second stage, when the bundle has one; its features are built now so
@@ -334,9 +335,10 @@ class Ranker:
             context = RequestContext(current, visits[1:], window)
             features = self.features.build(context, items, flags, knn, live_items)
             scores = self._second.scores(features)
-            # An item with no event before the held-out period is in an evaluation bundle's
-            # catalogue only because it is clicked there: no score may use that.
-            scores[~self._has_history[items]] = -np.inf
+            if not self._all_have_history:
+                # An item with no event before the held-out period is in an evaluation
+                # bundle's catalogue only because it is clicked there: no score may use that.
+                scores[~self._has_history[items]] = -np.inf
             new = self._second_stage_new(context, live_items)
         else:
             scores = window_scores(window, items, *arrays)
@@ -374,13 +376,19 @@ class Ranker:
         names = self._ids
         if live_items.new:
             scores = np.concatenate([scores, new_scores])
-        best = np.argsort(-scores, kind="stable")[:k]  # ties keep the candidates' order
+        # The best k, ties in the candidates' order (argsort(-scores, kind="stable")[:k]).
+        ranked = np.asarray(scores, dtype=np.float64)  # the first stage's are float32
+        best = np.frombuffer(_second_stage.top_positions(ranked, k), dtype=np.int64)
         n_known = len(items)
+        known = best[best < n_known] if live_items.new else best
+        # Python ints in bulk (tolist), not a numpy scalar per answer item.
+        known_items = iter(items[known].tolist())
+        known_flags = iter(flags[known].tolist())
         out_items, out_flags = [], []
         for i in best.tolist():
             if i < n_known:
-                out_items.append(names[int(items[i])])
-                out_flags.append(int(flags[i]))
+                out_items.append(names[next(known_items)])
+                out_flags.append(next(known_flags))
             else:
                 out_items.append(live_items.new[i - n_known])
                 out_flags.append(int(LIVE))

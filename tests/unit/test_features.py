@@ -100,6 +100,19 @@ def test_the_columns_are_named_once_in_order() -> None:
     assert FEATURES[-2:] == ("live_current", "live_session")
 
 
+def test_the_model_columns_are_the_served_scores_bit_for_bit(tmp_path: Path) -> None:
+    """The compiled feature core scores with the arithmetic of the compiled scoring core:
+    a feature row holds the score the first stage would serve, to the last bit."""
+    bundle = bundle_of(full_arrays(), tmp_path)
+    features = builder_of(bundle).build(CTX, ITEMS, FLAGS)
+    scorer = Scorer.from_bundle(bundle, "personalized")
+    assert scorer is not None
+    for name, window in (("personalized", CTX.window), ("personalized_item", [CTX.current])):
+        served = window_scores(window, ITEMS, *scorer.arrays)
+        served[served == -np.inf] = np.nan
+        assert features[:, COLUMNS[name]].tobytes() == served.tobytes()
+
+
 def test_hand_computed_features(tmp_path: Path) -> None:
     features = builder_of(bundle_of(full_arrays(), tmp_path)).build(CTX, ITEMS, FLAGS)
     assert features.shape == (4, len(FEATURES)) and features.dtype == np.float32

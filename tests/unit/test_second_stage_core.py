@@ -48,6 +48,63 @@ def test_merge_refuses_bad_arrays() -> None:
         merge([1], [1], current=0, cap=-1)
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_top_positions_is_a_stable_argsort_of_the_negated_scores(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, int(rng.integers(0, 60))).astype(np.float64)
+    for value, share in ((np.nan, 0.2), (-np.inf, 0.2), (np.inf, 0.1)):
+        scores[rng.random(len(scores)) < share] = value
+    n = int(rng.integers(0, 70))
+    got = np.frombuffer(_second_stage.top_positions(scores, n), np.int64)
+    assert got.tolist() == np.argsort(-scores, kind="stable")[:n].tolist()
+
+
+def test_top_positions_refuses_what_it_cannot_rank() -> None:
+    with pytest.raises(TypeError, match="float64"):
+        _second_stage.top_positions(np.zeros(3, np.float32), 2)
+    with pytest.raises(ValueError, match="negative"):
+        _second_stage.top_positions(np.zeros(3), -1)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_candidate_core_merges_as_the_concatenated_proposals_would(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_items, width = 60, 12
+    pools = rng.integers(-1, n_items, (n_items, width)).astype(I32)
+    sources = rng.integers(0, 256, (n_items, width)).astype(U8)
+    current = int(rng.integers(0, n_items))
+    rows = rng.integers(0, n_items, int(rng.integers(0, 4))).tolist()
+    live = rng.integers(0, n_items, int(rng.integers(0, 8))).astype(I32)
+    knn_items = rng.permutation(n_items)[: int(rng.integers(0, 30))].astype(I32)
+    knn_scores = rng.integers(1, 5, len(knn_items)).astype(np.float64)  # ties
+    knn_n, cap = int(rng.integers(0, 20)), int(rng.integers(1, 60))
+    best = np.frombuffer(_second_stage.best_scored(knn_items, knn_scores, knn_n), np.int64)
+    proposed = [pools[current], live, knn_items[best], *(pools[r] for r in rows)]
+    flags = [sources[current], np.full(len(live), 64, U8), np.full(len(best), 32, U8)]
+    flags += [sources[r] for r in rows]
+    expected = merge(np.concatenate(proposed).tolist(), np.concatenate(flags).tolist(),
+                     current, cap)  # fmt: skip
+    items, merged = _second_stage.CandidateCore(pools, sources).build(
+        current, rows, knn_items, knn_scores, knn_n, live, 64, 32, cap
+    )
+    assert (np.frombuffer(items, I32).tolist(), np.frombuffer(merged, U8).tolist()) == expected
+
+
+def test_candidate_core_refuses_bad_input() -> None:
+    pools, sources = np.zeros((3, 2), I32), np.zeros((3, 2), U8)
+    with pytest.raises(ValueError, match="shape of pools"):
+        _second_stage.CandidateCore(pools, np.zeros((3, 3), U8))
+    built = _second_stage.CandidateCore(pools, sources)
+    with pytest.raises(IndexError, match="current item 3"):
+        built.build(3, [], None, None, 0, None, 64, 32, 10)
+    with pytest.raises(IndexError, match="row 5"):
+        built.build(0, [5], None, None, 0, None, 64, 32, 10)
+    with pytest.raises(ValueError, match="one entry per knn item"):
+        built.build(0, [], np.array([1], I32), np.array([1.0, 2.0]), 1, None, 64, 32, 10)
+    with pytest.raises(ValueError, match="negative"):
+        built.build(0, [], None, None, 0, None, 64, 32, -1)
+
+
 def core(**changes: object) -> _second_stage.FeatureCore:
     arrays: dict[str, object] = {
         "pools": np.array([[1, -1], [0, -1]], I32),
@@ -98,6 +155,20 @@ def test_feature_core_refuses_bad_requests() -> None:
     assert out[0, COLUMNS["session_length"]] == 0
     assert out[0, COLUMNS["pool_position"]] == 0.0
     assert out[0, COLUMNS["source_itemcf"]] == 1.0 and np.isnan(out[0, COLUMNS["vsknn"]])
+    with pytest.raises(ValueError, match="a window needs a model"):
+        built.build(0, [], one, flag, None, None, out, [0])
+    shares = np.array([[0.5, 0.25]], np.float32)
+    with pytest.raises(ValueError, match="two columns per live item"):
+        built.build(0, [], one, flag, None, None, out, None, np.array([1, 0], I32), shares)
+    with pytest.raises(ValueError, match="absent_shares two values"):
+        built.build(0, [], one, flag, None, None, out, None, None, None, np.zeros(3, np.float32))
+    # the live shares go to candidates flagged live (bit 64 here) only
+    live = core(live_bit=64)
+    absent = np.array([0.0, np.nan], np.float32)
+    live.build(0, [], one, np.array([64], U8), None, None, out, None, one, shares, absent)
+    assert out[0, COLUMNS["live_current"]] == 0.5 and out[0, COLUMNS["live_session"]] == 0.25
+    live.build(0, [], one, flag, None, None, out, None, one, shares, absent)
+    assert out[0, COLUMNS["live_current"]] == 0.0 and np.isnan(out[0, COLUMNS["live_session"]])
 
 
 def test_session_knn_refuses_arrays_that_do_not_fit() -> None:

@@ -516,13 +516,25 @@ def train_second_stage(
         manifest = {"parameters": {**first.as_dict(), "seed": seed}, "split": inner.split}
         bundle = load_bundle(write_bundle(Path(tmp), arrays, manifest))
         live = LiveSettings() if config.ranker.live else None
-        rows = training_rows(bundle, config.candidates, config.ranker.negatives, seed, live)
+        rows = training_rows(
+            bundle,
+            config.candidates,
+            config.ranker.negatives,
+            seed,
+            live,
+            max_cases=config.ranker.max_cases,
+        )
     model, metrics = train_ranker(rows, config.ranker, seed)
     # What the server's live reads must match for the live columns to mean what they did.
     metrics["live"] = live.as_dict() if live is not None else None
     print(
-        f"second stage: {metrics['queries']} of {metrics['cases']} cases have their next item "
-        f"among the candidates; {metrics['rows']} rows; best iteration "
+        f"second stage: {metrics['queries']} of {metrics['cases_used']} cases"
+        + (
+            f" (a sample of the {metrics['cases']})"
+            if metrics["cases_used"] < metrics["cases"]
+            else ""
+        )
+        + f" have their next item among the candidates; {metrics['rows']} rows; best iteration "
         f"{metrics['best_iteration']}; NDCG@10 on its validation queries "
         f"{metrics['valid_ndcg10']} (the first stage's orders: "
         + ", ".join(f"{k} {v}" for k, v in metrics["baseline_ndcg10"].items())

@@ -134,21 +134,30 @@ def replay_served(
     return Replay(ranks, len(events), len(first_click), lags, with_live / max(len(cases), 1))
 
 
-def live_reads(bundle: Bundle, cases: Cases, live: LiveSettings) -> list[LiveRead]:
+def live_reads(
+    bundle: Bundle, cases: Cases, live: LiveSettings, wanted: np.ndarray | None = None
+) -> list[LiveRead]:
     """What each case's view reads of the live state that the held-out events strictly
-    before it built, in case order (the second stage's training uses these)."""
+    before it built, in case order (the second stage's training uses these); with
+    ``wanted`` (a mask over the cases), only those cases read, the others get
+    :data:`~recsvc.live.EMPTY_READ`, and every event is still played."""
     item_ids = np.asarray(bundle["item_ids"]).astype(str).tolist()
     reads: list[LiveRead] = [EMPTY_READ] * len(cases)
-    for n, read in _replayed(cases, live, held_out_events(bundle, item_ids), item_ids):
+    events = held_out_events(bundle, item_ids)
+    for n, read in _replayed(cases, live, events, item_ids, wanted):
         reads[n] = read
     return reads
 
 
 def _replayed(
-    cases: Cases, live: LiveSettings, events: list[Event], item_ids: list[str]
+    cases: Cases,
+    live: LiveSettings,
+    events: list[Event],
+    item_ids: list[str],
+    wanted: np.ndarray | None = None,
 ) -> Iterator[tuple[int, LiveRead]]:
-    """Each case, in time order, with the live neighbours its view reads from the state
-    that ``events`` strictly before it built."""
+    """Each case (of ``wanted``, a mask, when given), in time order, with the live
+    neighbours its view reads from the state that ``events`` strictly before it built."""
     if cases.times is None:
         raise ValueError("replay needs the cases' times (eval/ts)")
     store = InMemorySessionStore(length=20, live=live)
@@ -160,6 +169,8 @@ def _replayed(
         if upto > played:
             store.append_now(events[played:upto])
             played = upto
+        if wanted is not None and not wanted[n]:
+            continue
         current = item_ids[int(cases.current[n])]
         session = case_session(cases, n, item_ids)
         yield n, store.covisits.read(live_items(current, session, live.read_items))

@@ -36,12 +36,13 @@ from recsvc.ranking import Ranker
 @dataclass(frozen=True)
 class TrainingRows:
     """One query per usable case: ``features`` rows grouped by ``groups`` (sizes, in case
-    order), out of ``cases`` held-out cases."""
+    order), out of the ``used`` of the ``cases`` held-out cases (all, or a sample)."""
 
     features: np.ndarray
     labels: np.ndarray
     groups: np.ndarray
     cases: int
+    used: int
 
 
 def training_rows(
@@ -50,15 +51,24 @@ def training_rows(
     negatives: int,
     seed: int,
     live: LiveSettings | None = None,
+    max_cases: int | None = None,
 ) -> TrainingRows:
     """The queries of every held-out case of ``bundle`` whose target is one of its
     ``candidates``, each with the target and at most ``negatives`` other candidates drawn
     at random. With ``live``, the held-out events are replayed as ``recsvc eval --replay``
-    does, and each case gets the live neighbours (and shares) of the state before it."""
+    does, and each case gets the live neighbours (and shares) of the state before it.
+    With more than ``max_cases`` cases, a random sample of that many (in case order) is
+    used; the replay still plays every event."""
     # ``bundle`` has no second stage yet: its candidates are the ones the model will rank.
     ranker = Ranker(bundle, candidates=candidates)
     cases = cases_from_bundle(bundle, with_times=live is not None)
-    reads = live_reads(bundle, cases, live) if live is not None else None
+    used = np.ones(len(cases), dtype=bool)
+    if max_cases is not None and len(cases) > max_cases:
+        # A generator of its own: the negatives' draws stay those of an unsampled day.
+        sample = np.random.default_rng([seed, len(cases)]).choice(len(cases), max_cases, False)
+        used[:] = False
+        used[sample] = True
+    reads = live_reads(bundle, cases, live, wanted=used) if live is not None else None
     # Items without a fit-period event are in the catalogue only because the held-out day
     # clicks them: no bundle column may describe them (the server never scores them from
     # the bundle either); as live neighbours they have rows of their own.
@@ -67,6 +77,8 @@ def training_rows(
     rng = np.random.default_rng(seed)
     blocks, labels, groups = [], [], []
     for n, target in enumerate(cases.target.tolist()):
+        if not used[n]:
+            continue
         found = ranker.candidate_features(
             item_ids[int(cases.current[n])],
             case_session(cases, n, item_ids),
@@ -94,7 +106,11 @@ def training_rows(
             "next item among its candidates: no ranker to train (a longer ranker.span_hours?)"
         )
     return TrainingRows(
-        np.concatenate(blocks), np.concatenate(labels), np.array(groups), len(cases)
+        np.concatenate(blocks),
+        np.concatenate(labels),
+        np.array(groups),
+        len(cases),
+        int(used.sum()),
     )
 
 
@@ -169,6 +185,7 @@ def train_ranker(rows: TrainingRows, settings: RankerSettings, seed: int) -> tup
         )
     metrics = {
         "cases": rows.cases,
+        "cases_used": rows.used,
         "queries": len(rows.groups),
         "rows": len(rows.labels),
         "best_iteration": booster.best_iteration,

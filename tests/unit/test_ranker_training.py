@@ -13,7 +13,7 @@ from helpers import tiny_bundle_arrays, with_sessions
 from offline.data.interactions import CLICK
 from offline.ranker.settings import FEATURE_GROUPS, RankerSettings
 from offline.ranker.training import TrainingRows, ndcg_at_10, train_ranker, training_rows
-from recsvc.bundle import load_bundle, write_bundle
+from recsvc.bundle import Bundle, load_bundle, write_bundle
 from recsvc.candidates import CandidateSettings
 from recsvc.exceptions import ConfigError, DataError
 from recsvc.features import COLUMNS, FEATURES
@@ -41,9 +41,9 @@ def test_training_queries_use_the_candidates_the_model_will_rank(tmp_path: Path)
     assert served.labels.sum() == 1
 
 
-def test_with_live_the_training_day_is_replayed_and_new_items_get_rows(tmp_path: Path) -> None:
-    # Held out: users 0 and 1 each view d, then e, which has no event before that day
-    # (d's pool is just a). Only the stream can propose e, once user 0 went from d to e.
+def two_users_reach_a_new_item(tmp_path: Path) -> Bundle:
+    """Held out: users 0 and 1 each view d, then e, which has no event before that day (d's
+    pool is just a)."""
     arrays = tiny_bundle_arrays() | {"item_fit_events": np.array([9, 9, 9, 9, 0])}
     arrays |= {
         "eval/users": np.array([0, 0, 1, 1], np.int32),
@@ -52,7 +52,12 @@ def test_with_live_the_training_day_is_replayed_and_new_items_get_rows(tmp_path:
         "eval/is_holdout": np.ones(4, bool),
         "eval/ts": np.array([10.0, 20.0, 30.0, 40.0]),
     }
-    bundle = load_bundle(write_bundle(tmp_path, arrays, {}))
+    return load_bundle(write_bundle(tmp_path, arrays, {}))
+
+
+def test_with_live_the_training_day_is_replayed_and_new_items_get_rows(tmp_path: Path) -> None:
+    # Only the stream can propose e, once user 0 went from d to e.
+    bundle = two_users_reach_a_new_item(tmp_path)
     with pytest.raises(DataError, match="none of the 2 cases"):
         training_rows(bundle, CandidateSettings(), negatives=5, seed=0)
     rows = training_rows(bundle, CandidateSettings(), negatives=5, seed=0, live=LiveSettings())
@@ -61,6 +66,36 @@ def test_with_live_the_training_day_is_replayed_and_new_items_get_rows(tmp_path:
     target = rows.features[rows.labels == 1][0]
     assert target[COLUMNS["live_current"]] == 1.0  # all of d's co-visits
     assert np.isnan(target[COLUMNS["log_popularity"]])  # nothing from the bundle
+
+
+def test_a_day_with_more_cases_than_the_budget_is_sampled_and_still_replayed(
+    tmp_path: Path,
+) -> None:
+    # The day of the test above, budget one case: the replay still plays user 0's events,
+    # so whichever case is drawn reads the state they built.
+    bundle = two_users_reach_a_new_item(tmp_path)
+    live = LiveSettings()
+    whole = training_rows(bundle, CandidateSettings(), 5, seed=0, live=live, max_cases=2)
+    assert (whole.cases, whole.used) == (2, 2)
+    sampled = []
+    for seed in range(8):
+        try:
+            rows = training_rows(bundle, CandidateSettings(), 5, seed=seed, live=live, max_cases=1)
+            sampled.append((seed, rows))
+        except DataError:
+            continue  # user 0's case was drawn: it has no query, as in the whole day
+    assert sampled, "no seed drew user 1's case"
+    for seed, rows in sampled:
+        assert (rows.cases, rows.used) == (2, 1)
+        # the whole day's query: user 0's events were replayed before it
+        whole = training_rows(bundle, CandidateSettings(), 5, seed=seed, live=live, max_cases=2)
+        assert rows.groups.tolist() == whole.groups.tolist()
+        assert rows.features.tobytes() == whole.features.tobytes()
+
+
+def test_the_case_budget_must_allow_the_minimum_of_queries() -> None:
+    with pytest.raises(ConfigError, match="max_cases"):
+        RankerSettings(max_cases=100, min_queries=200)
 
 
 def test_ndcg_by_hand() -> None:
@@ -86,7 +121,7 @@ def rows_where(signal: str, queries: int = 400, size: int = 20, seed: int = 0) -
         block = slice(q * size, (q + 1) * size)
         target = q * size + int(np.argmax(features[block, COLUMNS[signal]]))
         labels[target] = 1
-    return TrainingRows(features, labels, np.full(queries, size), queries)
+    return TrainingRows(features, labels, np.full(queries, size), queries, queries)
 
 
 def test_a_model_that_only_matches_a_first_stage_order_is_refused() -> None:

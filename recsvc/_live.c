@@ -90,7 +90,7 @@ static int reserve(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t size) {
     return 0;
 }
 
-/* ``count`` float32 shares pairs of the ranked slots ``from``..``to`` (of one kind). */
+/* The float32 share pairs of the ``n`` ranked neighbours that ``pick`` points at. */
 static PyObject *shares_bytes(const Neighbour *nb, const Ranked *ranked, const Py_ssize_t *pick,
                               Py_ssize_t n, const double *total, const float *absent) {
     PyObject *out = PyBytes_FromStringAndSize(NULL, n * 2 * (Py_ssize_t)sizeof(float));

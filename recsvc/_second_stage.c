@@ -568,9 +568,15 @@ static PyObject *top_positions(PyObject *module, PyObject *args) {
     }
     PyObject *result = NULL;
     Py_ssize_t m = scores.shape[0], cap = n < m ? n : m;
-    int32_t *position = PyMem_Malloc((m > 0 ? m : 1) * sizeof(int32_t));
-    int64_t *heap = PyMem_Malloc((cap > 0 ? cap : 1) * sizeof(int64_t));
-    if (position == NULL || heap == NULL || m > INT32_MAX) {
+    int32_t *position = NULL;
+    int64_t *heap = NULL;
+    if (m > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "top_positions ranks at most 2**31 - 1 scores");
+        goto done;
+    }
+    position = PyMem_Malloc((m > 0 ? m : 1) * sizeof(int32_t));
+    heap = PyMem_Malloc((cap > 0 ? cap : 1) * sizeof(int64_t));
+    if (position == NULL || heap == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -932,11 +938,12 @@ static int FeatureCore_init(FeatureCore *self, PyObject *args, PyObject *kwargs)
         if (acquire_model(&self->model, input, output, position_weights, scorable)) return -1;
         self->has_model = 1;
         if (self->model.n_items != self->n_items || !self->model.have_scorable ||
+            self->model.weights.shape[0] < 1 ||
             get_array(model_known, &self->model_known, "model_known", "?B", 1, 1, 0)) {
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_ValueError,
-                                "the model needs one embedding per item, scorable and "
-                                "model_known");
+                                "the model needs one embedding per item, a position "
+                                "weight, scorable and model_known");
             }
             return -1;
         }
@@ -1209,7 +1216,7 @@ static PyObject *FeatureCore_build(FeatureCore *self, PyObject *args) {
         const int32_t *keys = live_items.buf;
         for (Py_ssize_t j = 0; j < live_items.shape[0]; j++) {
             Py_ssize_t e = table_find(&table, keys[j]);
-            if (e >= 0) scratch.live[e] = (int32_t)j;
+            if (e >= 0 && scratch.live[e] < 0) scratch.live[e] = (int32_t)j; /* the first */
         }
     }
     /* The model's scores of each distinct candidate, for the window and for the current

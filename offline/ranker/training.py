@@ -64,7 +64,8 @@ def training_rows(
     cases = cases_from_bundle(bundle, with_times=live is not None)
     used = np.ones(len(cases), dtype=bool)
     if max_cases is not None and len(cases) > max_cases:
-        # A generator of its own: the negatives' draws stay those of an unsampled day.
+        # A generator of its own, so that a day within the budget draws its negatives as it
+        # always did (on a sampled day, the skipped cases draw none).
         sample = np.random.default_rng([seed, len(cases)]).choice(len(cases), max_cases, False)
         used[:] = False
         used[sample] = True

@@ -130,6 +130,17 @@ def test_feature_core_refuses_arrays_it_cannot_use() -> None:
         core(itemcf=np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="source columns"):
         core(source_column=len(FEATURES) - 1)
+    model = {
+        "input_embeddings": np.zeros((2, 4), np.float32),
+        "output_embeddings": np.zeros((2, 4), np.float32),
+        "position_weights": np.ones(0, np.float32),
+        "scorable": np.ones(2, bool),
+        "model_known": np.ones(2, bool),
+    }
+    with pytest.raises(ValueError, match="a position weight"):
+        core(**model)
+    with pytest.raises(TypeError, match="model_known"):
+        core(**(model | {"position_weights": np.ones(3, np.float32), "model_known": None}))
 
 
 def test_feature_core_refuses_bad_requests() -> None:

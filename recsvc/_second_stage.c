@@ -20,14 +20,12 @@
  *   top_positions(scores, n) -> positions bytes
  *       The same with the position as the item: numpy's argsort(-scores, kind="stable")[:n].
  *
- *   merge_candidates(items, flags, current, cap) -> (items bytes, flags bytes)
- *       First occurrences in order, each with the OR of the flags of all its occurrences,
- *       without padding (-1) and the current item; at most cap.
- *
  *   CandidateCore(pools, pool_sources)
  *       .build(current, rows, knn_items, knn_scores, knn_n, live, live_flag, knn_flag, cap)
- *       The same merge of a request's proposals (recsvc.candidates gives their order),
- *       gathered from the bundle's pools here rather than concatenated in numpy first.
+ *       A request's candidates gathered from the bundle's pools and its other proposals
+ *       (recsvc.candidates gives their order): first occurrences in order, each with the OR
+ *       of the flags of all its occurrences, without padding (-1) and the current item; at
+ *       most cap.
  *
  *   FeatureCore(pools, category, static, columns, source_column, source_bits, n_features,
  *               itemcf, item2vec, item2vec_known, visit_weights, input_embeddings,
@@ -590,62 +588,6 @@ done:
     return result;
 }
 
-/* ---- merge_candidates --------------------------------------------------------------- */
-
-static PyObject *merge_candidates(PyObject *module, PyObject *args) {
-    PyObject *items_obj, *flags_obj;
-    Py_ssize_t current, cap;
-    if (!PyArg_ParseTuple(args, "OOnn:merge_candidates", &items_obj, &flags_obj, &current,
-                          &cap)) {
-        return NULL;
-    }
-    Py_buffer items_buf = {0}, flags_buf = {0};
-    if (get_array(items_obj, &items_buf, "items", "i", 4, 1, 0)) {
-        return NULL;
-    }
-    if (get_array(flags_obj, &flags_buf, "flags", "B", 1, 1, 0)) {
-        PyBuffer_Release(&items_buf);
-        return NULL;
-    }
-    PyObject *result = NULL;
-    ItemTable table = {0};
-    unsigned char *merged = NULL;
-    Py_ssize_t n = items_buf.shape[0];
-    if (flags_buf.shape[0] != n) {
-        PyErr_SetString(PyExc_ValueError, "flags must have one entry per item");
-        goto done;
-    }
-    if (cap < 0) {
-        PyErr_SetString(PyExc_ValueError, "cap must not be negative");
-        goto done;
-    }
-    if (table_init(&table, n)) goto done;
-    merged = PyMem_Calloc(n > 0 ? n : 1, 1);
-    if (merged == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    const int32_t *items = items_buf.buf;
-    const unsigned char *flags = flags_buf.buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (items[i] < 0 || items[i] == current) {
-            continue;
-        }
-        int added;
-        merged[table_add(&table, items[i], &added)] |= flags[i];
-    }
-    Py_ssize_t kept = table.size < cap ? table.size : cap;
-    result = bytes_pair(table.items, kept * sizeof(int32_t), merged, kept);
-done:
-    table_free(&table);
-    PyMem_Free(merged);
-    PyBuffer_Release(&items_buf);
-    PyBuffer_Release(&flags_buf);
-    return result;
-}
-
-/* ---- FeatureCore -------------------------------------------------------------------- */
-
 /* ---- CandidateCore ------------------------------------------------------------------ */
 
 typedef struct {
@@ -782,8 +724,9 @@ static PyMethodDef CandidateCore_methods[] = {
     {"build", (PyCFunction)CandidateCore_build, METH_VARARGS,
      "build(current, rows, knn_items, knn_scores, knn_n, live, live_flag, knn_flag, cap)\n"
      "--\n\n"
-     "(items bytes, flags bytes): int32 candidates and their uint8 source flags, merged as\n"
-     "merge_candidates merges them from, in this order: pool ``current`` with its sources,\n"
+     "(items bytes, flags bytes): int32 candidates and their uint8 source flags (first\n"
+     "occurrences, each with the OR of all its flags, without -1 and current; at most cap)\n"
+     "from, in this order: pool ``current`` with its sources,\n"
      "``live`` (int32, or None) flagged live_flag, the knn_n best of knn_items/knn_scores\n"
      "(int32/float64, or None; best_scored's order) flagged knn_flag, and the pools of\n"
      "``rows`` with their sources."},
@@ -1360,10 +1303,6 @@ static PyMethodDef methods[] = {
      "int64 positions, as bytes, of the at most n highest of the float64 scores, best\n"
      "first: np.argsort(-scores, kind='stable')[:n] (equal scores keep their order, NaN\n"
      "last), without sorting them all."},
-    {"merge_candidates", merge_candidates, METH_VARARGS,
-     "merge_candidates(items, flags, current, cap)\n--\n\n"
-     "(int32 items, uint8 flags) as bytes: the first occurrence of each item in order, with\n"
-     "the OR of its flags, without -1 and current; at most cap."},
     {NULL, NULL, 0, NULL},
 };
 

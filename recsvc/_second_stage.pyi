@@ -53,12 +53,6 @@ def top_positions(scores: _Float64Array, n: SupportsIndex, /) -> bytes:
     """int64 positions of the at most n highest scores as bytes, best first: equal scores
     keep their order and NaN comes last (``np.argsort(-scores, kind="stable")[:n]``)."""
 
-def merge_candidates(
-    items: _Int32Array, flags: _UInt8Array, current: SupportsIndex, cap: SupportsIndex, /
-) -> tuple[bytes, bytes]:
-    """(int32 items, uint8 flags) as bytes: first occurrences in order, each with the OR of
-    its flags, without -1 and current; at most cap."""
-
 @final
 class CandidateCore:
     """One bundle's pools, from which a request's candidates are merged."""
@@ -79,7 +73,8 @@ class CandidateCore:
         cap: SupportsIndex,
         /,
     ) -> tuple[bytes, bytes]:
-        """(int32 items, uint8 flags) as bytes, merged as merge_candidates merges: pool
+        """(int32 items, uint8 flags) as bytes: first occurrences, each with the OR of all
+        its flags, without -1 and current, at most cap; proposed in this order: pool
         ``current`` with its sources, then ``live`` flagged live_flag, then the knn_n best of
         the knn scores (best_scored's order) flagged knn_flag, then the pools of ``rows``."""
 

@@ -262,13 +262,9 @@ class LiveRead:
     @property
     def by_item(self) -> dict[str, tuple[float, list[str], list[float]]]:
         """item -> (factor, neighbours best first, stored scores), for each item read that
-        has neighbours: what :meth:`lists` lists, without a copy (do not modify it)."""
+        has neighbours, without a copy (do not modify it); a neighbour's co-visit count is its
+        stored score times the factor."""
         return self._lists
-
-    def lists(self) -> list[tuple[str, float, list[str], list[float]]]:
-        """(item, factor, neighbours, stored scores) of each item read that has neighbours;
-        a neighbour's co-visit count is its stored score times the factor."""
-        return [(item, f, names, scores) for item, (f, names, scores) in self._lists.items()]
 
     def count(self) -> int:
         """Neighbours read, over all items."""

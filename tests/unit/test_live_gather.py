@@ -17,7 +17,7 @@ def reference(live: LiveRead, index: dict[str, int], viewed: str) -> tuple:
     from_anchor: dict[str, dict[int, float]] = {}
     side_counts: tuple[dict[str, float], dict[str, float]] = ({}, {})
     side_totals = [0.0, 0.0]
-    for item, factor, names, scores in live.lists():
+    for item, (factor, names, scores) in live.by_item.items():
         anchor = index.get(item, -1)
         side = 0 if item == viewed else 1
         for neighbour, stored in zip(names, scores, strict=True):

@@ -13,19 +13,34 @@ I32, U8 = np.int32, np.uint8
 
 
 def merge(items: list[int], flags: list[int], current: int, cap: int) -> tuple[list, list]:
-    got_items, got_flags = _second_stage.merge_candidates(
-        np.array(items, I32), np.array(flags, U8), current, cap
+    """What CandidateCore makes of ``items`` proposed in order, written plainly: first
+    occurrences with the OR of all their flags, without -1 and ``current``, at most ``cap``."""
+    merged: dict[int, int] = {}
+    for item, flag in zip(items, flags, strict=True):
+        if item >= 0 and item != current:
+            merged[item] = merged.get(item, 0) | flag
+    kept = list(merged)[:cap]
+    return kept, [merged[item] for item in kept]
+
+
+def from_pool(row: list[int], flags: list[int], current: int, cap: int) -> tuple[list, list]:
+    """CandidateCore's merge of one pool row (the current item's, row ``current``)."""
+    pools = np.full((current + 1, max(len(row), 1)), -1, I32)
+    sources = np.zeros(pools.shape, U8)
+    pools[current, : len(row)], sources[current, : len(row)] = row, flags
+    items, merged = _second_stage.CandidateCore(pools, sources).build(
+        current, [], None, None, 0, None, 64, 32, cap
     )
-    return np.frombuffer(got_items, I32).tolist(), np.frombuffer(got_flags, U8).tolist()
+    return np.frombuffer(items, I32).tolist(), np.frombuffer(merged, U8).tolist()
 
 
 def test_merge_keeps_first_occurrences_with_every_flag() -> None:
-    assert merge([5, -1, 3, 5, 9, 3, 7], [1, 1, 2, 4, 8, 16, 32], current=9, cap=10) == (
+    assert from_pool([5, -1, 3, 5, 9, 3, 7], [1, 1, 2, 4, 8, 16, 32], current=9, cap=10) == (
         [5, 3, 7],
         [1 | 4, 2 | 16, 32],
     )
-    assert merge([5, 3, 7], [1, 2, 4], current=0, cap=2) == ([5, 3], [1, 2])
-    assert merge([], [], current=0, cap=2) == ([], [])
+    assert from_pool([5, 3, 7], [1, 2, 4], current=0, cap=2) == ([5, 3], [1, 2])
+    assert from_pool([], [], current=0, cap=2) == ([], [])
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 100, 500, 600])
@@ -37,15 +52,6 @@ def test_best_scored_orders_as_a_full_sort_would(n: int) -> None:
     assert best.tolist() == np.lexsort((items, -scores))[:n].tolist()
     with pytest.raises(ValueError, match="one entry per item"):
         _second_stage.best_scored(items, scores[:3], n)
-
-
-def test_merge_refuses_bad_arrays() -> None:
-    with pytest.raises(ValueError, match="one entry per item"):
-        merge([1, 2], [1], current=0, cap=5)
-    with pytest.raises(TypeError, match="int32"):
-        _second_stage.merge_candidates(np.array([1, 2]), np.array([1, 1], U8), 0, 5)
-    with pytest.raises(ValueError, match="cap"):
-        merge([1], [1], current=0, cap=-1)
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -94,6 +100,8 @@ def test_candidate_core_refuses_bad_input() -> None:
     pools, sources = np.zeros((3, 2), I32), np.zeros((3, 2), U8)
     with pytest.raises(ValueError, match="shape of pools"):
         _second_stage.CandidateCore(pools, np.zeros((3, 3), U8))
+    with pytest.raises(TypeError, match="int32"):
+        _second_stage.CandidateCore(pools.astype(np.int64), sources)
     built = _second_stage.CandidateCore(pools, sources)
     with pytest.raises(IndexError, match="current item 3"):
         built.build(3, [], None, None, 0, None, 64, 32, 10)

@@ -29,6 +29,8 @@ SMALL = [
     "--param",
     "annoy_trees=5",
     "--param",
+    "annoy_search_k=2000",  # the default, 20,000, reads the whole slice's catalogue per query
+    "--param",
     "recall_sample=100",
     "--param",
     "pss.enabled=true",

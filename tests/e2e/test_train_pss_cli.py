@@ -110,15 +110,29 @@ def test_train_pss_gives_the_pipelines_pss_stage(
     taobao_slice: Path, taobao_bundle: Path, plain_version: Path
 ) -> None:
     """On a bundle built without PSS, the command's embeddings and pools are the ones the
-    pipeline builds with PSS on (taobao_bundle: SMALL, seed 7)."""
+    pipeline builds with PSS on (taobao_bundle: SMALL, seed 7).
+
+    Both run the same stage on the same inputs, and usually agree bit for bit. TensorFlow's
+    CPU kernels (oneDNN) do not promise that across runs, and one CI run in many saw the
+    embeddings differ by 2e-5: so the embeddings must agree to 1e-4 (different pairs or
+    parts move them by far more), and the pools in all but a few near-tied places.
+    """
     code = main(
         ["train", "pss", "--bundle", str(plain_version), "--format", "taobao", "--events",
          str(taobao_slice), *PSS_PARAMS]
     )  # fmt: skip
     assert code == 0
     trained, reference = load_bundle(plain_version.parent), load_bundle(taobao_bundle)
-    for name in ("embeddings/pss", "pools", "pool_sources", "pool_scores/pss"):
-        np.testing.assert_array_equal(np.asarray(trained[name]), np.asarray(reference[name]))
+    np.testing.assert_allclose(
+        np.asarray(trained["embeddings/pss"]), np.asarray(reference["embeddings/pss"]), atol=1e-4
+    )
+    pools, reference_pools = np.asarray(trained["pools"]), np.asarray(reference["pools"])
+    same = pools == reference_pools
+    assert same.mean() > 0.99
+    for name in ("pool_sources", "pool_scores/pss"):
+        np.testing.assert_allclose(
+            np.asarray(trained[name])[same], np.asarray(reference[name])[same], atol=1e-4
+        )
 
 
 def test_bad_bundles_and_flags_fail_with_clear_messages(

@@ -33,10 +33,11 @@ RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements-serve.lock 
     && useradd --system --uid 10001 --no-create-home recsvc
 USER recsvc
 # Inside a container the server must listen on all interfaces to be reachable.
-ENV RECSVC_BUNDLE=/bundles RECSVC_HOST=0.0.0.0 RECSVC_LOG_FORMAT=json PYTHONUNBUFFERED=1
-EXPOSE 50051 9464
-# No HEALTHCHECK: the same image runs `serve` and `ingest`. Probe `serve` with the standard
-# gRPC health service (e.g. a Kubernetes grpc probe on port 50051) and either process by
-# its /metrics port.
+ENV RECSVC_BUNDLE=/bundles RECSVC_HOST=0.0.0.0 RECSVC_GATEWAY_HOST=0.0.0.0 \
+    RECSVC_LOG_FORMAT=json PYTHONUNBUFFERED=1
+EXPOSE 50051 9464 8080
+# No HEALTHCHECK: the same image runs `serve`, `ingest` and `gateway`. Probe `serve` with the
+# standard gRPC health service (e.g. a Kubernetes grpc probe on port 50051), `gateway` by
+# HTTP on /healthz and /readyz, and serve or ingest by its /metrics port.
 ENTRYPOINT ["recsvc"]
 CMD ["serve"]

@@ -18,7 +18,7 @@ PROTO_PY := recsvc/v1/recommender_pb2.py
 PROTOC := $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=.
 
 .PHONY: install lock protos up down bundle run stop test test-fast lint clean locust capacity \
-	ingest-bench scaling bundle-memory chaos
+	ingest-bench scaling bundle-memory chaos locust-http gateway-latency
 
 install: $(VENV)/.installed $(PROTO_PY)
 
@@ -92,6 +92,15 @@ stop:
 locust: install
 	$(VENV)/bin/locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 60s \
 		--csv $(LOCAL)/locust/run --html $(LOCAL)/locust/run.html
+
+# The same shoppers through the HTTP gateway (`make run` starts it).
+locust-http: install
+	$(VENV)/bin/locust -f loadtest/locustfile_http.py --headless -u 50 -r 10 -t 60s \
+		-H http://127.0.0.1:8080 --csv $(LOCAL)/locust/http --html $(LOCAL)/locust/http.html
+
+# What the gateway adds to a Recommend call, against direct gRPC (after `make run`).
+gateway-latency: install
+	$(PY) -m loadtest.gateway_latency --bundle $(BUNDLES)
 
 # Highest Recommend rate with p99 < 20 ms, against an empty handler served the same way.
 capacity: install up bundle

@@ -165,7 +165,7 @@ def check_options(options: Any) -> None:
 @events.init.add_listener
 def on_init(environment: Any, **_kwargs: Any) -> None:
     options = environment.parsed_options
-    if options is None:  # used as a library: the caller sets ShopperUser.shop
+    if options is None:  # used as a library: the caller sets Shopper.shop
         return
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
@@ -177,9 +177,7 @@ def on_init(environment: Any, **_kwargs: Any) -> None:
         sys.exit(2)
     tracker = PersonalizationTracker(interval_s=options.share_interval)
     producer = EventProducer(options.kafka, options.topic, environment.events.request)
-    ShopperUser.shop = Shop(
-        options, catalogue, pool, producer, tracker, random.Random(options.seed)
-    )
+    Shopper.shop = Shop(options, catalogue, pool, producer, tracker, random.Random(options.seed))
     ShopperUser.timeout_s = options.grpc_timeout
     log.info(
         "shoppers: %d items by popularity from %s, %d users '%s<n>' (skew %.2f), target %s",
@@ -188,7 +186,7 @@ def on_init(environment: Any, **_kwargs: Any) -> None:
         pool.size,
         pool.prefix,
         options.user_skew,
-        environment.host or ShopperUser.host,
+        environment.host or "the user class's host",
     )
 
     if isinstance(environment.runner, WorkerRunner):
@@ -206,23 +204,24 @@ def on_init(environment: Any, **_kwargs: Any) -> None:
 
 @events.test_start.add_listener
 def open_producer(environment: Any, **_kwargs: Any) -> None:
-    shop = ShopperUser.shop
+    shop = Shopper.shop
     if shop is not None:
         shop.tracker.start()
-        if not isinstance(environment.runner, MasterRunner):
+        kafka = any(getattr(c, "sends_to_kafka", False) for c in environment.user_classes)
+        if kafka and not isinstance(environment.runner, MasterRunner):
             shop.producer.connect()
 
 
 @events.test_stop.add_listener
 def close_producer(environment: Any, **_kwargs: Any) -> None:
-    shop = ShopperUser.shop
+    shop = Shopper.shop
     if shop is not None:
         shop.producer.close()
 
 
 @events.quitting.add_listener
 def report_personalization(environment: Any, **_kwargs: Any) -> None:
-    shop = ShopperUser.shop
+    shop = Shopper.shop
     if shop is None or isinstance(environment.runner, WorkerRunner):
         return
     summary = {"user_prefix": shop.pool.prefix, **shop.tracker.summary()}
@@ -258,21 +257,13 @@ class Visit(TaskSet):
         that they went through Kafka, ingest and Redis in time.
         """
         shop: Shop = self.user.shop
-        request = pb.RecommendRequest(user_id=self.user_id, item_id=item, k=shop.options.k)
-        if shop.options.exclude_seen:
-            request.exclude_seen = True
-        response = self.client.Recommend(request, check=has_items)
+        reply = self.user.recommend(self.user_id, item)
         self.item, self.views = item, self.views + 1
         shop.tracker.count("views")
-        self.shown = [ranked.item_id for ranked in response.items] if response else []
-        if response is not None:
-            reason = pb.FallbackReason.Name(response.fallback_reason).removeprefix(
-                "FALLBACK_REASON_"
-            )
-            if response.personalized and not response.session_events_used:
-                reason = ITEM_ONLY
-            shop.tracker.record(response.session_events_used > 0, reason)
-        shop.producer.send(self.user_id, item, "click")
+        self.shown = reply.items if reply is not None else []
+        if reply is not None:
+            shop.tracker.record(reply.session_events_used > 0, reply.reason)
+        self.user.send_event(self.user_id, item, "click")
 
     @task
     def next_step(self) -> None:
@@ -284,7 +275,7 @@ class Visit(TaskSet):
             self.view(shop.catalogue.draw(rng))
             return
         if self.item not in self.carted and rng.random() < shop.options.cart_rate:
-            shop.producer.send(self.user_id, self.item, "cart")
+            self.user.send_event(self.user_id, self.item, "cart")
             self.carted.add(self.item)
             shop.tracker.count("carts")
         if self.views >= shop.options.max_views or rng.random() < shop.options.leave_rate:
@@ -296,22 +287,74 @@ class Visit(TaskSet):
             self.view(shop.catalogue.draw(rng))
 
 
-class ShopperUser(GrpcUser):
-    """A browser tab used by one shopper after another (see ``Visit``)."""
+@dataclass(frozen=True)
+class Reply:
+    """What a shopper's page takes from a Recommend reply, over gRPC or HTTP alike."""
+
+    items: list[str]
+    session_events_used: int
+    #: the fallback reason, ``ITEM_ONLY``, or ``UNSPECIFIED`` (personalized by the session)
+    reason: str
+
+
+def reply_reason(personalized: bool, session_events_used: int, fallback: str) -> str:
+    """The tracker's reason for a reply (see ``ITEM_ONLY``); ``fallback`` without prefix."""
+    return ITEM_ONLY if personalized and not session_events_used else fallback
+
+
+class Shopper:
+    """What the shoppers of both transports share: the shop, their pace and the visit.
+
+    A subclass is a Locust ``User`` that implements ``recommend`` and ``send_event``.
+    """
+
+    tasks: ClassVar[list[type[TaskSet]]] = [Visit]
+    shop: Shop | None = None  # set by on_init for every Shopper class
+    #: Whether its events go to Kafka straight from this process (the test start connects).
+    sends_to_kafka = True
+
+    def wait_time(self) -> float:
+        assert self.shop is not None
+        options = self.shop.options
+        return self.shop.rng.uniform(options.think_min, options.think_max)
+
+    def recommend(self, user_id: str, item: str) -> Reply | None:
+        raise NotImplementedError
+
+    def send_event(self, user_id: str, item: str, kind: str) -> None:
+        raise NotImplementedError
+
+
+class ShopperUser(Shopper, GrpcUser):
+    """A browser tab used by one shopper after another (see ``Visit``), whose page server
+    calls recsvc over gRPC and produces the events to Kafka."""
 
     stub_class = pb_grpc.RecommenderStub
     host = DEFAULT_TARGET
-    tasks: ClassVar[list[type[TaskSet]]] = [Visit]
-    shop: Shop | None = None
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
         if self.shop is None:
-            raise RuntimeError("ShopperUser.shop is not set (run through locust -f)")
+            raise RuntimeError("Shopper.shop is not set (run through locust -f)")
 
-    def wait_time(self) -> float:
-        options = self.shop.options
-        return self.shop.rng.uniform(options.think_min, options.think_max)
+    def recommend(self, user_id: str, item: str) -> Reply | None:
+        assert self.shop is not None
+        request = pb.RecommendRequest(user_id=user_id, item_id=item, k=self.shop.options.k)
+        if self.shop.options.exclude_seen:
+            request.exclude_seen = True
+        response = self.client.Recommend(request, check=has_items)
+        if response is None:
+            return None
+        fallback = pb.FallbackReason.Name(response.fallback_reason).removeprefix("FALLBACK_REASON_")
+        return Reply(
+            [ranked.item_id for ranked in response.items],
+            response.session_events_used,
+            reply_reason(response.personalized, response.session_events_used, fallback),
+        )
+
+    def send_event(self, user_id: str, item: str, kind: str) -> None:
+        assert self.shop is not None
+        self.shop.producer.send(user_id, item, kind)
 
 
 if __name__ == "__main__":  # Locust's --help does not load locustfiles: show ours here

@@ -74,7 +74,34 @@ def _build(
     )
     ingest.set_defaults(run=_run_online)
     settings.add_arguments(ingest)
+    gateway = commands.add_parser(
+        "gateway",
+        help="serve HTTP/JSON in front of the gRPC server and the events topic",
+        description="GET /v1/recommend calls the gRPC server at --gateway-grpc-target; "
+        "POST /v1/events sends the event to --events-topic and answers once Kafka has it. "
+        "Also /openapi.json, /healthz, /readyz and /metrics. Needs the gateway extra "
+        "(pip install 'recsvc[gateway]'). SIGTERM stops it.",
+    )
+    gateway.set_defaults(run=_run_gateway)
+    settings.add_arguments(gateway)
     return parser, commands
+
+
+def _run_gateway(args: argparse.Namespace) -> None:
+    """``gateway``: settings, logs, then uvicorn on the asyncio loop."""
+    import asyncio
+
+    from recsvc import logs
+
+    config = settings.load(args)
+    logs.configure("debug" if args.verbose else config.log_level, config.log_format)
+    try:
+        from recsvc.gateway import serve_gateway
+    except ImportError as exc:
+        raise ConfigError(
+            f"recsvc gateway needs fastapi and uvicorn ({exc}): pip install 'recsvc[gateway]'"
+        ) from None
+    asyncio.run(serve_gateway(config))
 
 
 def _run_online(args: argparse.Namespace) -> None:

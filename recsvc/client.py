@@ -92,11 +92,12 @@ def popular_items(bundle: str, count: int) -> list[str]:
     return ids
 
 
-def example(bundle: str, target: str) -> str:
+def example(bundle: str, target: str, gateway: str = "127.0.0.1:8080") -> str:
     """Calls to paste, for the most popular item of ``bundle`` that has a full pool."""
     item, other = popular_items(bundle, 2)
     py = ".venv/bin/python -m recsvc.client"
     request = json.dumps({"user_id": "demo-user", "item_id": item, "k": 5})
+    click = json.dumps({"user_id": "demo-user", "item_id": other, "type": "click"})
     return "\n".join(
         [
             "Try it:",
@@ -105,8 +106,12 @@ def example(bundle: str, target: str) -> str:
             f"  {py} recommend --user demo-user --item {item} --k 5   # now personalized",
             "With grpcurl (reflection is on):",
             f"  grpcurl -plaintext -d '{request}' {target} recsvc.v1.Recommender/Recommend",
+            "Over HTTP, through `recsvc gateway` (schema: /openapi.json):",
+            f"  curl -s 'http://{gateway}/v1/recommend?user_id=demo-user&item_id={item}&k=5'",
+            f"  curl -s -X POST http://{gateway}/v1/events -H 'content-type: application/json' "
+            f"-d '{click}'",
             "Metrics: curl -s 127.0.0.1:9464/metrics | grep recsvc_",
-            "Stop: make stop (the server and ingest), make down (also Redis and Kafka)",
+            "Stop: make stop (server, ingest, gateway), make down (also Redis and Kafka)",
         ]
     )
 

@@ -15,6 +15,7 @@ from recsvc import _second_stage, contract
 from recsvc.bundle import Bundle
 from recsvc.candidates import LIVE, CandidateBuilder, CandidateSettings
 from recsvc.exceptions import BundleError, ConfigError, InvalidRequest, ItemNotFound
+from recsvc.explanations import Because, top_events, window_terms
 from recsvc.features import COLUMNS, FEATURES, LIVE_FEATURES, FeatureBuilder, RequestContext
 from recsvc.live import EMPTY_READ, LiveRead
 from recsvc.live_candidates import EMPTY as NO_LIVE
@@ -360,6 +361,32 @@ class Ranker:
             # without a fit-period event is not).
             scores[np.isnan(rows[:, COLUMNS["personalized"]])] = -np.inf
         return scores
+
+    def explain(
+        self, item_id: str, session: Sequence[SessionEvent] | None, ranking: Ranking
+    ) -> list[list[Because]]:
+        """For each item of ``ranking`` (from :meth:`rank` with the same item and session),
+        the earlier visits of the session behind its personalized score
+        (:mod:`recsvc.explanations`); empty for an answer that is not personalized and for
+        items the model cannot score."""
+        none: list[list[Because]] = [[] for _ in ranking.items]
+        if not ranking.personalized or self.model is None:
+            return none
+        history = [e.item_id for e in session or () if e.type in VISIT_TYPES]
+        slot_items = session_window(item_id, history, self._width)
+        window = self._window([self._index.get(i, -1) for i in slot_items])
+        answered = np.array([self._index.get(i, -1) for i in ranking.items], dtype=np.int64)
+        scorable = answered >= 0
+        scorable[scorable] = self.model.scorable[answered[scorable]]
+        terms = window_terms(
+            window,
+            answered[scorable],
+            self.model.input_embeddings,
+            self.model.output_embeddings,
+            self.model.position_weights,
+        )
+        explained = iter(top_events(terms, slot_items))
+        return [next(explained) if ok else [] for ok in scorable.tolist()]
 
     def _answer(
         self,

@@ -189,7 +189,17 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             outcome = "personalized" if ranking.personalized else "fallback"
             if ranking.fallback:
                 self.metrics.fallbacks.labels(reason=ranking.fallback).inc()
-            return self._response(ranking, ranker.version)
+            response = self._response(ranking, ranker.version)
+            if request.explain:
+                explained = ranker.explain(request.item_id, session, ranking)
+                for item, reasons in zip(response.items, explained, strict=True):
+                    for reason in reasons:
+                        item.because.add(
+                            item_id=reason.item_id,
+                            clicks_ago=reason.clicks_ago,
+                            weight=reason.weight,
+                        )
+            return response
         except tuple(STATUS) as exc:
             outcome = STATUS[type(exc)].name.lower()
             await context.abort(STATUS[type(exc)], str(exc))

@@ -1,4 +1,4 @@
-"""One typed settings object for ``recsvc serve`` and ``recsvc ingest``.
+"""One typed settings object for ``recsvc serve``, ``recsvc ingest`` and ``recsvc gateway``.
 
 Each setting comes from, in rising precedence, its default, the environment variable
 ``RECSVC_<NAME>``, and the flag ``--<name>``. Values are parsed and checked once, at
@@ -239,6 +239,19 @@ class Settings:
     watch_interval_s: float = field(
         default=5.0, metadata={"help": "check the bundle path for a new version this often; 0: off"}
     )
+    gateway_host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "gateway: address the HTTP gateway binds (it has no TLS of its own)"},
+    )
+    gateway_port: int = field(default=8080, metadata={"help": "gateway: HTTP port"})
+    gateway_grpc_target: str = field(
+        default="127.0.0.1:50051",
+        metadata={"help": "gateway: the gRPC server it calls, host:port (plaintext)"},
+    )
+    gateway_timeout_s: float = field(
+        default=1.0,
+        metadata={"help": "gateway: deadline of each gRPC call and of each event's Kafka ack"},
+    )
     log_format: str = field(default="json", metadata={"help": " | ".join(LOG_FORMATS)})
     log_level: str = field(default="info", metadata={"help": " | ".join(LOG_LEVELS)})
 
@@ -387,7 +400,7 @@ def _check(s: Settings) -> None:
     def fail(name: str, message: str) -> None:
         raise ConfigError(f"{flag_name(name)} / {env_name(name)}: {message}")
 
-    for name in ("port", "metrics_port"):
+    for name in ("port", "metrics_port", "gateway_port"):
         value = getattr(s, name)
         if not 0 <= value <= 65535:
             fail(name, f"{value} is not a usable port")
@@ -467,6 +480,11 @@ def _check(s: Settings) -> None:
             fail("rebuild_sessions", f"{s.rebuild_sessions} is outside (0, 30d]")
     if not 0 <= s.shutdown_grace_s <= 600:
         fail("shutdown_grace_s", f"{s.shutdown_grace_s} is outside 0..600 seconds")
+    host, sep, port = s.gateway_grpc_target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        fail("gateway_grpc_target", f"expected host:port, got {s.gateway_grpc_target!r}")
+    if not 0 < s.gateway_timeout_s <= 60:
+        fail("gateway_timeout_s", f"{s.gateway_timeout_s} is outside (0, 60] seconds")
     if s.log_format not in LOG_FORMATS:
         fail("log_format", f"{s.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
     if s.log_level not in LOG_LEVELS:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run `recsvc ingest` and `recsvc serve` in the background for `make run`:
+# Run `recsvc ingest`, `recsvc serve` and `recsvc gateway` in the background for `make run`:
 #   app.sh start|stop|status
 # Logs and pid files go to .local/run/. Settings come from RECSVC_* variables (see
 # `recsvc serve --help`); ingest gets its own metrics port, RECSVC_INGEST_METRICS_PORT (9465).
@@ -64,10 +64,15 @@ case ${1:-} in
     fi
     start_one ingest --metrics-port "$INGEST_METRICS_PORT" "${static_member[@]}"
     start_one serve
+    gateway_target=()
+    if [[ ! -v RECSVC_GATEWAY_GRPC_TARGET ]]; then
+      gateway_target=(--gateway-grpc-target "127.0.0.1:${RECSVC_PORT:-50051}")
+    fi
+    start_one gateway "${gateway_target[@]}"
     # Up to two minutes for SERVING (loading a large bundle takes a while); give up at once
-    # if either process exits.
+    # if any process exits.
     for _ in $(seq 60); do
-      for name in serve ingest; do
+      for name in serve ingest gateway; do
         if ! pid_of "$name" >/dev/null; then
           tail -n 20 "$RUN/$name.log" >&2
           echo "$name: exited during start-up; see $RUN/$name.log" >&2
@@ -81,11 +86,12 @@ case ${1:-} in
     exit 1
     ;;
   stop)
+    stop_one gateway
     stop_one serve
     stop_one ingest
     ;;
   status)
-    for name in ingest serve; do
+    for name in ingest serve gateway; do
       if pid=$(pid_of "$name"); then echo "$name: running (pid $pid)"; else echo "$name: stopped"; fi
     done
     ;;

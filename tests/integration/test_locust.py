@@ -22,6 +22,28 @@ def locust_stats(prefix: Path) -> dict[tuple[str, str], dict[str, str]]:
         return {(row["Type"], row["Name"]): row for row in csv.DictReader(handle)}
 
 
+def run_locust(
+    locustfile: str, host: str, report: Path, users: str, bundle: Path, *options: str
+) -> str:
+    """Six shoppers of ``users`` for 8 s with short think times; Locust's output."""
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "locust", "-f", locustfile, "--headless"),
+            *("-u", "4", "-r", "4", "-t", "8s", "-H", host, "--csv", str(report)),
+            *("--only-summary", "--bundle", str(bundle), "--user-prefix", users),
+            *("--user-pool", "6", "--think-min", "0.1", "--think-max", "0.3"),
+            *("--cart-rate", "0.3", "--seed", "3", *options),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    return output
+
+
 def test_shoppers_are_reported_and_their_clicks_personalize_later_replies(
     tiny_bundle: Path, redis_url: str, topics, processes, tmp_path: Path
 ) -> None:
@@ -35,22 +57,10 @@ def test_shoppers_are_reported_and_their_clicks_personalize_later_replies(
     wait_for(lambda: "serving" in server.output(), what="the server")
     users = f"locust-test-{uuid.uuid4().hex[:8]}-"
     report = tmp_path / "run"
-    run = subprocess.run(
-        [
-            *(sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless"),
-            *("-u", "4", "-r", "4", "-t", "8s", "-H", f"127.0.0.1:{port}"),
-            *("--csv", str(report), "--only-summary"),
-            *("--bundle", str(tiny_bundle), "--kafka", KAFKA, "--topic", topics.events),
-            *("--user-prefix", users, "--user-pool", "6", "--think-min", "0.1"),
-            *("--think-max", "0.3", "--cart-rate", "0.3", "--seed", "3"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-3000:]
+    output = run_locust(
+        "loadtest/locustfile.py", f"127.0.0.1:{port}", report, users, tiny_bundle,
+        "--kafka", KAFKA, "--topic", topics.events,
+    )  # fmt: skip
 
     stats = locust_stats(report)
     recommend, clicks = stats["grpc", "Recommend"], stats["kafka", "click"]
@@ -72,4 +82,34 @@ def test_shoppers_are_reported_and_their_clicks_personalize_later_replies(
     assert summary["fallback_reasons"]["ITEM_ONLY"] > 0
     assert "recsvc shoppers:" in output
     ingest.stop()  # nothing writes these sessions any more
+    client.delete(*client.scan_iter(f"{KEY_PREFIX}{users}*"))
+
+
+def test_the_same_shoppers_through_the_http_gateway(
+    tiny_bundle: Path, redis_url: str, topics, processes, tmp_path: Path
+) -> None:
+    grpc_port, http_port = free_port(), free_port()
+    online = online_args(tiny_bundle, redis_url, topics)
+    server = processes(["serve", *online, "--port", str(grpc_port)], tmp_path / "serve.log")
+    processes(["ingest", *online], tmp_path / "ingest.log")
+    processes(
+        ["gateway", *online, "--gateway-port", str(http_port),
+         "--gateway-grpc-target", f"127.0.0.1:{grpc_port}"],
+        tmp_path / "gateway.log",
+    )  # fmt: skip
+    wait_for(lambda: "serving" in server.output(), what="the server")
+    users = f"locust-http-{uuid.uuid4().hex[:8]}-"
+    report = tmp_path / "run"
+    run_locust("loadtest/locustfile_http.py", f"http://127.0.0.1:{http_port}", report, users,
+               tiny_bundle)  # fmt: skip
+
+    stats = locust_stats(report)
+    assert {t for t, _ in stats if t != ""} == {"GET", "POST"}  # no gRPC or Kafka rows
+    recommend, clicks = stats["GET", "/v1/recommend"], stats["POST", "/v1/events click"]
+    assert int(recommend["Request Count"]) > 0 and int(recommend["Failure Count"]) == 0
+    assert int(clicks["Request Count"]) > 0 and int(clicks["Failure Count"]) == 0
+    # The clicks sent through the gateway personalized the later replies.
+    summary = json.loads(Path(f"{report}_personalized.json").read_text())
+    assert 0 < summary["personalized"] < summary["recommend_replies"]
+    client = redis.Redis.from_url(redis_url)
     client.delete(*client.scan_iter(f"{KEY_PREFIX}{users}*"))

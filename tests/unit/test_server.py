@@ -87,6 +87,32 @@ def test_personalized_answer_follows_the_session(tiny_bundle: Path) -> None:
     run(scenario)
 
 
+def test_explain_names_the_earlier_visits_behind_each_item(tiny_bundle: Path) -> None:
+    """Session c, b then the view of a: the terms of tests/unit/test_explanations.py."""
+
+    async def scenario() -> None:
+        store = InMemorySessionStore()
+        await store.append([click("1", "u", "c", 10.0), click("2", "u", "b", 11.0)])
+        async with serving(tiny_bundle, store) as (stub, _):
+            plain = await stub.Recommend(pb.RecommendRequest(user_id="u", item_id="a", k=4))
+            asked = pb.RecommendRequest(user_id="u", item_id="a", k=4, explain=True)
+            explained = await stub.Recommend(asked)
+        assert not any(item.because for item in plain.items)  # only when asked
+        assert ids(explained) == ids(plain) == ["e", "b", "c", "d"]
+        because = {
+            item.item_id: [(b.item_id, b.clicks_ago, round(b.weight, 6)) for b in item.because]
+            for item in explained.items
+        }
+        assert because == {
+            "e": [("c", 2, round(1 / 6, 6))],
+            "b": [("b", 1, round(1 / 6, 6)), ("c", 2, round(1 / 12, 6))],
+            "c": [],
+            "d": [("b", 1, round(1 / 6, 6))],
+        }
+
+    run(scenario)
+
+
 def test_filters_and_default_k(tiny_bundle: Path) -> None:
     async def scenario() -> None:
         store = InMemorySessionStore()

@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 
-def test_serve_and_ingest_import_no_tensorflow() -> None:
+def test_serve_ingest_and_gateway_import_no_tensorflow() -> None:
     code = (
-        "import sys, recsvc.cli, recsvc.server, recsvc.ingest, recsvc.client;"
+        "import sys, recsvc.cli, recsvc.server, recsvc.ingest, recsvc.client, recsvc.gateway;"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'offline', "
         "'training', 'scipy', 'annoy', 'pyarrow'}))"
     )

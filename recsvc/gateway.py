@@ -1,0 +1,340 @@
+"""``recsvc gateway``: HTTP/JSON in front of the gRPC server and the events topic.
+
+A thin client, not a second ranking path: ``GET /v1/recommend`` is one ``Recommend`` call
+on the gRPC server (its status mapped to HTTP by :mod:`recsvc.http_status`), and
+``POST /v1/events`` checks the event against the stream's contract (:mod:`recsvc.events`)
+and sends it to the events topic, answering once Kafka has acknowledged it. An
+``Authorization`` header is passed on to the gRPC server as its metadata, so the server's
+bearer tokens guard HTTP callers too.
+
+Also served: ``/openapi.json``, ``/healthz`` (the process is up), ``/readyz`` (the gRPC
+server says SERVING and a Kafka broker is connected) and ``/metrics`` (Prometheus).
+FastAPI's ``/docs`` pages are off: they load their scripts from a CDN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Protocol
+
+import grpc
+import uvicorn
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from recsvc.contract import EVENT_TYPES, MAX_ID_LENGTH
+from recsvc.event_producer import EventProducer, EventsUnavailable, Sent
+from recsvc.events import Event, parse_event
+from recsvc.exceptions import InvalidEvent
+from recsvc.grpc_recommender import GrpcRecommender
+from recsvc.http_status import error_body, http_status
+from recsvc.metrics import LATENCY_BUCKETS
+from recsvc.settings import Settings
+from recsvc.v1 import recommender_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+#: Routes counted by name in the metrics; anything else counts as "other".
+ROUTES = ("/v1/recommend", "/v1/events", "/healthz", "/readyz", "/metrics", "/openapi.json")
+
+
+class Recommender(Protocol):
+    """The gRPC server as the gateway sees it (:class:`GrpcRecommender`, or a test's)."""
+
+    async def recommend(
+        self, request: pb.RecommendRequest, authorization: str | None
+    ) -> pb.RecommendResponse: ...
+
+    async def serving(self) -> bool: ...
+
+
+class EventSink(Protocol):
+    """The events topic as the gateway sees it (:class:`~recsvc.event_producer.EventProducer`)."""
+
+    async def send(self, event: Event) -> Sent: ...
+
+    async def ready(self) -> bool: ...
+
+
+class BecauseOut(BaseModel):
+    item_id: str
+    clicks_ago: int = Field(description="1: the visit just before the item being viewed")
+    weight: float = Field(description="its term of the item's personalized score")
+
+
+class RankedItemOut(BaseModel):
+    item_id: str
+    score: float
+    sources: list[str] = Field(description="the candidate sources that proposed it")
+    unscored: bool = Field(description="the model could not score it; placed by its sources")
+    because: list[BecauseOut] | None = Field(
+        default=None, description="with explain=true: the earlier visits behind it"
+    )
+
+
+class RecommendOut(BaseModel):
+    items: list[RankedItemOut]
+    bundle_version: str
+    personalized: bool
+    fallback_reason: str | None = Field(description="why the answer is not personalized")
+    session_events_used: int
+    ranked_by: str = Field(description="pool_order, first_stage or second_stage")
+
+
+class EventIn(BaseModel):
+    """One event of the stream; the gateway fills in a missing ``event_id`` and ``ts``."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")  # JSON types as the stream's
+
+    user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    type: str = Field(description=" | ".join(EVENT_TYPES))
+    event_id: str | None = Field(default=None, description="default: a new UUID")
+    ts: float | None = Field(default=None, description="Unix seconds; default: now")
+
+
+class EventAccepted(BaseModel):
+    event_id: str
+    topic: str
+    partition: int
+    offset: int
+
+
+class ErrorDetail(BaseModel):
+    code: int
+    status: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    return str(enum.Name(value)).removeprefix(prefix).lower()
+
+
+def _item_json(item: pb.RankedItem, explain: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "item_id": item.item_id,
+        "score": item.score,
+        "sources": [_enum_name(pb.Source, s, "SOURCE_") for s in item.sources],
+        "unscored": item.unscored,
+    }
+    if explain:
+        out["because"] = [
+            {"item_id": b.item_id, "clicks_ago": b.clicks_ago, "weight": b.weight}
+            for b in item.because
+        ]
+    return out
+
+
+def response_json(reply: pb.RecommendResponse, explain: bool = False) -> dict[str, Any]:
+    """The JSON form of a ``RecommendResponse`` (:class:`RecommendOut`); each item has
+    ``because`` when ``explain``."""
+    return {
+        "items": [_item_json(item, explain) for item in reply.items],
+        "bundle_version": reply.bundle_version,
+        "personalized": reply.personalized,
+        "fallback_reason": (
+            _enum_name(pb.FallbackReason, reply.fallback_reason, "FALLBACK_REASON_")
+            if reply.fallback_reason
+            else None
+        ),
+        "session_events_used": reply.session_events_used,
+        "ranked_by": _enum_name(pb.RankedBy, reply.ranked_by, "RANKED_BY_"),
+    }
+
+
+def _error(http: int, status: str, message: str) -> JSONResponse:
+    return JSONResponse(error_body(http, status, message), status_code=http)
+
+
+class GatewayMetrics:
+    """The gateway's requests by route and status, and their latency."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "recsvc_gateway_requests_total",
+            "HTTP requests by route and status code",
+            ["route", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "recsvc_gateway_request_seconds",
+            "HTTP request latency inside the gateway, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+
+def create_app(
+    recommender: Recommender,
+    events: EventSink,
+    metrics: GatewayMetrics | None = None,
+) -> FastAPI:
+    """The gateway's FastAPI application over the given gRPC client and event sink."""
+    metrics = metrics or GatewayMetrics()
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorOut} for code in (400, 401, 403, 404, 429, 503, 504)
+    }
+    app = FastAPI(
+        title="recsvc gateway",
+        summary="Personalized similar products over HTTP/JSON",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
+        route = request.url.path if request.url.path in ROUTES else "other"
+        started = time.perf_counter()
+        response = await call_next(request)
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return _error(400, "INVALID_ARGUMENT", problems)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        status = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(exc.status_code, "UNKNOWN")
+        return _error(exc.status_code, status, str(exc.detail))
+
+    @app.get(
+        "/v1/recommend",
+        response_model=RecommendOut,
+        responses=errors,
+        summary="The item's similar products, ranked for the user",
+    )
+    async def recommend(
+        item_id: str = Query(min_length=1, description="the item being viewed"),
+        user_id: str = Query("", description="empty: not personalized"),
+        k: int = Query(0, ge=0, le=1000, description="how many (0: the server's default)"),
+        exclude_seen: bool | None = Query(None, description="leave out the session's items"),
+        category: str | None = Query(None, description="only items of this category"),
+        explain: bool = Query(False, description="say which earlier visits led to each item"),
+        authorization: str | None = Header(None),
+    ) -> Any:
+        request = pb.RecommendRequest(user_id=user_id, item_id=item_id, k=k, explain=explain)
+        if exclude_seen is not None:
+            request.exclude_seen = exclude_seen
+        if category is not None:
+            request.category = category
+        try:
+            reply = await recommender.recommend(request, authorization)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            return _error(http_status(code), code.name, exc.details() or code.name)
+        return JSONResponse(response_json(reply, explain))
+
+    @app.post(
+        "/v1/events",
+        status_code=202,
+        response_model=EventAccepted,
+        responses=errors,
+        summary="Send one event (a click, cart, fav or buy) to the stream",
+    )
+    async def send_event(body: EventIn) -> Any:
+        event_id = body.event_id if body.event_id is not None else uuid.uuid4().hex
+        ts = body.ts if body.ts is not None else time.time()
+        draft = Event(event_id, body.user_id, body.item_id, body.type, ts)
+        try:
+            event = parse_event(draft.to_json())  # the rules ingest applies
+        except InvalidEvent as exc:
+            return _error(400, "INVALID_ARGUMENT", str(exc))
+        try:
+            sent = await events.send(event)
+        except EventsUnavailable as exc:
+            return _error(503, "UNAVAILABLE", str(exc))
+        return JSONResponse(
+            {"event_id": event.event_id, "topic": sent.topic, "partition": sent.partition,
+             "offset": sent.offset},
+            status_code=202,
+        )  # fmt: skip
+
+    @app.get("/healthz", summary="The gateway process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The gRPC server is SERVING and Kafka is connected")
+    async def readyz() -> JSONResponse:
+        grpc_ok, kafka_ok = await recommender.serving(), await events.ready()
+        body = {
+            "grpc": "serving" if grpc_ok else "not serving",
+            "kafka": "connected" if kafka_ok else "not connected",
+        }
+        return JSONResponse(body, status_code=200 if grpc_ok and kafka_ok else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopped by :func:`serve_gateway`'s own signal handlers: uvicorn's
+    would raise the signal again once it has shut down, so the process would end by
+    SIGTERM before the producer is closed, not with status 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_gateway(settings: Settings) -> None:
+    """Run the gateway on ``gateway_host:gateway_port`` until SIGINT or SIGTERM."""
+    recommender = GrpcRecommender(settings.gateway_grpc_target, settings.gateway_timeout_s)
+    producer = EventProducer(settings)
+    app = create_app(recommender, producer)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            log_config=None,  # recsvc.logs formats every record
+            access_log=False,  # /metrics counts the requests
+            lifespan="off",
+        )
+    )
+    log.info(
+        "gateway: HTTP on %s:%d, gRPC server %s, events to %s",
+        settings.gateway_host,
+        settings.gateway_port,
+        settings.gateway_grpc_target,
+        settings.events_topic,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, setattr, server, "should_exit", True)
+    try:
+        await server.serve()
+    finally:
+        await producer.close()
+        await recommender.close()
+    log.info("gateway: stopped")

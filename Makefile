@@ -18,7 +18,7 @@ PROTO_PY := recsvc/v1/recommender_pb2.py
 PROTOC := $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=.
 
 .PHONY: install lock protos up down bundle run stop test test-fast lint clean locust capacity \
-	ingest-bench scaling bundle-memory chaos locust-http gateway-latency
+	ingest-bench scaling bundle-memory chaos locust-http gateway-latency browser demo
 
 install: $(VENV)/.installed $(PROTO_PY)
 
@@ -93,6 +93,10 @@ locust: install
 	$(VENV)/bin/locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 60s \
 		--csv $(LOCAL)/locust/run --html $(LOCAL)/locust/run.html
 
+# The demo storefront in a browser: the gateway that `make run` started serves it.
+demo: run
+	@echo "Demo storefront: http://127.0.0.1:$${RECSVC_GATEWAY_PORT:-8080}/demo"
+
 # The same shoppers through the HTTP gateway (`make run` starts it).
 locust-http: install
 	$(VENV)/bin/locust -f loadtest/locustfile_http.py --headless -u 50 -r 10 -t 60s \
@@ -127,7 +131,11 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: install lint up
+# Debian's Chromium and chromedriver for the storefront's browser test, if missing.
+browser:
+	@bash scripts/browser.sh
+
+test: install lint up browser
 	RECSVC_SHARED=$(SHARED) $(VENV)/bin/pytest -q -ra --durations=20
 
 # The edit loop: unit tests not marked slow; needs no Redis, Kafka or lint.

@@ -10,6 +10,9 @@ bearer tokens guard HTTP callers too.
 Also served: ``/openapi.json``, ``/healthz`` (the process is up), ``/readyz`` (the gRPC
 server says SERVING and a Kafka broker is connected) and ``/metrics`` (Prometheus).
 FastAPI's ``/docs`` pages are off: they load their scripts from a CDN.
+
+For the demo storefront (``/demo``, one static page with its script inline): the items'
+categories and photos (:mod:`recsvc.catalogue`) under ``/v1/items``.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from importlib import resources
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import grpc
 import uvicorn
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -38,10 +44,11 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from recsvc.catalogue import Catalogue
 from recsvc.contract import EVENT_TYPES, MAX_ID_LENGTH
 from recsvc.event_producer import EventProducer, EventsUnavailable, Sent
 from recsvc.events import Event, parse_event
-from recsvc.exceptions import InvalidEvent
+from recsvc.exceptions import BundleError, InvalidEvent
 from recsvc.grpc_recommender import GrpcRecommender
 from recsvc.http_status import error_body, http_status
 from recsvc.metrics import LATENCY_BUCKETS
@@ -49,9 +56,23 @@ from recsvc.settings import Settings
 from recsvc.v1 import recommender_pb2 as pb
 
 log = logging.getLogger(__name__)
+#: The demo storefront: one page, its style and script inline, nothing fetched elsewhere.
+DEMO_PAGE = (resources.files("recsvc") / "static" / "demo.html").read_text(encoding="utf-8")
 
 #: Routes counted by name in the metrics; anything else counts as "other".
-ROUTES = ("/v1/recommend", "/v1/events", "/healthz", "/readyz", "/metrics", "/openapi.json")
+ROUTES = (
+    "/v1/recommend",
+    "/v1/events",
+    "/v1/items",
+    "/v1/items/popular",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/demo",
+)
+#: Most items one ``/v1/items`` call describes.
+MAX_ITEMS = 200
 
 
 class Recommender(Protocol):
@@ -114,6 +135,21 @@ class EventAccepted(BaseModel):
     topic: str
     partition: int
     offset: int
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    category: str | None = Field(description="null for an item the bundle does not know")
+    in_bundle: bool
+    has_image: bool = Field(description="its photo is at /v1/items/{item_id}/image")
+
+
+class ItemsOut(BaseModel):
+    items: list[ItemOut]
+
+
+class PopularOut(BaseModel):
+    items: list[str]
 
 
 class ErrorDetail(BaseModel):
@@ -190,8 +226,10 @@ def create_app(
     recommender: Recommender,
     events: EventSink,
     metrics: GatewayMetrics | None = None,
+    catalogue: Catalogue | None = None,
 ) -> FastAPI:
-    """The gateway's FastAPI application over the given gRPC client and event sink."""
+    """The gateway's FastAPI application over the given gRPC client and event sink; the
+    item routes and the demo page need a ``catalogue``."""
     metrics = metrics or GatewayMetrics()
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorOut} for code in (400, 401, 403, 404, 429, 503, 504)
@@ -277,6 +315,76 @@ def create_app(
             status_code=202,
         )  # fmt: skip
 
+    def catalogue_or_error() -> Catalogue | JSONResponse:
+        if catalogue is None:
+            return _error(503, "UNAVAILABLE", "the gateway was started without a catalogue")
+        return catalogue
+
+    @app.get(
+        "/v1/items",
+        response_model=ItemsOut,
+        responses=errors,
+        summary="The items' categories and whether they have a photo",
+    )
+    async def items(
+        ids: str = Query(min_length=1, description=f"comma-separated, at most {MAX_ITEMS}"),
+    ) -> Any:
+        wanted = [i for i in ids.split(",") if i]
+        if not 1 <= len(wanted) <= MAX_ITEMS:
+            return _error(400, "INVALID_ARGUMENT", f"ids: give 1..{MAX_ITEMS} item ids")
+        source = catalogue_or_error()
+        if isinstance(source, JSONResponse):
+            return source
+        try:  # off the event loop: the first call, or one after a swap, reads the bundle
+            described = await asyncio.to_thread(source.describe, wanted)
+        except BundleError as exc:
+            return _error(503, "UNAVAILABLE", str(exc))
+        return JSONResponse({"items": [vars(item) for item in described]})
+
+    @app.get(
+        "/v1/items/popular",
+        response_model=PopularOut,
+        responses=errors,
+        summary="The bundle's most popular items",
+    )
+    async def popular(n: int = Query(10, ge=1, le=100)) -> Any:
+        source = catalogue_or_error()
+        if isinstance(source, JSONResponse):
+            return source
+        try:
+            return JSONResponse({"items": await asyncio.to_thread(source.popular, n)})
+        except BundleError as exc:
+            return _error(503, "UNAVAILABLE", str(exc))
+
+    @app.get(
+        "/v1/items/{item_id}/image",
+        responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorOut}},
+        summary="The item's photo",
+    )
+    async def image(item_id: str) -> Any:
+        source = catalogue_or_error()
+        if isinstance(source, JSONResponse):
+            return source
+        found = source.image(item_id)
+        if found is None:
+            return _error(404, "NOT_FOUND", f"no photo of item {item_id[:80]!r}")
+        return FileResponse(found[0], media_type=found[1])
+
+    @app.get("/demo", include_in_schema=False)
+    async def demo(item: str | None = None) -> Any:
+        if item is None and catalogue is not None:
+            try:
+                first = await asyncio.to_thread(catalogue.popular, 1)
+            except BundleError as exc:
+                return _error(503, "UNAVAILABLE", str(exc))
+            if first:
+                return RedirectResponse(f"/demo?{urlencode({'item': first[0]})}", 302)
+        return HTMLResponse(DEMO_PAGE)
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/demo", 302)
+
     @app.get("/healthz", summary="The gateway process is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -311,7 +419,8 @@ async def serve_gateway(settings: Settings) -> None:
     """Run the gateway on ``gateway_host:gateway_port`` until SIGINT or SIGTERM."""
     recommender = GrpcRecommender(settings.gateway_grpc_target, settings.gateway_timeout_s)
     producer = EventProducer(settings)
-    app = create_app(recommender, producer)
+    images = Path(settings.gateway_images) if settings.gateway_images else None
+    app = create_app(recommender, producer, catalogue=Catalogue(settings.bundle, images))
     server = _Server(
         uvicorn.Config(
             app,

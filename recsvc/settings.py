@@ -248,6 +248,13 @@ class Settings:
         default="127.0.0.1:50051",
         metadata={"help": "gateway: the gRPC server it calls, host:port (plaintext)"},
     )
+    gateway_images: str = field(
+        default="",
+        metadata={
+            "help": "gateway: folder of item photos named <item_id>.<jpg|png|webp|bmp> (the "
+            "layout of pipeline --item-images), shown by the demo page; empty: none"
+        },
+    )
     gateway_timeout_s: float = field(
         default=1.0,
         metadata={"help": "gateway: deadline of each gRPC call and of each event's Kafka ack"},

@@ -6,10 +6,11 @@ import json
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import free_port, read_topic, wait_for
+from conftest import Process, free_port, read_topic, wait_for
 from test_stream_to_recommend import online_args
 
 
@@ -34,22 +35,37 @@ def ready(base: str) -> bool:
         return False
 
 
-def test_recommend_and_events_over_http_end_to_end(
-    tiny_bundle: Path, redis_url: str, topics, processes, tmp_path: Path
-) -> None:
-    grpc_port, http_port, token = free_port(), free_port(), uuid.uuid4().hex
-    base = f"http://127.0.0.1:{http_port}"
-    online = online_args(tiny_bundle, redis_url, topics)
-    # The server takes bearer tokens; the gateway passes the caller's header on.
-    processes(["serve", *online, "--port", str(grpc_port)], tmp_path / "serve.log",
-              env={"RECSVC_AUTH_TOKENS": token})  # fmt: skip
-    processes(["ingest", *online], tmp_path / "ingest.log")
+def start_stack(
+    bundle: Path,
+    redis_url: str,
+    topics: Any,
+    processes: Callable[..., Process],
+    logs: Path,
+    server_env: dict[str, str] | None = None,
+) -> tuple[str, Process]:
+    """``recsvc serve``, ``ingest`` and ``gateway`` on free ports, waited for until the
+    gateway is ready; (the gateway's base URL, its process)."""
+    grpc_port, http_port = free_port(), free_port()
+    online = online_args(bundle, redis_url, topics)
+    processes(["serve", *online, "--port", str(grpc_port)], logs / "serve.log", env=server_env)
+    processes(["ingest", *online], logs / "ingest.log")
     gateway = processes(
         ["gateway", *online, "--gateway-port", str(http_port),
          "--gateway-grpc-target", f"127.0.0.1:{grpc_port}"],
-        tmp_path / "gateway.log",
+        logs / "gateway.log",
     )  # fmt: skip
+    base = f"http://127.0.0.1:{http_port}"
     wait_for(lambda: ready(base), what="the gateway to be ready")
+    return base, gateway
+
+
+def test_recommend_and_events_over_http_end_to_end(
+    tiny_bundle: Path, redis_url: str, topics, processes, tmp_path: Path
+) -> None:
+    token = uuid.uuid4().hex
+    # The server takes bearer tokens; the gateway passes the caller's header on.
+    base, gateway = start_stack(tiny_bundle, redis_url, topics, processes, tmp_path,
+                                {"RECSVC_AUTH_TOKENS": token})  # fmt: skip
     assert call("GET", f"{base}/healthz") == (200, {"status": "ok"})
 
     user = f"shopper-{uuid.uuid4().hex}"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import redis
 from conftest import KAFKA, REPO, free_port, wait_for
+from test_gateway import start_stack
 from test_stream_to_recommend import online_args
 
 from recsvc.sessions import KEY_PREFIX
@@ -88,20 +89,10 @@ def test_shoppers_are_reported_and_their_clicks_personalize_later_replies(
 def test_the_same_shoppers_through_the_http_gateway(
     tiny_bundle: Path, redis_url: str, topics, processes, tmp_path: Path
 ) -> None:
-    grpc_port, http_port = free_port(), free_port()
-    online = online_args(tiny_bundle, redis_url, topics)
-    server = processes(["serve", *online, "--port", str(grpc_port)], tmp_path / "serve.log")
-    processes(["ingest", *online], tmp_path / "ingest.log")
-    processes(
-        ["gateway", *online, "--gateway-port", str(http_port),
-         "--gateway-grpc-target", f"127.0.0.1:{grpc_port}"],
-        tmp_path / "gateway.log",
-    )  # fmt: skip
-    wait_for(lambda: "serving" in server.output(), what="the server")
+    base, _ = start_stack(tiny_bundle, redis_url, topics, processes, tmp_path)
     users = f"locust-http-{uuid.uuid4().hex[:8]}-"
     report = tmp_path / "run"
-    run_locust("loadtest/locustfile_http.py", f"http://127.0.0.1:{http_port}", report, users,
-               tiny_bundle)  # fmt: skip
+    run_locust("loadtest/locustfile_http.py", base, report, users, tiny_bundle)
 
     stats = locust_stats(report)
     assert {t for t, _ in stats if t != ""} == {"GET", "POST"}  # no gRPC or Kafka rows

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import tiny_bundle_arrays
 
+from recsvc.bundle import write_bundle
+from recsvc.catalogue import Catalogue
 from recsvc.event_producer import EventsUnavailable, Sent
 from recsvc.events import Event
 from recsvc.gateway import GatewayMetrics, create_app
@@ -264,3 +269,64 @@ def test_the_stand_ins_match_the_real_clients_signatures() -> None:
     for fake, real in ((FakeRecommender, GrpcRecommender), (FakeSink, EventProducer)):
         for name in ("recommend", "serving") if fake is FakeRecommender else ("send", "ready"):
             assert inspect.signature(getattr(fake, name)) == inspect.signature(getattr(real, name))
+
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000100e221bc330000000049454e44ae426082"
+)
+
+
+@pytest.fixture
+def shop(tiny_bundle: Path, tmp_path: Path, parts) -> TestClient:
+    """The gateway with the tiny bundle's catalogue and a photo of item b."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "b.png").write_bytes(PNG)
+    (tmp_path / "secret.png").write_bytes(PNG)
+    return TestClient(create_app(*parts, catalogue=Catalogue(tiny_bundle, photos)))
+
+
+def test_items_say_their_category_and_photo(shop: TestClient) -> None:
+    reply = shop.get("/v1/items", params={"ids": "a,b,zz"})
+    assert reply.status_code == 200
+    assert reply.json()["items"] == [
+        {"item_id": "a", "category": "x", "in_bundle": True, "has_image": False},
+        {"item_id": "b", "category": "x", "in_bundle": True, "has_image": True},
+        {"item_id": "zz", "category": None, "in_bundle": False, "has_image": False},
+    ]
+    photo = shop.get("/v1/items/b/image")
+    assert photo.status_code == 200 and photo.content == PNG
+    assert photo.headers["content-type"] == "image/png"
+    for missing in ("/v1/items/a/image", "/v1/items/..%2Fsecret/image", "/v1/items/.secret/image"):
+        assert shop.get(missing).status_code == 404, missing
+    too_many = shop.get("/v1/items", params={"ids": ",".join(["a"] * 201)})
+    assert too_many.status_code == 400 and "1..200" in too_many.json()["error"]["message"]
+    assert shop.get("/v1/items/popular", params={"n": 3}).json() == {"items": ["a", "b", "c"]}
+
+
+def test_the_catalogue_follows_the_bundle_the_server_swaps_to(tiny_bundle: Path) -> None:
+    catalogue = Catalogue(tiny_bundle)
+    assert catalogue.describe(["c"])[0].category == "y"
+    arrays = tiny_bundle_arrays()
+    arrays["category_names"] = np.array(["x", "shoes"])
+    write_bundle(tiny_bundle, arrays, {"source": "tests"})  # moves `current`
+    assert catalogue.describe(["c"])[0].category == "shoes"
+
+
+def test_the_demo_page_starts_on_the_most_popular_item(shop: TestClient) -> None:
+    start = shop.get("/demo", follow_redirects=False)
+    assert start.status_code == 302 and start.headers["location"] == "/demo?item=a"
+    assert shop.get("/", follow_redirects=False).headers["location"] == "/demo"
+    page = shop.get("/demo", params={"item": "a"})
+    assert page.status_code == 200 and "recsvc demo storefront" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
+
+
+def test_without_a_catalogue_the_item_routes_are_unavailable(client: TestClient) -> None:
+    reply = client.get("/v1/items", params={"ids": "a"})
+    assert reply.status_code == 503 and reply.json()["error"]["status"] == "UNAVAILABLE"
+    missing = Catalogue(Path("/nonexistent/bundles"))
+    app = TestClient(create_app(FakeRecommender(), FakeSink(), catalogue=missing))
+    reply = app.get("/v1/items", params={"ids": "a"})
+    assert reply.status_code == 503 and "no bundle at" in reply.json()["error"]["message"]

@@ -50,6 +50,7 @@ from recsvc.server import RecommendServer
 from recsvc.sessions import KEY_PREFIX, InMemorySessionStore, RedisSessionStore
 from recsvc.settings import Settings
 from recsvc.v1 import recommender_pb2 as pb
+from recsvc.variants import DEFAULT
 
 LAYERS = ("empty", "serialize", "build", "rank", "handler", "redis")
 
@@ -73,7 +74,7 @@ async def serve_layer(args: argparse.Namespace) -> None:
     service, ranker = server.service, server.bundles.ranker
     item, user = popular_items(args.bundle, 1)[0], users[0]
     ranking = ranker.rank(item, args.k, sessions[user])
-    fixed = service._response(ranking, ranker.version)
+    fixed = service._response(ranking, ranker.version, DEFAULT)
 
     async def empty(request: pb.RecommendRequest, context: object) -> pb.RecommendResponse:
         return pb.RecommendResponse()
@@ -82,11 +83,11 @@ async def serve_layer(args: argparse.Namespace) -> None:
         return fixed
 
     async def build(request: pb.RecommendRequest, context: object) -> pb.RecommendResponse:
-        return service._response(ranking, ranker.version)
+        return service._response(ranking, ranker.version, DEFAULT)
 
     async def rank(request: pb.RecommendRequest, context: object) -> pb.RecommendResponse:
         scored = ranker.rank(request.item_id, request.k, sessions[request.user_id])
-        return service._response(scored, ranker.version)
+        return service._response(scored, ranker.version, DEFAULT)
 
     partial = {"empty": empty, "serialize": serialize, "build": build, "rank": rank}
     if args.serve in partial:

@@ -68,8 +68,11 @@ def main() -> None:
     mismatches = 0
     with grpc.insecure_channel(args.target) as channel:
         stub = pb_grpc.RecommenderStub(channel)
+        warm = urlencode({"user_id": users[0], "item_id": items[0], "k": args.k})
         for _ in range(3):  # warm both paths' connections
             stub.Recommend(pb.RecommendRequest(user_id=users[0], item_id=items[0], k=args.k))
+            connection.request("GET", f"/v1/recommend?{warm}")
+            connection.getresponse().read()
         for block in np.array_split(np.arange(len(asks)), args.rounds):
             direct: dict[int, list[str]] = {}
             for i in block:

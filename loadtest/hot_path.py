@@ -27,6 +27,7 @@ from recsvc.multiplexed_redis import MultiplexedRedis
 from recsvc.ranking import Ranker
 from recsvc.server import RecommenderService
 from recsvc.sessions import KEY_PREFIX, RedisSessionStore
+from recsvc.variants import DEFAULT
 
 
 async def per_call_us(call: Callable[[int], Awaitable[object]], n: int, together: int) -> float:
@@ -77,7 +78,7 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         report[f"rank_{label}_us"] = round(total / args.n * 1e6, 1)
     start = time.process_time()
     for _ in range(args.n):
-        RecommenderService._response(ranking, ranker.version)
+        RecommenderService._response(ranking, ranker.version, DEFAULT)
     report["response_us"] = round((time.process_time() - start) / args.n * 1e6, 1)
     return report
 

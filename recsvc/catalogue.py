@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from recsvc.bundle import load_bundle, resolve
+from recsvc.contract import MAX_ID_LENGTH
 
 #: Photo formats a browser shows, with their media types.
 IMAGE_TYPES = {
@@ -39,6 +40,17 @@ class ItemInfo:
     has_image: bool
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """One bundle version's lookups, swapped in whole so readers never mix two versions."""
+
+    version: Path
+    index: dict[str, int]
+    categories: list[str]
+    item_category: np.ndarray
+    popular: list[str]
+
+
 class Catalogue:
     """Item lookups against the bundle at ``bundle`` (a version dir or a root)."""
 
@@ -46,11 +58,7 @@ class Catalogue:
         self._bundle = Path(bundle)
         self._images = images
         self._lock = threading.Lock()
-        self._version: Path | None = None
-        self._index: dict[str, int] = {}
-        self._categories: list[str] = []
-        self._item_category = np.zeros(0, dtype=np.int32)
-        self._popular: list[str] = []
+        self._snapshot: _Snapshot | None = None
 
     def describe(self, item_ids: list[str]) -> list[ItemInfo]:
         """Each item's category (if the bundle knows it) and whether it has a photo.
@@ -60,44 +68,62 @@ class Catalogue:
         BundleError
             No bundle at the path.
         """
-        self._refresh()
-        return [self._describe(item_id) for item_id in item_ids]
+        snapshot = self._current()
+        return [self._describe(snapshot, item_id) for item_id in item_ids]
 
-    def _describe(self, item_id: str) -> ItemInfo:
-        row = self._index.get(item_id)
+    def _describe(self, snapshot: _Snapshot, item_id: str) -> ItemInfo:
+        row = snapshot.index.get(item_id)
         category = None
         if row is not None:
-            code = int(self._item_category[row])
-            category = self._categories[code] if 0 <= code < len(self._categories) else None
+            code = int(snapshot.item_category[row])
+            if 0 <= code < len(snapshot.categories):
+                category = snapshot.categories[code]
         return ItemInfo(item_id, category, row is not None, self.image(item_id) is not None)
 
     def popular(self, n: int) -> list[str]:
         """The bundle's ``n`` most popular items (training clicks), most popular first."""
-        self._refresh()
-        return self._popular[:n]
+        return self._current().popular[:n]
 
     def image(self, item_id: str) -> tuple[Path, str] | None:
-        """(path, media type) of the item's photo, or None."""
-        if self._images is None or not item_id or "/" in item_id or item_id.startswith("."):
+        """(path, media type) of the item's photo, or None; only files directly in the
+        folder, named by an id of at most ``MAX_ID_LENGTH`` characters."""
+        if (
+            self._images is None
+            or not 0 < len(item_id) <= MAX_ID_LENGTH
+            or "/" in item_id
+            or "\\" in item_id
+            or "\0" in item_id
+            or item_id.startswith(".")
+        ):
             return None
         for suffix, media_type in IMAGE_TYPES.items():
             path = self._images / f"{item_id}{suffix}"
-            if path.is_file():
-                return path, media_type
+            try:
+                if path.is_file():
+                    return path, media_type
+            except OSError:  # a name the file system refuses (too long, ...)
+                return None
         return None
 
-    def _refresh(self) -> None:
+    def _current(self) -> _Snapshot:
         version = resolve(self._bundle)
-        if version == self._version:
-            return
+        snapshot = self._snapshot
+        if snapshot is not None and snapshot.version == version:
+            return snapshot
         with self._lock:
-            if version == self._version:
-                return
-            bundle = load_bundle(version, verify=False)
-            self._index = bundle.item_index()
-            self._categories = np.asarray(bundle["category_names"]).astype(str).tolist()
-            self._item_category = np.asarray(bundle["item_category"])
-            ids = np.asarray(bundle["item_ids"]).astype(str)
-            order = np.argsort(-np.asarray(bundle["item_popularity"]), kind="stable")
-            self._popular = ids[order[:POPULAR]].tolist()
-            self._version = version
+            if self._snapshot is None or self._snapshot.version != version:
+                self._snapshot = self._load(version)
+            return self._snapshot
+
+    @staticmethod
+    def _load(version: Path) -> _Snapshot:
+        bundle = load_bundle(version, verify=False)
+        ids = np.asarray(bundle["item_ids"]).astype(str)
+        order = np.argsort(-np.asarray(bundle["item_popularity"]), kind="stable")
+        return _Snapshot(
+            version=version,
+            index=bundle.item_index(),
+            categories=np.asarray(bundle["category_names"]).astype(str).tolist(),
+            item_category=np.asarray(bundle["item_category"]),
+            popular=ids[order[:POPULAR]].tolist(),
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +39,10 @@ class Sent:
 class EventProducer:
     """Sends events to ``settings.events_topic`` and says whether Kafka is reachable.
 
-    The producer is made on the first send or readiness check, and made again after a
-    failed attempt, so a gateway started before its broker recovers on its own.
+    The producer is made on the first send or readiness check. After a failed attempt,
+    the calls of the next ``retry_after_s`` fail at once with its reason (they would
+    otherwise wait in turn, each for a full timeout); the first call after that tries
+    again, so a gateway started before its broker recovers on its own.
     """
 
     def __init__(
@@ -47,6 +50,8 @@ class EventProducer:
         settings: Settings,
         environ: Mapping[str, str] | None = None,
         factory: Callable[..., Any] = KafkaProducer,
+        retry_after_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._topic = settings.events_topic
         self._timeout_s = settings.gateway_timeout_s
@@ -66,6 +71,9 @@ class EventProducer:
         self._factory = factory
         self._producer: Any = None
         self._lock = asyncio.Lock()
+        self._retry_after_s = retry_after_s
+        self._clock = clock
+        self._failure: tuple[float, str] | None = None  # (when, why) of the last attempt
 
     async def send(self, event: Event) -> Sent:
         """Send one event and wait for its acknowledgement.
@@ -119,9 +127,16 @@ class EventProducer:
 
     async def _get(self) -> Any:
         async with self._lock:
-            if self._producer is None:
-                try:
-                    self._producer = await asyncio.to_thread(self._factory, **self._options)
-                except KafkaError as exc:
-                    raise EventsUnavailable(f"no Kafka broker: {exc}") from None
+            if self._producer is not None:
+                return self._producer
+            if self._failure is not None:
+                when, why = self._failure
+                if self._clock() - when < self._retry_after_s:
+                    raise EventsUnavailable(why)
+            try:
+                self._producer = await asyncio.to_thread(self._factory, **self._options)
+            except KafkaError as exc:
+                self._failure = (self._clock(), f"no Kafka broker: {exc}")
+                raise EventsUnavailable(self._failure[1]) from None
+            self._failure = None
             return self._producer

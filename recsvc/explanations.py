@@ -72,15 +72,23 @@ def window_terms(
 def top_events(
     terms: np.ndarray, slot_items: Sequence[str], top: int = TOP_EVENTS
 ) -> list[list[Because]]:
-    """Per item (column of ``terms``), its earlier visits with the largest positive terms.
+    """Per item (column of ``terms``), the earlier visits with the largest positive terms.
 
-    ``slot_items[j]`` is the id of window slot ``j``; slot 0 (the current item) is skipped.
-    Ties go to the more recent visit.
+    ``slot_items[j]`` is the id of window slot ``j``. An item visited more than once counts
+    once, its terms summed, at its most recent visit; the item being viewed (slot 0) is not
+    named, even where it was visited before. Ties go to the more recent visit.
     """
+    current = slot_items[0] if slot_items else None
     explained: list[list[Because]] = []
     for column in terms.T:
-        order = sorted(range(1, len(column)), key=lambda j: (-column[j], j))
+        by_item: dict[str, tuple[float, int]] = {}
+        for j in range(1, min(len(column), len(slot_items))):
+            item = slot_items[j]
+            if item != current:
+                weight, latest = by_item.get(item, (0.0, j))
+                by_item[item] = (weight + float(column[j]), latest)
+        ranked = sorted(by_item.items(), key=lambda entry: (-entry[1][0], entry[1][1]))
         explained.append(
-            [Because(slot_items[j], j, float(column[j])) for j in order[:top] if column[j] > 0]
+            [Because(item, latest, weight) for item, (weight, latest) in ranked[:top] if weight > 0]
         )
     return explained

@@ -5,7 +5,8 @@ on the gRPC server (its status mapped to HTTP by :mod:`recsvc.http_status`), and
 ``POST /v1/events`` checks the event against the stream's contract (:mod:`recsvc.events`)
 and sends it to the events topic, answering once Kafka has acknowledged it. An
 ``Authorization`` header is passed on to the gRPC server as its metadata, so the server's
-bearer tokens guard HTTP callers too.
+bearer tokens guard HTTP callers too; the gateway checks the same tokens (the server's
+``--auth-tokens-file`` or ``$RECSVC_AUTH_TOKENS``) itself before it sends an event.
 
 Also served: ``/openapi.json``, ``/healthz`` (the process is up), ``/readyz`` (the gRPC
 server says SERVING and a Kafka broker is connected) and ``/metrics`` (Prometheus).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 import uuid
@@ -52,6 +54,7 @@ from recsvc.exceptions import BundleError, InvalidEvent
 from recsvc.grpc_recommender import GrpcRecommender
 from recsvc.http_status import error_body, http_status
 from recsvc.metrics import LATENCY_BUCKETS
+from recsvc.security import bearer_accepted, read_tokens
 from recsvc.settings import Settings
 from recsvc.v1 import recommender_pb2 as pb
 
@@ -107,6 +110,9 @@ class RankedItemOut(BaseModel):
     because: list[BecauseOut] | None = Field(
         default=None, description="with explain=true: the earlier visits behind it"
     )
+    why: str | None = Field(
+        default=None, description="with explain=true: the reason in words, for a page"
+    )
 
 
 class RecommendOut(BaseModel):
@@ -116,6 +122,7 @@ class RecommendOut(BaseModel):
     fallback_reason: str | None = Field(description="why the answer is not personalized")
     session_events_used: int
     ranked_by: str = Field(description="pool_order, first_stage or second_stage")
+    variant: str = Field(description="the A/B variant that answered")
 
 
 class EventIn(BaseModel):
@@ -166,6 +173,35 @@ def _enum_name(enum: Any, value: int, prefix: str) -> str:
     return str(enum.Name(value)).removeprefix(prefix).lower()
 
 
+#: A candidate source in words, for an item no earlier visit explains.
+SOURCE_WORDS = {
+    "itemcf": "often viewed with this item",
+    "item2vec": "close to it in shopping sessions",
+    "image": "looks like it",
+    "pss": "a similar product",
+    "category": "in the same category",
+    "new": "new in the catalogue",
+    "session_knn": "in sessions like yours",
+    "live": "viewed with it in the last minutes",
+}
+_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven")
+
+
+def why(because: list[dict[str, Any]], sources: list[str]) -> str:
+    """An item's reason in words: its earlier visits ("because you viewed 3769601 two clicks
+    ago"), else its first source."""
+    if because:
+        visits = []
+        for b in because:
+            n = b["clicks_ago"]
+            count = _NUMBERS[n] if n < len(_NUMBERS) else str(n)
+            visits.append(f"{b['item_id']} {count} click{'' if n == 1 else 's'} ago")
+        return "because you viewed " + " and ".join(visits)
+    if sources:
+        return SOURCE_WORDS.get(sources[0], sources[0])
+    return "from the item's candidates"
+
+
 def _item_json(item: pb.RankedItem, explain: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "item_id": item.item_id,
@@ -178,6 +214,7 @@ def _item_json(item: pb.RankedItem, explain: bool) -> dict[str, Any]:
             {"item_id": b.item_id, "clicks_ago": b.clicks_ago, "weight": b.weight}
             for b in item.because
         ]
+        out["why"] = why(out["because"], out["sources"])
     return out
 
 
@@ -195,7 +232,13 @@ def response_json(reply: pb.RecommendResponse, explain: bool = False) -> dict[st
         ),
         "session_events_used": reply.session_events_used,
         "ranked_by": _enum_name(pb.RankedBy, reply.ranked_by, "RANKED_BY_"),
+        "variant": reply.variant,
     }
+
+
+def _well_formed(header: str) -> bool:
+    """A header value gRPC metadata can carry: printable ASCII."""
+    return header.isascii() and header.isprintable()
 
 
 def _error(http: int, status: str, message: str) -> JSONResponse:
@@ -227,10 +270,13 @@ def create_app(
     events: EventSink,
     metrics: GatewayMetrics | None = None,
     catalogue: Catalogue | None = None,
+    tokens: frozenset[str] = frozenset(),
 ) -> FastAPI:
     """The gateway's FastAPI application over the given gRPC client and event sink; the
-    item routes and the demo page need a ``catalogue``."""
+    item routes and the demo page need a ``catalogue``; with ``tokens``, sending an event
+    needs one of them as a bearer token."""
     metrics = metrics or GatewayMetrics()
+    accepted = [token.encode() for token in sorted(tokens)]
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorOut} for code in (400, 401, 403, 404, 429, 503, 504)
     }
@@ -245,11 +291,19 @@ def create_app(
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
         route = request.url.path if request.url.path in ROUTES else "other"
-        started = time.perf_counter()
-        response = await call_next(request)
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        return response
+        started, code = time.perf_counter(), "500"  # unless a response comes back
+        try:
+            response = await call_next(request)
+            code = str(response.status_code)
+            return response
+        finally:
+            metrics.latency.labels(route).observe(time.perf_counter() - started)
+            metrics.requests.labels(route, code).inc()
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        log.error("gateway request failed", exc_info=exc, extra={"path": request.url.path})
+        return _error(500, "INTERNAL", "internal error; see the gateway log")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -261,7 +315,8 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         status = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(exc.status_code, "UNKNOWN")
-        return _error(exc.status_code, status, str(exc.detail))
+        body = error_body(exc.status_code, status, str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.get(
         "/v1/recommend",
@@ -276,9 +331,14 @@ def create_app(
         exclude_seen: bool | None = Query(None, description="leave out the session's items"),
         category: str | None = Query(None, description="only items of this category"),
         explain: bool = Query(False, description="say which earlier visits led to each item"),
+        variant: str | None = Query(None, description="the A/B variant (default: the user's)"),
         authorization: str | None = Header(None),
     ) -> Any:
+        if authorization is not None and not _well_formed(authorization):
+            return _error(401, "UNAUTHENTICATED", "malformed Authorization header")
         request = pb.RecommendRequest(user_id=user_id, item_id=item_id, k=k, explain=explain)
+        if variant:
+            request.variant = variant
         if exclude_seen is not None:
             request.exclude_seen = exclude_seen
         if category is not None:
@@ -297,7 +357,12 @@ def create_app(
         responses=errors,
         summary="Send one event (a click, cart, fav or buy) to the stream",
     )
-    async def send_event(body: EventIn) -> Any:
+    async def send_event(body: EventIn, authorization: str | None = Header(None)) -> Any:
+        if accepted and not (
+            authorization and _well_formed(authorization)
+            and bearer_accepted(authorization, accepted)
+        ):  # fmt: skip
+            return _error(401, "UNAUTHENTICATED", "an accepted bearer token is required")
         event_id = body.event_id if body.event_id is not None else uuid.uuid4().hex
         ts = body.ts if body.ts is not None else time.time()
         draft = Event(event_id, body.user_id, body.item_id, body.type, ts)
@@ -332,6 +397,8 @@ def create_app(
         wanted = [i for i in ids.split(",") if i]
         if not 1 <= len(wanted) <= MAX_ITEMS:
             return _error(400, "INVALID_ARGUMENT", f"ids: give 1..{MAX_ITEMS} item ids")
+        if any(len(i) > MAX_ID_LENGTH for i in wanted):
+            return _error(400, "INVALID_ARGUMENT", f"ids: at most {MAX_ID_LENGTH} characters each")
         source = catalogue_or_error()
         if isinstance(source, JSONResponse):
             return source
@@ -420,7 +487,10 @@ async def serve_gateway(settings: Settings) -> None:
     recommender = GrpcRecommender(settings.gateway_grpc_target, settings.gateway_timeout_s)
     producer = EventProducer(settings)
     images = Path(settings.gateway_images) if settings.gateway_images else None
-    app = create_app(recommender, producer, catalogue=Catalogue(settings.bundle, images))
+    tokens = read_tokens(settings.auth_tokens_file, os.environ)
+    app = create_app(
+        recommender, producer, catalogue=Catalogue(settings.bundle, images), tokens=tokens
+    )
     server = _Server(
         uvicorn.Config(
             app,

@@ -18,13 +18,16 @@ class Metrics:
         r = self.registry
         self.request_latency = Histogram(
             "recsvc_request_latency_seconds",
-            "Recommend latency inside the server, by outcome",
-            ["outcome"],
+            "Recommend latency inside the server, by outcome and A/B variant",
+            ["outcome", "variant"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.fallbacks = Counter(
-            "recsvc_fallbacks_total", "Answers not personalized, by reason", ["reason"], registry=r
+            "recsvc_fallbacks_total",
+            "Answers not personalized, by reason and A/B variant",
+            ["reason", "variant"],
+            registry=r,
         )
         self.session_hit_ratio = Gauge(
             "recsvc_session_hit_ratio",
@@ -46,16 +49,16 @@ class Metrics:
         )
         self.bundle_version = Gauge(
             "recsvc_bundle_info",
-            "The bundle being served (value 1; 0 for one served before)",
-            ["version"],
+            "The bundle each A/B variant serves (value 1; 0 for one served before)",
+            ["version", "variant"],
             registry=r,
             multiprocess_mode="liveall",  # one sample per live worker of `serve --workers`
         )
-        self._bundle: str | None = None
+        self._bundles: dict[str, str] = {}  # variant -> version
         self.bundle_swaps = Counter(
             "recsvc_bundle_swaps_total",
-            "Bundle loads while serving, by result",
-            ["result"],
+            "Bundle loads while serving, by result and A/B variant",
+            ["result", "variant"],
             registry=r,
         )
         self.ingest_events = Counter(
@@ -113,13 +116,14 @@ class Metrics:
             registry=r,
         )
 
-    def set_bundle(self, version: str) -> None:
-        if self._bundle is not None and self._bundle != version:
+    def set_bundle(self, version: str, variant: str = "default") -> None:
+        old = self._bundles.get(variant)
+        if old is not None and old != version:
             # Zeroed before removal: worker processes keep their samples in files.
-            self.bundle_version.labels(version=self._bundle).set(0)
-            self.bundle_version.remove(self._bundle)
-        self.bundle_version.labels(version=version).set(1)
-        self._bundle = version
+            self.bundle_version.labels(version=old, variant=variant).set(0)
+            self.bundle_version.remove(old, variant)
+        self.bundle_version.labels(version=version, variant=variant).set(1)
+        self._bundles[variant] = version
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose ``/metrics`` over HTTP (port 0: do nothing)."""

@@ -19,6 +19,7 @@ from recsvc.bundle import load_bundle, resolve
 from recsvc.exceptions import RecsvcError
 from recsvc.metrics import Metrics
 from recsvc.ranking import Ranker
+from recsvc.variants import DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ class BundleReloader:
         metrics: Metrics,
         second_stage: bool = True,
         on_load: Callable[[Ranker], None] | None = None,
+        variant: str = DEFAULT,
     ) -> None:
         self.path = Path(path)
+        self.variant = variant
         self.model = model
         self.second_stage = second_stage
         self.metrics = metrics
@@ -51,8 +54,11 @@ class BundleReloader:
         self._checked(self.ranker)
         self._lock = asyncio.Lock()
         self._failed: Path | None = None
-        metrics.set_bundle(self.ranker.version)
-        log.info("bundle loaded", extra={"version": self.ranker.version, "path": str(path)})
+        metrics.set_bundle(self.ranker.version, variant)
+        log.info(
+            "bundle loaded",
+            extra={"version": self.ranker.version, "path": str(path), "variant": variant},
+        )
 
     async def reload(self, force: bool = False) -> bool:
         """Load the bundle the path now points to, if it is another one (or ``force``).
@@ -67,7 +73,7 @@ class BundleReloader:
                 self._failed = target  # until it loads: the watch does not retry it
                 ranker = await asyncio.to_thread(load_ranker, target, self.model, self.second_stage)
             except Exception as exc:  # any bad bundle: keep serving the old one
-                self.metrics.bundle_swaps.labels(result="failed").inc()
+                self.metrics.bundle_swaps.labels(result="failed", variant=self.variant).inc()
                 log.error(
                     "bundle reload failed; still serving the old one",
                     exc_info=not isinstance(exc, RecsvcError),
@@ -76,9 +82,12 @@ class BundleReloader:
                 return False
             self._checked(ranker)
             old, self.ranker, self._failed = self.ranker, ranker, None
-            self.metrics.set_bundle(ranker.version)
-            self.metrics.bundle_swaps.labels(result="swapped").inc()
-            log.info("bundle swapped", extra={"old": old.version, "version": ranker.version})
+            self.metrics.set_bundle(ranker.version, self.variant)
+            self.metrics.bundle_swaps.labels(result="swapped", variant=self.variant).inc()
+            log.info(
+                "bundle swapped",
+                extra={"old": old.version, "version": ranker.version, "variant": self.variant},
+            )
             return True
 
     def _checked(self, ranker: Ranker) -> None:

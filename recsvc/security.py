@@ -19,7 +19,7 @@ Tokens are compared in constant time and never logged; a refused call is counted
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,18 +130,23 @@ class BearerTokens(grpc.aio.ServerInterceptor):
         return _refusing(handler)
 
     def _accepted(self, metadata: Any) -> bool:
-        for key, value in metadata:
-            if key != "authorization" or not isinstance(value, str):
-                continue
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() != "bearer":
-                continue
-            given = token.strip().encode()
-            # Every token is compared, so the time taken does not tell which one came close.
-            matches = [hmac.compare_digest(given, known) for known in self._tokens]
-            if any(matches):
-                return True
+        return any(
+            key == "authorization"
+            and isinstance(value, str)
+            and bearer_accepted(value, self._tokens)
+            for key, value in metadata
+        )
+
+
+def bearer_accepted(authorization: str, tokens: Sequence[bytes]) -> bool:
+    """Whether an ``authorization`` value, ``Bearer <token>``, carries one of ``tokens``."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
         return False
+    given = token.strip().encode()
+    # Every token is compared, so the time taken does not tell which one came close.
+    matches = [hmac.compare_digest(given, known) for known in tokens]
+    return any(matches)
 
 
 async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import cast
 
 import grpc
@@ -24,7 +25,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from recsvc._wire import ranked_items
 from recsvc.contract import MAX_ID_LENGTH, SOURCE_BITS
-from recsvc.exceptions import InvalidRequest, ItemNotFound, LiveUnavailable, SessionStoreError
+from recsvc.exceptions import (
+    ConfigError,
+    InvalidRequest,
+    ItemNotFound,
+    LiveUnavailable,
+    SessionStoreError,
+)
 from recsvc.features import LIVE_FEATURES
 from recsvc.live import EMPTY_READ, LiveRead, training_mismatch
 from recsvc.metrics import Metrics
@@ -44,6 +51,7 @@ from recsvc.settings import Settings
 from recsvc.store_watch import EmptiedStoreWatch
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+from recsvc.variants import DEFAULT, Variant, VariantPicker, load_variants
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -134,23 +142,32 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
     def __init__(
         self,
-        bundles: BundleReloader,
+        variants: dict[str, BundleReloader],
         store: SessionStore,
         settings: Settings,
         metrics: Metrics,
         breaker: CircuitBreaker | None = None,
         store_watch: EmptiedStoreWatch | None = None,
+        picker: VariantPicker | None = None,
     ) -> None:
-        self.bundles = bundles
+        if not variants or (len(variants) > 1 and picker is None):
+            raise ConfigError("a service needs one variant, or several and their picker")
+        self.variants = variants
+        self.picker = picker
+        self._only = next(iter(variants)) if len(variants) == 1 else None
         self.store = store
         self.store_watch = store_watch
         self.budget_s = settings.budget_ms / 1000
         self.reserve_s = settings.scoring_reserve_ms / 1000
         self.metrics = metrics
         self.breaker = breaker or CircuitBreaker(settings.store_cooldown_s)
-        # Each outcome's histogram child, looked up once: labels() costs more than observe().
+        # Each histogram child, looked up once: labels() costs more than observe().
         outcomes = ("error", "personalized", "fallback", *(c.name.lower() for c in STATUS.values()))
-        self._latency = {o: metrics.request_latency.labels(outcome=o) for o in outcomes}
+        self._latency = {
+            (v, o): metrics.request_latency.labels(outcome=o, variant=v)
+            for v in variants
+            for o in outcomes
+        }
         self._undecodable_log = LogThrottle(log, UNDECODABLE_LOG_INTERVAL_S)
 
     async def Recommend(
@@ -161,10 +178,12 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         started = time.perf_counter()
         client_left = context.time_remaining()
         limit = self.budget_s if client_left is None else min(self.budget_s, client_left)
-        ranker = self.bundles.ranker  # one bundle for the whole call, even across a swap
-        outcome = "error"
+        outcome, variant = "error", self._only or next(iter(self.variants))
         try:
             request = self._decoded(request)
+            variant = self._variant(request)
+            # One bundle for the whole call, even across a swap.
+            ranker = self.variants[variant].ranker
             k = self._check(request, ranker.pool_size)
             known = ranker.has_item(request.item_id)
             if self.store.live is None:
@@ -188,8 +207,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             )
             outcome = "personalized" if ranking.personalized else "fallback"
             if ranking.fallback:
-                self.metrics.fallbacks.labels(reason=ranking.fallback).inc()
-            response = self._response(ranking, ranker.version)
+                self.metrics.fallbacks.labels(reason=ranking.fallback, variant=variant).inc()
+            response = self._response(ranking, ranker.version, variant)
             if request.explain:
                 explained = ranker.explain(request.item_id, session, ranking)
                 for item, reasons in zip(response.items, explained, strict=True):
@@ -209,7 +228,21 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
             elapsed = time.perf_counter() - started
-            self._latency[outcome].observe(elapsed)
+            self._latency[variant, outcome].observe(elapsed)
+
+    def _variant(self, request: pb.RecommendRequest) -> str:
+        """The request's named variant, else the one its user is dealt."""
+        if request.HasField("variant"):
+            if request.variant not in self.variants:
+                raise InvalidRequest(
+                    f"variant {clip(request.variant)} is not served here "
+                    f"(served: {', '.join(self.variants)})"
+                )
+            return request.variant
+        if self._only is not None:
+            return self._only
+        assert self.picker is not None
+        return self.picker.pick(request.user_id)
 
     def _decoded(self, request: RequestOrError) -> pb.RecommendRequest:
         """The request, or :class:`InvalidRequest` for bytes that were not one."""
@@ -276,9 +309,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         return session, live, None
 
     @staticmethod
-    def _response(ranking: Ranking, version: str) -> pb.RecommendResponse:
+    def _response(ranking: Ranking, version: str, variant: str) -> pb.RecommendResponse:
         response = pb.RecommendResponse(
             bundle_version=version,
+            variant=variant,
             personalized=ranking.personalized,
             fallback_reason=FALLBACK_PROTO.get(ranking.fallback, pb.FALLBACK_REASON_UNSPECIFIED),
             session_events_used=ranking.session_events_used,
@@ -303,17 +337,31 @@ class RecommendServer:
         self.settings = settings
         self.store = store
         self.metrics = metrics or Metrics()
-        self.bundles = BundleReloader(
-            settings.bundle,
-            settings.model,
-            self.metrics,
-            bool(settings.second_stage),
-            on_load=self._check_live_training,
-        )
+        specs, picker = [Variant(DEFAULT, settings.bundle, 1.0, settings.model,
+                                 bool(settings.second_stage))], None  # fmt: skip
+        if settings.variants:
+            specs, salt = load_variants(
+                Path(settings.variants), settings.model, bool(settings.second_stage)
+            )
+            picker = VariantPicker(specs, salt)
+        #: Each variant's bundle, hot-swapped on its own.
+        self.variants = {
+            spec.name: BundleReloader(
+                spec.bundle,
+                spec.model,
+                self.metrics,
+                spec.second_stage,
+                on_load=self._check_live_training,
+                variant=spec.name,
+            )
+            for spec in specs
+        }
+        #: The first variant's (the only one without --variants).
+        self.bundles = next(iter(self.variants.values()))
         self.health = health.aio.HealthServicer()
         watch = EmptiedStoreWatch(self._store_emptied, self.metrics.session_hit_ratio.set)
         self.service = RecommenderService(
-            self.bundles, store, settings, self.metrics, store_watch=watch
+            self.variants, store, settings, self.metrics, store_watch=watch, picker=picker
         )
         self._credentials = server_credentials(
             settings.tls_cert, settings.tls_key, settings.tls_client_ca
@@ -362,19 +410,26 @@ class RecommendServer:
         for name in ("", SERVICE_NAME, SESSIONS_HEALTH):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.watch_interval_s:
-            self._tasks.append(
-                asyncio.create_task(self.bundles.watch(self.settings.watch_interval_s))
-            )
+            for reloader in self.variants.values():
+                self._tasks.append(
+                    asyncio.create_task(reloader.watch(self.settings.watch_interval_s))
+                )
         log.info(
             "serving",
             extra={
                 "address": f"{self.settings.host}:{self.port}",
                 "bundle": self.bundles.ranker.version,
+                "variants": {name: r.ranker.version for name, r in self.variants.items()},
                 "tls": "mutual" if self.settings.tls_client_ca else bool(self._credentials),
                 "auth": "bearer tokens" if self._authenticated else "none",
             },
         )
         return self.port
+
+    async def reload_all(self) -> None:
+        """Load every variant's bundle again (SIGHUP), each on its own."""
+        for reloader in self.variants.values():
+            await reloader.reload(force=True)
 
     def _check_live_training(self, ranker: Ranker) -> None:
         """Warn when the live co-visits this server reads are not those the bundle's second
@@ -426,7 +481,7 @@ class RecommendServer:
 
 
 async def serve(settings: Settings, store: SessionStore) -> None:
-    """Run the server until SIGTERM or SIGINT; SIGHUP reloads the bundle."""
+    """Run the server until SIGTERM or SIGINT; SIGHUP reloads every variant's bundle."""
     metrics = Metrics()
     server = RecommendServer(settings, store, metrics)
     metrics.serve(settings.metrics_port, settings.metrics_host)
@@ -439,9 +494,7 @@ async def serve(settings: Settings, store: SessionStore) -> None:
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: asyncio.ensure_future(server.bundles.reload(force=True))
-    )
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(server.reload_all()))
     await stopping.wait()
     log.info("stopping", extra={"grace_s": settings.shutdown_grace_s})
     await server.stop(settings.shutdown_grace_s)

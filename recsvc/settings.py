@@ -86,6 +86,14 @@ class Settings:
             "(comma-separated), which has no flag so that no token shows in a process list"
         },
     )
+    variants: str = field(
+        default="",
+        metadata={
+            "help": "serve: JSON file of A/B variants, each a bundle (or the same bundle with "
+            "another model or second_stage) and a weight; users are dealt to them by a stable "
+            "hash (recsvc/variants.py). Empty: one variant, 'default', from --bundle"
+        },
+    )
     workers: int = field(
         default=1,
         metadata={"help": "serve: processes sharing the gRPC port, one per core (needs a port)"},

@@ -281,11 +281,16 @@ class PrivateKafka:
 
 def metric_samples(port: int, name: str) -> dict[str, float]:
     """The samples of the counter or gauge ``name`` on the /metrics of a process on
-    ``port``, by the value of their one label ('' for none); empty when it is down."""
+    ``port``, by the values of their labels (comma-joined in order; '' for none); empty
+    when it is down."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
     except OSError:
         return {}
-    pattern = re.compile(rf'^{re.escape(name)}(?:\{{\w+="([^"]*)"\}})? (\S+)$', re.M)
-    return {label or "": float(value) for label, value in pattern.findall(text)}
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", re.M)
+    label_value = re.compile(r'\w+="([^"]*)"')
+    return {
+        ",".join(label_value.findall(labels)): float(value)
+        for labels, value in pattern.findall(text)
+    }

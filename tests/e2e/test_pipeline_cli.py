@@ -31,7 +31,8 @@ def test_pipeline_and_eval_on_real_data_are_complete_and_repeatable(
     taobao_slice: Path, taobao_bundle: Path, tmp_path: Path, capsys
 ):
     """The session's bundle (``recsvc pipeline`` on the slice with SMALL, seed 7), evaluated;
-    then the same pipeline on Spark, which must give the same bundle and the same JSON."""
+    then the same pipeline on Spark, which must give the same bundle, bit for bit (and so
+    the same evaluation, which reads nothing else)."""
     first, printed = run_eval(taobao_bundle, tmp_path, capsys)
     assert "Click hit ratio (%)" in printed and "Add-to-cart hit ratio (%)" in printed
     assert "personalized - itemcf on click hr@10" in printed

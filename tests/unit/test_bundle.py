@@ -148,7 +148,9 @@ def test_a_served_bundle_is_not_swapped_for_one_with_nan_weights(tiny_bundle) ->
     write_bundle(tiny_bundle, spoiled, {})
     assert not asyncio.run(reloader.reload())
     assert reloader.ranker.version == first
-    assert reloader.metrics.bundle_swaps.labels(result="failed")._value.get() == 1
+    assert (
+        reloader.metrics.bundle_swaps.labels(result="failed", variant="default")._value.get() == 1
+    )
 
 
 def test_a_failing_check_of_a_new_bundle_is_logged_and_the_bundle_served(

@@ -66,3 +66,9 @@ def test_top_events_keep_the_largest_positive_terms_recent_first_on_ties() -> No
     terms = np.array([[9.0, 9.0], [0.5, -1.0], [2.0, 0.0], [2.0, -0.5]])
     explained = top_events(terms, ["now", "b", "c", "d"], top=2)
     assert explained == [[Because("c", 2, 2.0), Because("d", 3, 2.0)], []]
+
+
+def test_an_item_visited_twice_counts_once_and_the_viewed_item_is_not_named() -> None:
+    # Window: now (a), b one click ago, a two clicks ago, b three clicks ago.
+    terms = np.array([[5.0], [0.25], [3.0], [0.5]])
+    assert top_events(terms, ["a", "b", "a", "b"]) == [[Because("b", 1, 0.75)]]

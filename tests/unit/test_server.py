@@ -237,7 +237,8 @@ def test_slow_session_read_is_abandoned_within_the_budget(tiny_bundle: Path) -> 
         store = SlowStore(delay_s=5.0)
         async with serving(tiny_bundle, store, budget_ms=100, store_cooldown_s=0) as (stub, srv):
             response = await stub.Recommend(pb.RecommendRequest(user_id="u", item_id="a", k=4))
-            samples = srv.metrics.request_latency.labels(outcome="fallback")._sum.get()
+            latency = srv.metrics.request_latency.labels(outcome="fallback", variant="default")
+            samples = latency._sum.get()
         assert response.fallback_reason == pb.FALLBACK_REASON_BUDGET_EXCEEDED
         assert ids(response) == ["b", "c", "d", "e"]
         # Time inside the server, by the server: the 5 s read was abandoned. (Not compared
@@ -273,7 +274,10 @@ def test_store_outage_opens_the_breaker_then_recovers(tiny_bundle: Path) -> None
         reasons = {r.fallback_reason for r in down}
         assert reasons == {pb.FALLBACK_REASON_SESSION_STORE_UNAVAILABLE}
         assert back.personalized
-        assert srv.metrics.fallbacks.labels(reason="session_store_unavailable")._value.get() == 5
+        fallbacks = srv.metrics.fallbacks.labels(
+            reason="session_store_unavailable", variant="default"
+        )
+        assert fallbacks._value.get() == 5
 
     run(scenario)
 
@@ -308,7 +312,9 @@ def test_a_broken_new_bundle_keeps_the_old_one(tiny_bundle: Path) -> None:
             assert not await server.bundles.reload()
             response = await stub.Recommend(pb.RecommendRequest(item_id="a", k=4))
         assert response.bundle_version == first
-        assert server.metrics.bundle_swaps.labels(result="failed")._value.get() == 1
+        assert (
+            server.metrics.bundle_swaps.labels(result="failed", variant="default")._value.get() == 1
+        )
 
     run(scenario)
 
@@ -360,7 +366,10 @@ def test_a_bundle_without_a_version_is_refused_and_the_next_good_one_swaps_in(
             (broken / "manifest.json").write_text(json.dumps(manifest))
             assert not await server.bundles.reload()
             assert not await server.bundles.reload()  # the watch does not retry the same one
-            assert server.metrics.bundle_swaps.labels(result="failed")._value.get() == 1
+            assert (
+                server.metrics.bundle_swaps.labels(result="failed", variant="default")._value.get()
+                == 1
+            )
             assert server.bundles.ranker.version == first
             fixed = write_bundle(tiny_bundle, tiny_bundle_arrays(), {"source": "tests"})
             assert await server.bundles.reload()

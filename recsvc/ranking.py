@@ -221,11 +221,10 @@ class Ranker:
                 live_items = live_items.with_known(keep)
             return self._rank_new_item(item_id, k, session, fallback, live, live_items)
         current = self._index[item_id]
-        history = [e.item_id for e in session if e.type in VISIT_TYPES]
         if fallback is None and self.model is None:
             fallback = Fallback.NO_MODEL
         if fallback is None:
-            visits = [self._index.get(i, -1) for i in session_window(item_id, history, self._width)]
+            visits = [self._index.get(i, -1) for i in self._slot_items(item_id, session)]
             window = self._window(visits)
             used = sum(item >= 0 for item in window[1:])
             if window[0] >= 0 or used:
@@ -254,8 +253,7 @@ class Ranker:
             raise ItemNotFound(
                 f"item {clip(item_id)} is not in bundle {self.version} and has no live co-visits"
             )
-        history = [e.item_id for e in session if e.type in VISIT_TYPES]
-        visits = [self._index.get(i, -1) for i in session_window(item_id, history, self._width)]
+        visits = [self._index.get(i, -1) for i in self._slot_items(item_id, session)]
         model = self.model
         if fallback is None and model is None:
             fallback = Fallback.NO_MODEL
@@ -372,8 +370,7 @@ class Ranker:
         none: list[list[Because]] = [[] for _ in ranking.items]
         if not ranking.personalized or self.model is None:
             return none
-        history = [e.item_id for e in session or () if e.type in VISIT_TYPES]
-        slot_items = session_window(item_id, history, self._width)
+        slot_items = self._slot_items(item_id, session or ())
         window = self._window([self._index.get(i, -1) for i in slot_items])
         answered = np.array([self._index.get(i, -1) for i in ranking.items], dtype=np.int64)
         scorable = answered >= 0
@@ -445,8 +442,7 @@ class Ranker:
         current = self.index(item_id)
         if self.model is None or (item_id not in self._live_index and live.has(item_id)):
             return None
-        history = [e.item_id for e in session if e.type in VISIT_TYPES]
-        visits = [self._index.get(i, -1) for i in session_window(item_id, history, self._width)]
+        visits = [self._index.get(i, -1) for i in self._slot_items(item_id, session)]
         window = self._window(visits)
         if window[0] < 0 and not any(item >= 0 for item in window[1:]):
             return None
@@ -496,6 +492,12 @@ class Ranker:
             unseen = ~np.isin(items, seen)
             keep = unseen if keep is None else keep & unseen
         return keep
+
+    def _slot_items(self, item_id: str, session: Sequence[SessionEvent]) -> list[str]:
+        """The ids in a request's window slots: ``item_id``, then the session's earlier
+        visits, newest first (:func:`~recsvc.scoring.session_window`)."""
+        history = [e.item_id for e in session if e.type in VISIT_TYPES]
+        return session_window(item_id, history, self._width)
 
     def _window(self, visits: list[int]) -> list[int]:
         """Window indices, -1 for empty slots and items the model does not know."""

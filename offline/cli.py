@@ -241,6 +241,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     out.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     out.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="DIR",
+        help="keep each finished costly stage (second stage, item2vec, personalized) in DIR, "
+        "so that the same command run again after a stop loads them instead of running them "
+        "again; the run's folder there is removed once the bundle is written",
+    )
+    out.add_argument(
         "--param",
         action="append",
         default=[],

@@ -16,14 +16,15 @@ import argparse
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from offline.checkpoint import Checkpoint, SavedStage, run_key
 from offline.config import PipelineConfig, apply_overrides, describe
 from offline.data.attributes import AttributeSpec, load_item_categories, with_categories
 from offline.data.dataset import Dataset, build_dataset, describe_split, fit_period_log
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from offline.features.compound import Part
     from offline.features.image import ItemVectors
     from offline.pss.stage import PSSResult
+    from training.item2vec import Item2VecResult
     from training.personalized import Examples
 
 logger = logging.getLogger(__name__)
@@ -58,10 +60,12 @@ FEATURE_CACHE_NAME = "feature-cache.sqlite"
 
 @dataclass
 class Timings:
-    """Wall-clock seconds and peak resident memory (MiB, sampled) per stage, in order."""
+    """Wall-clock seconds and peak resident memory (MiB, sampled) per stage, in order;
+    ``resumed``: the stages loaded from a checkpoint, with when they were saved."""
 
     seconds: dict[str, float] = field(default_factory=dict)
     peak_mib: dict[str, float] = field(default_factory=dict)
+    resumed: dict[str, str] = field(default_factory=dict)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -72,6 +76,16 @@ class Timings:
         self.seconds[name] = round(time.perf_counter() - started, 2)
         self.peak_mib[name] = peak.mib
         logger.info("stage %s done in %.1fs, peak %.0f MiB", name, self.seconds[name], peak.mib)
+
+    def restore(self, name: str, saved: SavedStage) -> None:
+        """Record a stage loaded from a checkpoint with the figures of the run that made it."""
+        self.seconds[name] = saved.seconds
+        self.peak_mib[name] = saved.peak_mib
+        self.resumed[name] = saved.saved_at
+        print(
+            f"stage {name}: loaded from the checkpoint (it ran {saved.seconds:.0f}s, "
+            f"saved {saved.saved_at})"
+        )
 
 
 @dataclass
@@ -95,6 +109,12 @@ class PipelineInputs:
     engine: str = "local"
     #: The Spark master URL of ``--engine spark``; None: ``local[*]`` or spark-submit's.
     spark_master: str | None = None
+    #: ``--checkpoint``: where the costly stages are kept for a rerun (:mod:`offline.checkpoint`).
+    checkpoint: Path | None = None
+
+
+#: PipelineInputs fields that do not change a bundle, left out of a checkpoint's run key.
+NOT_RESULTS = frozenset({"checkpoint", "feature_cache", "spark_master"})
 
 
 def column_spec(args: argparse.Namespace) -> ColumnSpec:
@@ -203,6 +223,7 @@ def run_from_args(args: argparse.Namespace) -> Path | None:
         item_attributes=attribute_spec(args),
         engine=args.engine,
         spark_master=args.spark_master,
+        checkpoint=args.checkpoint,
     )
     if args.spark_master is not None and args.engine != "spark":
         raise ConfigError("--spark-master is for --engine spark")
@@ -265,6 +286,7 @@ def _run_pipeline(
         )
     timings = Timings()
     metrics: dict[str, Any] = {}
+    checkpoint = _checkpoint(inputs, config, seed, data_format)
     with timings.stage("load"):
         log, test_log, reports = load_logs(inputs, spark)
         data = build_dataset(
@@ -278,7 +300,12 @@ def _run_pipeline(
         f"{describe_split(data.split)}; {data.catalogue.n_items} items, {len(data.user_ids)} users"
     )
     ranker_model = None
-    if config.ranker.enabled:
+    saved = _load_stage(checkpoint, "second_stage", timings) if config.ranker.enabled else None
+    if saved is not None:
+        metrics["second_stage"] = saved.metrics["second_stage"]
+        if MODEL_ARRAY in saved.arrays:
+            ranker_model = saved.arrays[MODEL_ARRAY].tobytes().decode("utf-8")
+    elif config.ranker.enabled:
         with timings.stage("second_stage"):
             fit_log = fit_period_log(
                 log,
@@ -296,8 +323,10 @@ def _run_pipeline(
                 # server does with any bundle without ranker/model.
                 print(f"second stage: not trained: {exc}; the personalized model ranks alone")
                 metrics["second_stage"] = {"skipped": str(exc)}
+        model = {MODEL_ARRAY: model_array(ranker_model)} if ranker_model is not None else {}
+        _save_stage(checkpoint, "second_stage", timings, model, metrics, ["second_stage"])
     arrays, sources, skipped = build_arrays(
-        data, inputs, config, seed, timings, metrics, out, spark
+        data, inputs, config, seed, timings, metrics, out, spark, checkpoint
     )
     if ranker_model is not None:
         arrays[MODEL_ARRAY] = model_array(ranker_model)
@@ -314,10 +343,14 @@ def _run_pipeline(
             "sources_ran": list(sources),
             "sources_skipped": skipped,
             "metrics": metrics,
+            "timings": timings.seconds,
+            "peak_mib": timings.peak_mib,
         }
-        path = write_bundle(
-            out, arrays, {**manifest, "timings": timings.seconds, "peak_mib": timings.peak_mib}
-        )
+        if timings.resumed:
+            manifest["resumed"] = timings.resumed
+        path = write_bundle(out, arrays, manifest)
+    if checkpoint is not None:
+        checkpoint.remove()
     total = sum(timings.seconds.values())
     print(
         f"bundle {path}: {cat.n_items} items, pools of {config.pool_size} "
@@ -337,9 +370,11 @@ def build_arrays(
     metrics: dict[str, Any],
     out: Path,
     spark: SparkSession | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, CandidateSource], dict[str, str]]:
     """Every array of a bundle from a split dataset: sources, pools, sessions, models; with
-    ``spark``, item-CF's neighbours, the pool merge and the training rows are Spark's.
+    ``spark``, item-CF's neighbours, the pool merge and the training rows are Spark's; with
+    ``checkpoint``, item2vec and the personalized models are saved there, or loaded.
 
     Returns
     -------
@@ -354,14 +389,9 @@ def build_arrays(
     with timings.stage("itemcf"):
         sources[ITEMCF] = build_source(ITEMCF, source_inputs, config, seed)
     examples = SparkExamples(spark, fit, out) if spark is not None else None
-    with timings.stage("item2vec"):
-        from training.item2vec import train_item2vec
-
-        pairs = examples.pairs(config.item2vec.window) if examples is not None else None
-        item2vec = train_item2vec(fit.of_type(CLICK), config.item2vec, seed=seed, pairs=pairs)
-        metrics["item2vec_losses"] = item2vec.losses
-        source_inputs.embeddings[ITEM2VEC] = (item2vec.embeddings, item2vec.known)
-        sources[ITEM2VEC] = build_source(ITEM2VEC, source_inputs, config, seed)
+    item2vec = _item2vec_stage(fit, config, seed, timings, metrics, examples, checkpoint)
+    source_inputs.embeddings[ITEM2VEC] = (item2vec.embeddings, item2vec.known)
+    sources[ITEM2VEC] = build_source(ITEM2VEC, source_inputs, config, seed)
     cache = _feature_cache(inputs, out)
     with timings.stage("image"):
         image = _image_vectors(inputs, data, cache)
@@ -408,10 +438,18 @@ def build_arrays(
         sessions = fit_sessions(fit, config.session_gap_s)
         arrays.update(sessions.to_arrays())
         metrics["sessions"] = sessions.n_sessions
-    with timings.stage("personalized"):
-        arrays.update(
-            _train_personalized(data, pools, item2vec.embeddings, config, seed, metrics, examples)
-        )
+    saved = _load_stage(checkpoint, "personalized", timings)
+    if saved is not None:
+        arrays.update(saved.arrays)
+        metrics.update(saved.metrics)
+    else:
+        before = set(metrics)
+        with timings.stage("personalized"):
+            models = _train_personalized(
+                data, pools, item2vec.embeddings, config, seed, metrics, examples
+            )
+        arrays.update(models)
+        _save_stage(checkpoint, "personalized", timings, models, metrics, set(metrics) - before)
     if examples is not None:
         examples.close()
 
@@ -437,6 +475,85 @@ def build_arrays(
     if pss is not None:
         arrays["embeddings/pss"], arrays["embeddings/pss_known"] = pss.embeddings, pss.known
     return arrays, sources, skipped
+
+
+def _item2vec_stage(
+    fit: Interactions,
+    config: PipelineConfig,
+    seed: int,
+    timings: Timings,
+    metrics: dict[str, Any],
+    examples: SparkExamples | None,
+    checkpoint: Checkpoint | None,
+) -> Item2VecResult:
+    """item2vec trained on the fit period's clicks, or loaded from ``checkpoint``."""
+    from training.item2vec import Item2VecResult, train_item2vec
+
+    saved = _load_stage(checkpoint, "item2vec", timings)
+    if saved is not None:
+        a = saved.arrays
+        losses = saved.metrics["item2vec_losses"]
+        result = Item2VecResult(
+            a["embeddings"], a["context_embeddings"], a["known"], losses, config.item2vec
+        )
+    else:
+        with timings.stage("item2vec"):
+            pairs = examples.pairs(config.item2vec.window) if examples is not None else None
+            result = train_item2vec(fit.of_type(CLICK), config.item2vec, seed=seed, pairs=pairs)
+        kept = {
+            "embeddings": result.embeddings,
+            "context_embeddings": result.context_embeddings,
+            "known": result.known,
+        }
+        _save_stage(checkpoint, "item2vec", timings, kept, {"item2vec_losses": result.losses})
+    metrics["item2vec_losses"] = result.losses
+    return result
+
+
+def _checkpoint(
+    inputs: PipelineInputs, config: PipelineConfig, seed: int, data_format: str
+) -> Checkpoint | None:
+    """The run's checkpoint folder under ``--checkpoint``, keyed by what decides its results."""
+    if inputs.checkpoint is None:
+        return None
+    identity = {
+        "inputs": {
+            f.name: getattr(inputs, f.name) for f in fields(inputs) if f.name not in NOT_RESULTS
+        },
+        "format": data_format,
+        "parameters": config.as_dict(),
+        "seed": seed,
+    }
+    checkpoint = Checkpoint(inputs.checkpoint, run_key(identity))
+    done = checkpoint.done()
+    print(
+        f"checkpoint: {checkpoint.folder}"
+        + (f" (saved stages: {', '.join(done)})" if done else " (nothing saved yet)")
+    )
+    return checkpoint
+
+
+def _load_stage(checkpoint: Checkpoint | None, stage: str, timings: Timings) -> SavedStage | None:
+    """``stage`` from the checkpoint, its figures restored into ``timings``; None to run it."""
+    saved = checkpoint.load(stage) if checkpoint is not None else None
+    if saved is not None:
+        timings.restore(stage, saved)
+    return saved
+
+
+def _save_stage(
+    checkpoint: Checkpoint | None,
+    stage: str,
+    timings: Timings,
+    arrays: dict[str, np.ndarray],
+    metrics: dict[str, Any],
+    keys: Iterable[str] | None = None,
+) -> None:
+    """Keep a finished ``stage``: its arrays, and ``metrics`` (only ``keys`` of it, if given)."""
+    if checkpoint is None:
+        return
+    kept = metrics if keys is None else {key: metrics[key] for key in keys}
+    checkpoint.save(stage, arrays, timings.seconds[stage], timings.peak_mib[stage], kept)
 
 
 class SparkExamples:

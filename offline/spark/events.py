@@ -64,7 +64,9 @@ ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
 class _Source:
     """One file's rows as Spark columns: ``index`` (0-based place), ``text`` (the line, for
     examples; empty for Parquet), ``blank``, ``too_few``, the stripped text of each event
-    field, and ``ts`` (Unix seconds, null where the time does not read)."""
+    field, and ``ts`` (Unix seconds, null where the time does not read). ``width``: the
+    fields a delimited row needs, for the "too few fields" detail (a Parquet row always
+    has its columns)."""
 
     frame: DataFrame
     unit: str

@@ -525,6 +525,12 @@ def _checkpoint(
         "seed": seed,
     }
     checkpoint = Checkpoint(inputs.checkpoint, run_key(identity))
+    try:  # now, not after the first stage has run for hours
+        checkpoint.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"--checkpoint {inputs.checkpoint}: cannot make {checkpoint.folder}: {exc.strerror}"
+        ) from None
     done = checkpoint.done()
     print(
         f"checkpoint: {checkpoint.folder}"
@@ -553,7 +559,11 @@ def _save_stage(
     if checkpoint is None:
         return
     kept = metrics if keys is None else {key: metrics[key] for key in keys}
-    checkpoint.save(stage, arrays, timings.seconds[stage], timings.peak_mib[stage], kept)
+    try:
+        checkpoint.save(stage, arrays, timings.seconds[stage], timings.peak_mib[stage], kept)
+    except OSError as exc:
+        # The stage's results are in memory: the run goes on, only a rerun would redo it.
+        print(f"checkpoint: stage {stage} not saved ({exc}); the run goes on without it")
 
 
 class SparkExamples:

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from offline.checkpoint import RECORD, Checkpoint, run_key
+from offline.pipeline import Timings, _save_stage
+from recsvc.cli import main
 from recsvc.exceptions import DataError
 
 
@@ -92,3 +94,29 @@ def test_the_run_key_follows_the_input_files_and_the_settings(tmp_path: Path):
     os.utime(log, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert run_key(identity) != key  # the file was written again
     assert run_key({**identity, "inputs": {"events": tmp_path / "missing.csv"}}) != key
+
+
+def test_a_checkpoint_folder_that_cannot_be_made_stops_the_run_before_it_starts(
+    tmp_path: Path, capsys
+):
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    events = tmp_path / "events.csv"
+    events.write_text("1,2,3,pv,1511539200\n")
+    command = ["pipeline", "--format", "taobao", "--events", str(events)]
+    code = main([*command, "--out", str(tmp_path / "out"), "--checkpoint", str(taken)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--checkpoint {taken}: cannot make {taken}/" in err and "Traceback" not in err
+
+
+def test_a_stage_that_cannot_be_saved_leaves_the_run_going(tmp_path: Path, monkeypatch, capsys):
+    checkpoint = Checkpoint(tmp_path, "run")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save", full_disk)
+    timings = Timings(seconds={"item2vec": 3.0}, peak_mib={"item2vec": 10.0})
+    _save_stage(checkpoint, "item2vec", timings, {"a": np.zeros(1)}, {})
+    assert "stage item2vec not saved" in capsys.readouterr().out

@@ -1,10 +1,12 @@
 """Stage checkpoints: what a stopped ``recsvc pipeline --checkpoint DIR`` run keeps.
 
 A paper-scale run takes hours, and a run stopped in its last stage should not start again
-from the first. With ``--checkpoint DIR`` each finished stage of the costly ones (the
-second stage, item2vec, the personalized models) is saved under ``DIR/<run key>/<stage>/``:
-its arrays as ``.npy`` files (nothing pickled; a ``/`` in a name is a subfolder) and a
-``stage.json`` record with its seconds, peak memory, metrics and the files' SHA-256.
+from the first. With ``--checkpoint DIR`` each finished stage of the costly ones (item2vec,
+the neighbours, the personalized models, and the second stage, whose own first-stage build
+keeps the same stages in a subfolder until it is done) is saved under
+``DIR/<run key>/<stage>/``: its arrays as ``.npy`` files (nothing pickled; a ``/`` in a
+name is a subfolder) and a ``stage.json`` record with its seconds, peak memory, metrics and
+the files' SHA-256.
 
 The run key is a hash of what decides the results: the input files (path, size,
 modification time), the format, split and engine, every setting and the seed. The same
@@ -82,6 +84,11 @@ class Checkpoint:
     def __init__(self, root: Path, key: str) -> None:
         self.root = root
         self.folder = root / key
+
+    def child(self, name: str) -> Checkpoint:
+        """The checkpoint of a run inside this one (the second stage's own first-stage
+        build), in a subfolder; :meth:`remove` on this one removes it too."""
+        return Checkpoint(self.folder, name)
 
     def done(self) -> list[str]:
         """The stages saved so far."""
@@ -169,7 +176,8 @@ class Checkpoint:
         return digests
 
     def remove(self) -> None:
-        """Delete this run's folder (its bundle is written), and the root if it is empty."""
+        """Delete this run's folder (its results are kept elsewhere now), and the root if
+        that leaves it empty."""
         shutil.rmtree(self.folder, ignore_errors=True)
         with contextlib.suppress(OSError):  # other runs' folders are left
             self.root.rmdir()

@@ -244,7 +244,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--checkpoint",
         type=Path,
         metavar="DIR",
-        help="keep each finished costly stage (second stage, item2vec, personalized) in DIR, "
+        help="keep each finished costly stage (second stage, item2vec, neighbours, "
+        "personalized) in DIR, "
         "so that the same command run again after a stop loads them instead of running them "
         "again; the run's folder there is removed once the bundle is written",
     )

@@ -87,6 +87,16 @@ class Timings:
             f"saved {saved.saved_at})"
         )
 
+    def absorb(self, name: str, inner: Timings) -> None:
+        """Add to stage ``name`` the figures of the stages ``inner`` (its own build) loaded
+        from a checkpoint, so that ``name`` counts all of its work."""
+        if not inner.resumed:
+            return
+        self.seconds[name] += sum(inner.seconds[stage] for stage in inner.resumed)
+        peaks = [inner.peak_mib[stage] for stage in inner.resumed]
+        self.peak_mib[name] = max([self.peak_mib[name], *peaks])
+        self.resumed[name] = "in part: " + ", ".join(inner.resumed)
+
 
 @dataclass
 class PipelineInputs:
@@ -113,6 +123,8 @@ class PipelineInputs:
     checkpoint: Path | None = None
 
 
+#: The checkpoint folder of the second stage's own first-stage build, inside the run's.
+SECOND_STAGE_BUILD = "second_stage-build"
 #: PipelineInputs fields that do not change a bundle, left out of a checkpoint's run key.
 NOT_RESULTS = frozenset({"checkpoint", "feature_cache", "spark_master"})
 
@@ -306,6 +318,8 @@ def _run_pipeline(
         if MODEL_ARRAY in saved.arrays:
             ranker_model = saved.arrays[MODEL_ARRAY].tobytes().decode("utf-8")
     elif config.ranker.enabled:
+        build = checkpoint.child(SECOND_STAGE_BUILD) if checkpoint is not None else None
+        build_timings = Timings()
         with timings.stage("second_stage"):
             fit_log = fit_period_log(
                 log,
@@ -316,15 +330,18 @@ def _run_pipeline(
             )
             try:
                 ranker_model, metrics["second_stage"] = train_second_stage(
-                    fit_log, inputs, config, seed, out, spark
+                    fit_log, inputs, config, seed, out, spark, build, build_timings
                 )
             except DataError as exc:
                 # Too little data for a learned ranker: the first stage ranks alone, as the
                 # server does with any bundle without ranker/model.
                 print(f"second stage: not trained: {exc}; the personalized model ranks alone")
                 metrics["second_stage"] = {"skipped": str(exc)}
+        timings.absorb("second_stage", build_timings)
         model = {MODEL_ARRAY: model_array(ranker_model)} if ranker_model is not None else {}
         _save_stage(checkpoint, "second_stage", timings, model, metrics, ["second_stage"])
+        if build is not None:
+            build.remove()  # the stage is saved whole
     arrays, sources, skipped = build_arrays(
         data, inputs, config, seed, timings, metrics, out, spark, checkpoint
     )
@@ -432,7 +449,7 @@ def build_arrays(
         cache.close()
 
     pools, arrays = pool_stage(
-        sources, data.catalogue, popularity, config, seed, timings, metrics, spark
+        sources, data.catalogue, popularity, config, seed, timings, metrics, spark, checkpoint
     )
     with timings.stage("sessions"):
         sessions = fit_sessions(fit, config.session_gap_s)
@@ -616,12 +633,15 @@ def train_second_stage(
     seed: int,
     out: Path,
     spark: SparkSession | None = None,
+    checkpoint: Checkpoint | None = None,
+    timings: Timings | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The second stage's model, trained on the fit period's last ``ranker.span_hours``.
 
     A first-stage bundle is built on the time before them (every source and model, as for
     the real bundle) in a temporary directory, and its held-out cases become the training
-    queries (:mod:`offline.ranker.training`). Nothing of the held-out period is read.
+    queries (:mod:`offline.ranker.training`). Nothing of the held-out period is read. That
+    build's stages go into ``timings`` and, with ``checkpoint``, are saved there or loaded.
     """
     from offline.ranker.training import train_ranker, training_rows
     from recsvc.live import LiveSettings
@@ -638,7 +658,9 @@ def train_second_stage(
     print(f"second stage, first stage {describe_split(inner.split)}")
     first = replace(config, ranker=replace(config.ranker, enabled=False))
     inner_metrics: dict[str, Any] = {}
-    arrays, _, _ = build_arrays(inner, inputs, first, seed, Timings(), inner_metrics, out, spark)
+    arrays, _, _ = build_arrays(
+        inner, inputs, first, seed, timings or Timings(), inner_metrics, out, spark, checkpoint
+    )
     with tempfile.TemporaryDirectory(prefix="recsvc-second-stage-") as tmp:
         manifest = {"parameters": {**first.as_dict(), "seed": seed}, "split": inner.split}
         bundle = load_bundle(write_bundle(Path(tmp), arrays, manifest))
@@ -701,9 +723,10 @@ def pool_stage(
     timings: Timings,
     metrics: dict[str, Any],
     spark: SparkSession | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[Pools, dict[str, np.ndarray]]:
-    """Neighbours of every source, their annoy recall, the merged pools (on Spark with
-    ``spark``), the pool scores.
+    """Neighbours of every source (saved in or loaded from ``checkpoint``), their annoy
+    recall, the merged pools (on Spark with ``spark``), the pool scores.
 
     Used by ``recsvc pipeline`` and ``recsvc train pss``; sets ``metrics["annoy"]`` and
     ``metrics["pools"]``.
@@ -712,8 +735,7 @@ def pool_stage(
     -------
     (Pools, {"pool_scores/<source>": float32 (n_items, pool_size)})
     """
-    with timings.stage("neighbours"):
-        neighbours = {name: source.neighbours(config.pool_size) for name, source in sources.items()}
+    neighbours = _neighbours_stage(sources, config.pool_size, timings, checkpoint)
     with timings.stage("annoy_recall"):
         metrics["annoy"] = _annoy_recall(sources, neighbours, config, seed)
     with timings.stage("pools"):
@@ -745,6 +767,33 @@ def pool_stage(
         pools, scores = order_pools(pools, scores, config.fallback_order)
         arrays = {f"pool_scores/{name}": a for name, a in scores.items()}
     return pools, arrays
+
+
+def _neighbours_stage(
+    sources: dict[str, CandidateSource],
+    k: int,
+    timings: Timings,
+    checkpoint: Checkpoint | None,
+) -> dict[str, Neighbours]:
+    """The top ``k`` neighbours of every item from each source, or the checkpoint's."""
+    saved = _load_stage(checkpoint, "neighbours", timings)
+    if saved is not None:
+        assert checkpoint is not None
+        missing = [n for n in sources if f"{n}/items" not in saved.arrays]
+        if missing:
+            raise DataError(
+                f"the checkpoint's neighbours stage has no {', '.join(missing)}: delete "
+                f"{checkpoint.folder / 'neighbours'} to run it again"
+            )
+        a = saved.arrays
+        return {n: Neighbours(a[f"{n}/items"], a[f"{n}/scores"]) for n in sources}
+    with timings.stage("neighbours"):
+        neighbours = {name: source.neighbours(k) for name, source in sources.items()}
+    kept = {}
+    for name, found in neighbours.items():
+        kept[f"{name}/items"], kept[f"{name}/scores"] = found.items, found.scores
+    _save_stage(checkpoint, "neighbours", timings, kept, {})
+    return neighbours
 
 
 def _annoy_recall(

@@ -120,3 +120,19 @@ def test_a_stage_that_cannot_be_saved_leaves_the_run_going(tmp_path: Path, monke
     timings = Timings(seconds={"item2vec": 3.0}, peak_mib={"item2vec": 10.0})
     _save_stage(checkpoint, "item2vec", timings, {"a": np.zeros(1)}, {})
     assert "stage item2vec not saved" in capsys.readouterr().out
+
+
+def test_a_stage_counts_the_work_its_build_loaded_from_a_checkpoint():
+    outer = Timings(seconds={"second_stage": 10.0}, peak_mib={"second_stage": 100.0})
+    inner = Timings(
+        seconds={"item2vec": 30.0, "neighbours": 5.0, "pools": 1.0},
+        peak_mib={"item2vec": 400.0, "neighbours": 50.0, "pools": 60.0},
+        resumed={"item2vec": "then", "neighbours": "then"},
+    )
+    outer.absorb("second_stage", inner)
+    assert outer.seconds == {"second_stage": 45.0}  # pools ran in this run: already counted
+    assert outer.peak_mib == {"second_stage": 400.0}
+    assert outer.resumed == {"second_stage": "in part: item2vec, neighbours"}
+    unchanged = Timings(seconds={"second_stage": 10.0}, peak_mib={"second_stage": 100.0})
+    unchanged.absorb("second_stage", Timings(seconds={"pools": 1.0}, peak_mib={"pools": 1.0}))
+    assert (unchanged.seconds, unchanged.resumed) == ({"second_stage": 10.0}, {})

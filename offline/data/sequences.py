@@ -147,11 +147,12 @@ def next_item_cases(
     has_next[:-1] = v_users[1:] == v_users[:-1]
     case = np.flatnonzero(v_eligible & v_clicked & has_next)
     target, is_cart = v_items[case + 1], v_converted[case + 1]  # fmt: skip
-    back = case[:, None] - np.arange(window)[None, :]
-    inside = (back >= 0) & (v_users[np.maximum(back, 0)] == v_users[case][:, None])
-    windows = np.where(inside, v_items[np.maximum(back, 0)], -1).astype(np.int32)
+    lowest = _first_visits(v_users)[case]  # each case's user's first visit
+    windows = _windows(v_items, case, lowest, window)
     window_gaps = times = None
     if ts is not None:
+        back = case[:, None] - np.arange(window)[None, :]
+        inside = back >= lowest[:, None]
         e_ts = np.asarray(ts, dtype=np.float64)[visit_events]
         begins = e_ts[start]
         ends = np.maximum.reduceat(e_ts, np.flatnonzero(start)) if len(e_ts) else e_ts
@@ -163,6 +164,25 @@ def next_item_cases(
         times = begins[case]
     return Cases(v_users[case], v_items[case].astype(np.int32), target.astype(np.int32),
                  is_cart, windows, window_gaps, times)  # fmt: skip
+
+
+def _first_visits(v_users: np.ndarray) -> np.ndarray:
+    """For each visit (sorted by user), the index of its user's first visit."""
+    new_user = np.ones(len(v_users), dtype=bool)
+    new_user[1:] = v_users[1:] != v_users[:-1]
+    return np.maximum.accumulate(np.where(new_user, np.arange(len(v_users)), 0))
+
+
+def _windows(v_items: np.ndarray, case: np.ndarray, lowest: np.ndarray, window: int) -> np.ndarray:
+    """int32 (len(case), window): slot j of a case holds the visit j before it, -1 before
+    the visit ``lowest`` (the user's first). Built a slot at a time, so that a paper-sized
+    log needs the windows' own 4 bytes per slot and no (cases, window) int64 array."""
+    windows = np.full((len(case), window), -1, dtype=np.int32)
+    for slot in range(window):
+        source = case - slot
+        inside = source >= lowest
+        windows[inside, slot] = v_items[source[inside]]
+    return windows
 
 
 def _converted_visits(

@@ -42,3 +42,37 @@ def test_carts_outside_the_eligible_events_do_not_count():
     hold[6] = False  # user 0's cart of item 5 is no longer held out
     cases = next_item_cases(users, items, types.astype(np.int8), hold, window=4)
     assert cases.is_cart.tolist() == [False, False, True, True]
+
+
+def test_windows_and_gaps_follow_their_definition_on_random_logs():
+    rng = np.random.default_rng(3)
+    n = 3000
+    users = np.sort(rng.integers(0, 200, n))  # sorted by user, then time
+    items = rng.integers(0, 15, n)  # few items: many reloads, one-visit users
+    types = np.where(rng.random(n) < 0.8, CLICK, CART).astype(np.int8)
+    ts = np.cumsum(rng.random(n))
+    for window in (1, 3, 8):
+        cases = next_item_cases(users, items, types, window=window, ts=ts)
+        # The definition, one event at a time: a visit is a run of one user's events on
+        # one item; slot j holds the visit j before the case's visit, or -1.
+        visits: list[tuple[int, int, float, float]] = []  # user, item, first ts, last ts
+        for user, item, t in zip(users.tolist(), items.tolist(), ts.tolist(), strict=True):
+            if visits and visits[-1][:2] == (user, item):
+                visits[-1] = (user, item, visits[-1][2], t)
+            else:
+                visits.append((user, item, t, t))
+        index = {(u, t0): v for v, (u, _, t0, _) in enumerate(visits)}
+        for row, gaps, user, time in zip(
+            cases.windows.tolist(), cases.window_gaps.tolist(), cases.users, cases.times,
+            strict=True,
+        ):  # fmt: skip
+            v = index[(int(user), float(time))]
+            for slot in range(window):
+                back = v - slot
+                if back >= 0 and visits[back][0] == user:
+                    assert row[slot] == visits[back][1]
+                    expected = 0.0 if slot == 0 else visits[back + 1][2] - visits[back][3]
+                    assert gaps[slot] == expected
+                else:
+                    assert row[slot] == -1 and np.isnan(gaps[slot])
+        assert cases.windows.dtype == np.int32

@@ -20,6 +20,11 @@ includes the Spark JVM, a child of the pipeline.
 
 Each size and engine appends a JSON line to ``<workdir>/results.jsonl``; the end prints a
 Markdown table. Logs are kept (``--keep-data`` keeps the CSV and bundle too) under ``--workdir``.
+
+The pipeline runs with ``--checkpoint <workdir>/checkpoints``: a size stopped midway (the
+64M runs take hours) resumes when the same command runs again, and its JSON line names the
+stages loaded (``resumed``; their seconds and peaks are the earlier run's). Saving a stage
+adds to the wall time, not to any stage's seconds.
 """
 
 from __future__ import annotations

@@ -245,9 +245,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=Path,
         metavar="DIR",
         help="keep each finished costly stage (second stage, item2vec, neighbours, "
-        "personalized) in DIR, "
-        "so that the same command run again after a stop loads them instead of running them "
-        "again; the run's folder there is removed once the bundle is written",
+        "personalized) in DIR; the same command (same inputs, settings, seed and engine) run "
+        "again after a stop loads them instead of running them again. The run's folder in "
+        "DIR is removed once the bundle is written",
     )
     out.add_argument(
         "--param",

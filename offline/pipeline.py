@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field, fields, replace
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from offline.checkpoint import Checkpoint, SavedStage, run_key
+from offline.checkpoint import Checkpoint, load_stage, run_key, save_stage
 from offline.config import PipelineConfig, apply_overrides, describe
 from offline.data.attributes import AttributeSpec, load_item_categories, with_categories
 from offline.data.dataset import Dataset, build_dataset, describe_split, fit_period_log
@@ -33,11 +31,11 @@ from offline.data.interactions import CART, CLICK, Catalogue, Interactions
 from offline.data.sequences import CONVERSION_NAMES
 from offline.data.sessions import fit_sessions
 from offline.data.skips import SkipReport
-from offline.peak_memory import PeakMemory
 from offline.pools import Pools, category_fill, merge_pools, newest_fill, order_pools
 from offline.sources import IMAGE, ITEM2VEC, ITEMCF, PSS
 from offline.sources.base import CandidateSource, Neighbours
 from offline.sources.registry import SourceInputs, build_source
+from offline.timings import Timings
 from recsvc.bundle import load_bundle, sha256_file, write_bundle
 from recsvc.contract import MODELS
 from recsvc.exceptions import ConfigError, DataError
@@ -56,46 +54,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 #: Default feature cache file, in the bundle root (next to the versions).
 FEATURE_CACHE_NAME = "feature-cache.sqlite"
-
-
-@dataclass
-class Timings:
-    """Wall-clock seconds and peak resident memory (MiB, sampled) per stage, in order;
-    ``resumed``: the stages loaded from a checkpoint, with when they were saved."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    peak_mib: dict[str, float] = field(default_factory=dict)
-    resumed: dict[str, str] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        logger.info("stage %s ...", name)
-        started = time.perf_counter()
-        with PeakMemory() as peak:
-            yield
-        self.seconds[name] = round(time.perf_counter() - started, 2)
-        self.peak_mib[name] = peak.mib
-        logger.info("stage %s done in %.1fs, peak %.0f MiB", name, self.seconds[name], peak.mib)
-
-    def restore(self, name: str, saved: SavedStage) -> None:
-        """Record a stage loaded from a checkpoint with the figures of the run that made it."""
-        self.seconds[name] = saved.seconds
-        self.peak_mib[name] = saved.peak_mib
-        self.resumed[name] = saved.saved_at
-        print(
-            f"stage {name}: loaded from the checkpoint (it ran {saved.seconds:.0f}s, "
-            f"saved {saved.saved_at})"
-        )
-
-    def absorb(self, name: str, inner: Timings) -> None:
-        """Add to stage ``name`` the figures of the stages ``inner`` (its own build) loaded
-        from a checkpoint, so that ``name`` counts all of its work."""
-        if not inner.resumed:
-            return
-        self.seconds[name] += sum(inner.seconds[stage] for stage in inner.resumed)
-        peaks = [inner.peak_mib[stage] for stage in inner.resumed]
-        self.peak_mib[name] = max([self.peak_mib[name], *peaks])
-        self.resumed[name] = "in part: " + ", ".join(inner.resumed)
 
 
 @dataclass
@@ -298,7 +256,7 @@ def _run_pipeline(
         )
     timings = Timings()
     metrics: dict[str, Any] = {}
-    checkpoint = _checkpoint(inputs, config, seed, data_format)
+    checkpoint = open_checkpoint(inputs, config, seed, data_format)
     with timings.stage("load"):
         log, test_log, reports = load_logs(inputs, spark)
         data = build_dataset(
@@ -312,7 +270,7 @@ def _run_pipeline(
         f"{describe_split(data.split)}; {data.catalogue.n_items} items, {len(data.user_ids)} users"
     )
     ranker_model = None
-    saved = _load_stage(checkpoint, "second_stage", timings) if config.ranker.enabled else None
+    saved = load_stage(checkpoint, "second_stage", timings) if config.ranker.enabled else None
     if saved is not None:
         metrics["second_stage"] = saved.metrics["second_stage"]
         if MODEL_ARRAY in saved.arrays:
@@ -339,8 +297,8 @@ def _run_pipeline(
                 metrics["second_stage"] = {"skipped": str(exc)}
         timings.absorb("second_stage", build_timings)
         model = {MODEL_ARRAY: model_array(ranker_model)} if ranker_model is not None else {}
-        _save_stage(checkpoint, "second_stage", timings, model, metrics, ["second_stage"])
-        if build is not None:
+        kept = {"second_stage": metrics["second_stage"]}
+        if save_stage(checkpoint, "second_stage", timings, model, kept) and build is not None:
             build.remove()  # the stage is saved whole
     arrays, sources, skipped = build_arrays(
         data, inputs, config, seed, timings, metrics, out, spark, checkpoint
@@ -374,6 +332,7 @@ def _run_pipeline(
         f"(mean filled {metrics['pools']['mean_length']:.1f}), sources {list(sources)}, "
         f"skipped {list(skipped)}; annoy recall@{config.pool_size} "
         f"{ {k: v['recall'] for k, v in metrics['annoy'].items()} }; {total:.0f}s"
+        + (f" ({timings.loaded_s:.0f}s of it by an earlier run)" if timings.loaded_s else "")
     )
     return path
 
@@ -455,7 +414,7 @@ def build_arrays(
         sessions = fit_sessions(fit, config.session_gap_s)
         arrays.update(sessions.to_arrays())
         metrics["sessions"] = sessions.n_sessions
-    saved = _load_stage(checkpoint, "personalized", timings)
+    saved = load_stage(checkpoint, "personalized", timings)
     if saved is not None:
         arrays.update(saved.arrays)
         metrics.update(saved.metrics)
@@ -466,7 +425,8 @@ def build_arrays(
                 data, pools, item2vec.embeddings, config, seed, metrics, examples
             )
         arrays.update(models)
-        _save_stage(checkpoint, "personalized", timings, models, metrics, set(metrics) - before)
+        added = {key: value for key, value in metrics.items() if key not in before}
+        save_stage(checkpoint, "personalized", timings, models, added)
     if examples is not None:
         examples.close()
 
@@ -506,13 +466,14 @@ def _item2vec_stage(
     """item2vec trained on the fit period's clicks, or loaded from ``checkpoint``."""
     from training.item2vec import Item2VecResult, train_item2vec
 
-    saved = _load_stage(checkpoint, "item2vec", timings)
+    saved = load_stage(checkpoint, "item2vec", timings)
     if saved is not None:
-        a = saved.arrays
+        vectors = saved.arrays
         losses = saved.metrics["item2vec_losses"]
         result = Item2VecResult(
-            a["embeddings"], a["context_embeddings"], a["known"], losses, config.item2vec
-        )
+            vectors["embeddings"], vectors["context_embeddings"], vectors["known"], losses,
+            config.item2vec,
+        )  # fmt: skip
     else:
         with timings.stage("item2vec"):
             pairs = examples.pairs(config.item2vec.window) if examples is not None else None
@@ -522,12 +483,12 @@ def _item2vec_stage(
             "context_embeddings": result.context_embeddings,
             "known": result.known,
         }
-        _save_stage(checkpoint, "item2vec", timings, kept, {"item2vec_losses": result.losses})
+        save_stage(checkpoint, "item2vec", timings, kept, {"item2vec_losses": result.losses})
     metrics["item2vec_losses"] = result.losses
     return result
 
 
-def _checkpoint(
+def open_checkpoint(
     inputs: PipelineInputs, config: PipelineConfig, seed: int, data_format: str
 ) -> Checkpoint | None:
     """The run's checkpoint folder under ``--checkpoint``, keyed by what decides its results."""
@@ -548,39 +509,12 @@ def _checkpoint(
         raise ConfigError(
             f"--checkpoint {inputs.checkpoint}: cannot make {checkpoint.folder}: {exc.strerror}"
         ) from None
-    done = checkpoint.done()
+    done = checkpoint.saved_stages()
     print(
         f"checkpoint: {checkpoint.folder}"
         + (f" (saved stages: {', '.join(done)})" if done else " (nothing saved yet)")
     )
     return checkpoint
-
-
-def _load_stage(checkpoint: Checkpoint | None, stage: str, timings: Timings) -> SavedStage | None:
-    """``stage`` from the checkpoint, its figures restored into ``timings``; None to run it."""
-    saved = checkpoint.load(stage) if checkpoint is not None else None
-    if saved is not None:
-        timings.restore(stage, saved)
-    return saved
-
-
-def _save_stage(
-    checkpoint: Checkpoint | None,
-    stage: str,
-    timings: Timings,
-    arrays: dict[str, np.ndarray],
-    metrics: dict[str, Any],
-    keys: Iterable[str] | None = None,
-) -> None:
-    """Keep a finished ``stage``: its arrays, and ``metrics`` (only ``keys`` of it, if given)."""
-    if checkpoint is None:
-        return
-    kept = metrics if keys is None else {key: metrics[key] for key in keys}
-    try:
-        checkpoint.save(stage, arrays, timings.seconds[stage], timings.peak_mib[stage], kept)
-    except OSError as exc:
-        # The stage's results are in memory: the run goes on, only a rerun would redo it.
-        print(f"checkpoint: stage {stage} not saved ({exc}); the run goes on without it")
 
 
 class SparkExamples:
@@ -659,7 +593,15 @@ def train_second_stage(
     first = replace(config, ranker=replace(config.ranker, enabled=False))
     inner_metrics: dict[str, Any] = {}
     arrays, _, _ = build_arrays(
-        inner, inputs, first, seed, timings or Timings(), inner_metrics, out, spark, checkpoint
+        inner,
+        inputs,
+        first,
+        seed,
+        Timings() if timings is None else timings,
+        inner_metrics,
+        out,
+        spark,
+        checkpoint,
     )
     with tempfile.TemporaryDirectory(prefix="recsvc-second-stage-") as tmp:
         manifest = {"parameters": {**first.as_dict(), "seed": seed}, "split": inner.split}
@@ -776,23 +718,16 @@ def _neighbours_stage(
     checkpoint: Checkpoint | None,
 ) -> dict[str, Neighbours]:
     """The top ``k`` neighbours of every item from each source, or the checkpoint's."""
-    saved = _load_stage(checkpoint, "neighbours", timings)
+    saved = load_stage(checkpoint, "neighbours", timings)
     if saved is not None:
-        assert checkpoint is not None
-        missing = [n for n in sources if f"{n}/items" not in saved.arrays]
-        if missing:
-            raise DataError(
-                f"the checkpoint's neighbours stage has no {', '.join(missing)}: delete "
-                f"{checkpoint.folder / 'neighbours'} to run it again"
-            )
-        a = saved.arrays
-        return {n: Neighbours(a[f"{n}/items"], a[f"{n}/scores"]) for n in sources}
+        found = saved.arrays
+        return {n: Neighbours(found[f"{n}/items"], found[f"{n}/scores"]) for n in sources}
     with timings.stage("neighbours"):
         neighbours = {name: source.neighbours(k) for name, source in sources.items()}
     kept = {}
     for name, found in neighbours.items():
         kept[f"{name}/items"], kept[f"{name}/scores"] = found.items, found.scores
-    _save_stage(checkpoint, "neighbours", timings, kept, {})
+    save_stage(checkpoint, "neighbours", timings, kept, {})
     return neighbours
 
 

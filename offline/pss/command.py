@@ -31,7 +31,6 @@ from offline.features.compound import Part
 from offline.pipeline import (
     FEATURE_CACHE_NAME,
     PipelineInputs,
-    Timings,
     _describe_file,
     _image_vectors,
     attribute_spec,
@@ -43,6 +42,7 @@ from offline.pipeline import (
 from offline.sources import IMAGE, ITEM2VEC, ITEMCF, PSS, SOURCE_NAMES
 from offline.sources.base import CandidateSource
 from offline.sources.registry import SourceInputs, build_source
+from offline.timings import Timings
 from recsvc.bundle import MANIFEST, Bundle, load_bundle, resolve, write_bundle
 from recsvc.exceptions import BundleError, ConfigError, DataError
 

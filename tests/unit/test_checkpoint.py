@@ -1,7 +1,8 @@
-"""Stage checkpoints: round trip, damage, atomic saves and the run key."""
+"""Stage checkpoints: round trip, damage, atomic saves, the run key and the stage figures."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -9,10 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.checkpoint import RECORD, Checkpoint, run_key
-from offline.pipeline import Timings, _save_stage
+from offline.checkpoint import (
+    RECORD,
+    Checkpoint,
+    CheckpointDamaged,
+    load_stage,
+    run_key,
+    save_stage,
+)
+from offline.config import PipelineConfig
+from offline.data.events import TAOBAO_SPEC
+from offline.pipeline import PipelineInputs, open_checkpoint
+from offline.timings import Timings
 from recsvc.cli import main
-from recsvc.exceptions import DataError
 
 
 def saved(tmp_path: Path) -> Checkpoint:
@@ -27,7 +37,7 @@ def saved(tmp_path: Path) -> Checkpoint:
 
 def test_a_saved_stage_loads_as_it_was_saved(tmp_path: Path):
     checkpoint = saved(tmp_path)
-    assert checkpoint.done() == ["item2vec"]
+    assert checkpoint.saved_stages() == ["item2vec"]
     stage = checkpoint.load("item2vec")
     assert stage is not None
     np.testing.assert_array_equal(stage.arrays["embeddings"], [[0, 1], [2, 3], [4, 5]])
@@ -38,29 +48,41 @@ def test_a_saved_stage_loads_as_it_was_saved(tmp_path: Path):
     assert checkpoint.load("personalized") is None
 
 
-def test_a_damaged_stage_is_an_error_naming_its_folder(tmp_path: Path):
+def test_a_damaged_stage_is_reported_deleted_and_run_again(tmp_path: Path, capsys):
     checkpoint = saved(tmp_path)
     path = checkpoint.folder / "item2vec" / "embeddings.npy"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF  # one bit of the last float
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=r"item2vec.*does not match its checksum.*delete"):
+    with pytest.raises(CheckpointDamaged, match=r"item2vec.*does not match its checksum"):
         checkpoint.load("item2vec")
     path.unlink()
-    with pytest.raises(DataError, match=re.escape(str(checkpoint.folder / "item2vec"))):
+    with pytest.raises(CheckpointDamaged, match=re.escape(str(checkpoint.folder / "item2vec"))):
         checkpoint.load("item2vec")
-    (checkpoint.folder / "item2vec" / RECORD).write_text("{not json")
-    with pytest.raises(DataError, match="damaged"):
-        checkpoint.load("item2vec")
+    for text in ("{not json", "[1, 2]", json.dumps({"arrays": {}})):
+        (checkpoint.folder / "item2vec" / RECORD).write_text(text)
+        with pytest.raises(CheckpointDamaged):
+            checkpoint.load("item2vec")
+
+    timings = Timings()
+    assert load_stage(checkpoint, "item2vec", timings) is None
+    out = capsys.readouterr().out
+    assert "checkpoint of stage item2vec" in out and "the stage runs again" in out
+    assert checkpoint.saved_stages() == [] and timings.seconds == {}
 
 
 def test_a_save_that_did_not_finish_leaves_no_stage(tmp_path: Path):
     checkpoint = Checkpoint(tmp_path, "run")
     with pytest.raises(ValueError, match="relative file name"):
         checkpoint.save("item2vec", {"ok": np.zeros(2), "../escape": np.zeros(2)}, 1.0, 1.0, {})
-    assert checkpoint.done() == []
+    assert checkpoint.saved_stages() == []
     assert checkpoint.load("item2vec") is None
     assert list(checkpoint.folder.iterdir()) == []  # nor a half-written folder
+    # A run killed between writing and renaming leaves a hidden folder: not a stage.
+    hidden = checkpoint.folder / ".item2vec.tmp-1"
+    hidden.mkdir()
+    (hidden / RECORD).write_text("{}")
+    assert checkpoint.saved_stages() == []
 
 
 def test_saving_again_replaces_the_stage(tmp_path: Path):
@@ -71,13 +93,18 @@ def test_saving_again_replaces_the_stage(tmp_path: Path):
     assert sorted(p.name for p in checkpoint.folder.iterdir()) == ["item2vec"]
 
 
-def test_remove_deletes_the_run_and_leaves_other_runs(tmp_path: Path):
+def test_remove_deletes_the_run_and_its_children_and_leaves_other_runs(tmp_path: Path):
     root = tmp_path / "checkpoints"
     ours, theirs = Checkpoint(root, "ours"), Checkpoint(root, "theirs")
     for checkpoint in (ours, theirs):
         checkpoint.save("item2vec", {"a": np.zeros(1)}, 1.0, 1.0, {})
+    build = ours.child("build")
+    build.save("neighbours", {"a": np.zeros(1)}, 1.0, 1.0, {})
+    assert ours.saved_stages() == ["item2vec"] and build.saved_stages() == ["neighbours"]
+    build.remove()
+    assert ours.saved_stages() == ["item2vec"]  # a child's removal leaves its parent
     ours.remove()
-    assert not ours.folder.exists() and theirs.done() == ["item2vec"]
+    assert not ours.folder.exists() and theirs.saved_stages() == ["item2vec"]
     theirs.remove()
     assert not root.exists()
 
@@ -85,15 +112,41 @@ def test_remove_deletes_the_run_and_leaves_other_runs(tmp_path: Path):
 def test_the_run_key_follows_the_input_files_and_the_settings(tmp_path: Path):
     log = tmp_path / "events.csv"
     log.write_text("1,2,3,pv,1511539200\n")
-    identity = {"inputs": {"events": log}, "parameters": {"pool_size": 200}, "seed": 7}
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "2.jpg").write_bytes(b"a photo")
+    identity = {"inputs": {"events": log, "images": images}, "parameters": {"pool": 200}}
     key = run_key(identity)
     assert run_key(identity) == key
     assert run_key({**identity, "seed": 8}) != key
-    assert run_key({**identity, "parameters": {"pool_size": 100}}) != key
+    assert run_key({**identity, "parameters": {"pool": 100}}) != key
     stat = log.stat()
     os.utime(log, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert run_key(identity) != key  # the file was written again
+    key = run_key(identity)
+    (images / "2.jpg").write_bytes(b"another photo")  # a file inside a folder
+    assert run_key(identity) != key
     assert run_key({**identity, "inputs": {"events": tmp_path / "missing.csv"}}) != key
+
+
+def test_the_pipeline_keys_a_run_by_what_changes_its_bundle(tmp_path: Path):
+    log = tmp_path / "events.csv"
+    log.write_text("1,2,3,pv,1511539200\n")
+    inputs = PipelineInputs(events=log, spec=TAOBAO_SPEC, checkpoint=tmp_path / "c")
+    config = PipelineConfig()
+
+    def folder(**changes) -> Path:
+        changed = PipelineInputs(**{**inputs.__dict__, **changes})
+        checkpoint = open_checkpoint(changed, config, 7, "taobao")
+        assert checkpoint is not None
+        return checkpoint.folder
+
+    base = folder()
+    assert base.is_dir()  # made at once, before any stage
+    assert folder(feature_cache=tmp_path / "cache.sqlite", spark_master="spark://h:7077") == base
+    assert folder(engine="spark") != base
+    assert folder(timezone="+08:00") != base
+    assert open_checkpoint(inputs, config, 8, "taobao").folder != base  # type: ignore[union-attr]
 
 
 def test_a_checkpoint_folder_that_cannot_be_made_stops_the_run_before_it_starts(
@@ -110,29 +163,26 @@ def test_a_checkpoint_folder_that_cannot_be_made_stops_the_run_before_it_starts(
     assert f"--checkpoint {taken}: cannot make {taken}/" in err and "Traceback" not in err
 
 
-def test_a_stage_that_cannot_be_saved_leaves_the_run_going(tmp_path: Path, monkeypatch, capsys):
+def test_a_stage_that_cannot_be_written_leaves_the_run_going(tmp_path: Path, capsys):
     checkpoint = Checkpoint(tmp_path, "run")
-
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(checkpoint, "save", full_disk)
+    checkpoint.folder.write_text("")  # the run's folder is a file now: nothing can be written
     timings = Timings(seconds={"item2vec": 3.0}, peak_mib={"item2vec": 10.0})
-    _save_stage(checkpoint, "item2vec", timings, {"a": np.zeros(1)}, {})
+    assert not save_stage(checkpoint, "item2vec", timings, {"a": np.zeros(1)}, {})
     assert "stage item2vec not saved" in capsys.readouterr().out
+    assert save_stage(None, "item2vec", timings, {}, {}) is False
 
 
-def test_a_stage_counts_the_work_its_build_loaded_from_a_checkpoint():
+def test_a_stage_counts_the_work_its_build_loaded_from_a_checkpoint(capsys):
     outer = Timings(seconds={"second_stage": 10.0}, peak_mib={"second_stage": 100.0})
-    inner = Timings(
-        seconds={"item2vec": 30.0, "neighbours": 5.0, "pools": 1.0},
-        peak_mib={"item2vec": 400.0, "neighbours": 50.0, "pools": 60.0},
-        resumed={"item2vec": "then", "neighbours": "then"},
-    )
+    inner = Timings(seconds={"pools": 1.0}, peak_mib={"pools": 60.0})
+    inner.restore("item2vec", 30.0, 400.0, "then")
+    inner.restore("neighbours", 5.0, 50.0, "then")
     outer.absorb("second_stage", inner)
     assert outer.seconds == {"second_stage": 45.0}  # pools ran in this run: already counted
     assert outer.peak_mib == {"second_stage": 400.0}
-    assert outer.resumed == {"second_stage": "in part: item2vec, neighbours"}
+    assert outer.resumed == {"second_stage": {"in_part": ["item2vec", "neighbours"]}}
+    assert outer.loaded_s == 35.0
+    assert "stage item2vec: loaded from the checkpoint (it ran 30s" in capsys.readouterr().out
     unchanged = Timings(seconds={"second_stage": 10.0}, peak_mib={"second_stage": 100.0})
     unchanged.absorb("second_stage", Timings(seconds={"pools": 1.0}, peak_mib={"pools": 1.0}))
     assert (unchanged.seconds, unchanged.resumed) == ({"second_stage": 10.0}, {})

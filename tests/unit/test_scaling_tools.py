@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench.scaling import label, markdown, parse_size
-from offline.pipeline import Timings
+from offline.timings import Timings
 from recsvc.bundle import load_bundle
 from recsvc.ranking import Ranker
 

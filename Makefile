@@ -118,9 +118,14 @@ ingest-bench: install up bundle
 chaos: install up bundle
 	$(PY) -m loadtest.chaos --bundle $(BUNDLES)
 
-# The offline pipeline on 1M, 4M and 16M synthetic events: time and memory per stage.
+# The offline pipeline on 1M to 64M synthetic events with both engines: time and memory per
+# stage. Many hours on a 2-core machine (docs/BENCHMARKS.md); run it again after a stop and
+# it goes on where it stopped. SCALING_SIZES=1M,4M SCALING_ENGINES=local for a short one.
+SCALING_SIZES ?= 1M,4M,16M,64M
+SCALING_ENGINES ?= local,spark
 scaling: install
-	nice -n 10 $(PY) -m bench.scaling --sizes 1M,4M,16M
+	nice -n 10 $(PY) -m bench.scaling --sizes $(SCALING_SIZES) --engines $(SCALING_ENGINES) \
+		--workdir .local/scaling/curve
 
 # The server's memory with a 700,000-item bundle.
 bundle-memory: install up

@@ -21,10 +21,12 @@ includes the Spark JVM, a child of the pipeline.
 Each size and engine appends a JSON line to ``<workdir>/results.jsonl``; the end prints a
 Markdown table. Logs are kept (``--keep-data`` keeps the CSV and bundle too) under ``--workdir``.
 
-The pipeline runs with ``--checkpoint <workdir>/checkpoints``: a size stopped midway (the
-64M runs take hours) resumes when the same command runs again, and its JSON line names the
-stages loaded (``resumed``; their seconds and peaks are the earlier run's). Saving a stage
-adds to the wall time, not to any stage's seconds.
+The same command run again goes on where it stopped: a size and engine already in
+``results.jsonl`` with the same ``--param`` is not run again (its line is reused; delete
+the file to measure again), and the pipeline runs with ``--checkpoint
+<workdir>/checkpoints``, so a size stopped midway (the 64M runs take hours) loads the
+stages it finished. Its JSON line names them (``resumed``; their seconds and peaks are the
+earlier run's). Saving a stage adds to the wall time, not to any stage's seconds.
 """
 
 from __future__ import annotations
@@ -123,6 +125,23 @@ def run_pipeline(
     return {"wall_s": round(wall, 1), "peak_mib": round(peak / MIB, 1), "command": command}
 
 
+def recorded(path: Path, params: Sequence[str]) -> dict[tuple[int, str], dict[str, Any]]:
+    """The results already in ``path`` (a ``results.jsonl``) measured with ``params``, by
+    (events, engine); the last line of each wins. Lines that do not parse are skipped."""
+    found: dict[tuple[int, str], dict[str, Any]] = {}
+    if not path.is_file():
+        return found
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            result = json.loads(line)
+            key = (int(result["events"]), str(result.get("engine", "local")))
+        except (ValueError, KeyError, TypeError):
+            continue
+        if result.get("params") == list(params):
+            found[key] = result
+    return found
+
+
 def bench_size(
     events: int,
     workdir: Path,
@@ -133,6 +152,8 @@ def bench_size(
 ) -> Iterator[dict[str, Any]]:
     """Generate the log of ``events`` events, run the pipeline with each engine, and yield
     the figures of each run as it ends."""
+    if not engines:
+        return
     name = label(events)
     sizes = default_sizes(events)
     spec = SyntheticSpec(events=events, seed=seed, **sizes)
@@ -223,15 +244,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = args.param if args.param is not None else list(BUDGET)
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
+    results_file = args.workdir / "results.jsonl"
+    done = recorded(results_file, params)
     try:
         for events in tqdm(args.sizes, desc="sizes", unit="size"):
+            engines = [e for e in args.engines if (events, e) not in done]
+            for engine in args.engines:
+                if engine not in engines:
+                    print(f"{label(events)} {engine}: already in {results_file}", flush=True)
+                    results.append(done[events, engine])
             for result in bench_size(
-                events, args.workdir, params, args.seed, args.keep_data, args.engines
+                events, args.workdir, params, args.seed, args.keep_data, engines
             ):
                 results.append(result)
                 line = json.dumps(result)
                 print(line, flush=True)
-                with (args.workdir / "results.jsonl").open("a") as handle:
+                with results_file.open("a") as handle:
                     handle.write(line + "\n")
     except RecsvcError as exc:
         print(f"bench.scaling: error: {exc}", file=sys.stderr)

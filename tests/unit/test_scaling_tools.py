@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.scaling import label, markdown, parse_size
+from bench.scaling import label, markdown, parse_size, recorded
 from offline.timings import Timings
 from recsvc.bundle import load_bundle
 from recsvc.ranking import Ranker
@@ -100,3 +101,24 @@ def test_synthetic_bundle_loads_verified_and_ranks(tmp_path, monkeypatch):
     assert bundle["models/personalized/input_embeddings"].shape == (300, 8)
     ranking = Ranker(bundle).rank("7", k=5)
     assert len(ranking.items) == 5
+
+
+def test_a_rerun_finds_the_runs_already_recorded_with_its_parameters(tmp_path):
+    results = tmp_path / "results.jsonl"
+    lines = [
+        {"events": 1_000_000, "engine": "local", "params": ["a=1"], "wall": 1},
+        {"events": 1_000_000, "params": ["a=1"], "wall": 2},  # before engines: local
+        {"events": 1_000_000, "engine": "spark", "params": ["a=2"], "wall": 3},
+        {"events": 4_000_000, "engine": "spark", "params": ["a=1"], "wall": 4},
+    ]
+    results.write_text(
+        "\n".join(json.dumps(line) for line in lines) + '\n{"events": "4M", "params": ["a=1"]}\n'
+        "a line cut by a kill"
+    )
+    found = recorded(results, ["a=1"])
+    assert {key: r["wall"] for key, r in found.items()} == {
+        (1_000_000, "local"): 2,  # the last line wins
+        (4_000_000, "spark"): 4,
+    }
+    assert recorded(results, ["a=3"]) == {}
+    assert recorded(tmp_path / "none.jsonl", ["a=1"]) == {}

@@ -101,9 +101,10 @@ def skipgram_pairs(clicks: Interactions, window: int) -> tuple[np.ndarray, np.nd
     if not centres:
         empty = np.zeros(0, dtype=np.int32)
         return empty, empty
+    # No copy when the ids are int32 already: at paper scale each copy is gigabytes.
     return (
-        np.concatenate(centres).astype(np.int32),
-        np.concatenate(contexts).astype(np.int32),
+        np.concatenate(centres).astype(np.int32, copy=False),
+        np.concatenate(contexts).astype(np.int32, copy=False),
     )
 
 

@@ -363,7 +363,8 @@ def train_personalized(
     log_q = np.log(np.maximum(probabilities, 1e-30))
     scorable = target_counts > 0
     known = np.zeros(n_items, dtype=bool)
-    known[examples.windows[examples.windows >= 0]] = True
+    for slot in examples.windows.T:  # a slot at a time: no (examples, window) mask
+        known[slot[slot >= 0]] = True
 
     model = PersonalizedModel(input_init, output_init, log_q, config.window, config.l2)
     compact = _compact_pools(np.asarray(pools)) if pools is not None else None

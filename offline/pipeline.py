@@ -350,7 +350,8 @@ def build_arrays(
 ) -> tuple[dict[str, np.ndarray], dict[str, CandidateSource], dict[str, str]]:
     """Every array of a bundle from a split dataset: sources, pools, sessions, models; with
     ``spark``, item-CF's neighbours, the pool merge and the training rows are Spark's; with
-    ``checkpoint``, item2vec and the personalized models are saved there, or loaded.
+    ``checkpoint``, item2vec, the neighbours and the personalized models are saved there, or
+    loaded.
 
     Returns
     -------
@@ -721,7 +722,12 @@ def _neighbours_stage(
     saved = load_stage(checkpoint, "neighbours", timings)
     if saved is not None:
         found = saved.arrays
-        return {n: Neighbours(found[f"{n}/items"], found[f"{n}/scores"]) for n in sources}
+        if all(f"{n}/items" in found and f"{n}/scores" in found for n in sources):
+            return {n: Neighbours(found[f"{n}/items"], found[f"{n}/scores"]) for n in sources}
+        assert checkpoint is not None  # (the stage was loaded from it)
+        print(f"checkpoint: the saved neighbours lack a source of {list(sources)}; run again")
+        checkpoint.discard("neighbours")
+        timings.forget("neighbours")
     with timings.stage("neighbours"):
         neighbours = {name: source.neighbours(k) for name, source in sources.items()}
     kept = {}

@@ -47,6 +47,13 @@ class Timings:
         self.loaded_s += seconds
         print(f"stage {name}: loaded from the checkpoint (it ran {seconds:.0f}s, saved {saved_at})")
 
+    def forget(self, name: str) -> None:
+        """Undo :meth:`restore` of ``name`` (its saved results turned out not to fit)."""
+        if self.resumed.pop(name, None) is not None:
+            self.loaded_s -= self.seconds[name]
+        self.seconds.pop(name, None)
+        self.peak_mib.pop(name, None)
+
     def absorb(self, name: str, inner: Timings) -> None:
         """Add to stage ``name`` the stages its own build (``inner``) loaded from a
         checkpoint, so that ``name`` counts all of its work."""

@@ -20,7 +20,8 @@ from offline.checkpoint import (
 )
 from offline.config import PipelineConfig
 from offline.data.events import TAOBAO_SPEC
-from offline.pipeline import PipelineInputs, open_checkpoint
+from offline.pipeline import PipelineInputs, _neighbours_stage, open_checkpoint
+from offline.sources.base import Neighbours
 from offline.timings import Timings
 from recsvc.cli import main
 
@@ -186,3 +187,36 @@ def test_a_stage_counts_the_work_its_build_loaded_from_a_checkpoint(capsys):
     unchanged = Timings(seconds={"second_stage": 10.0}, peak_mib={"second_stage": 100.0})
     unchanged.absorb("second_stage", Timings(seconds={"pools": 1.0}, peak_mib={"pools": 1.0}))
     assert (unchanged.seconds, unchanged.resumed) == ({"second_stage": 10.0}, {})
+
+
+class CountingSource:
+    """A candidate source with fixed neighbours that counts its searches."""
+
+    def __init__(self, value: int) -> None:
+        self.value, self.searches = value, 0
+
+    def neighbours(self, k: int) -> Neighbours:
+        self.searches += 1
+        return Neighbours(np.full((3, k), self.value, np.int32), np.ones((3, k), np.float32))
+
+
+def test_saved_neighbours_are_used_only_when_they_cover_every_source(tmp_path: Path, capsys):
+    checkpoint = Checkpoint(tmp_path, "run")
+    sources = {"itemcf": CountingSource(1), "item2vec": CountingSource(2)}
+    first = _neighbours_stage(sources, 2, Timings(), checkpoint)  # type: ignore[arg-type]
+    assert [s.searches for s in sources.values()] == [1, 1]
+
+    timings = Timings()
+    again = _neighbours_stage(sources, 2, timings, checkpoint)  # type: ignore[arg-type]
+    assert [s.searches for s in sources.values()] == [1, 1]  # loaded, not searched
+    assert set(timings.resumed) == {"neighbours"}
+    for name in sources:
+        np.testing.assert_array_equal(again[name].items, first[name].items)
+
+    more = {**sources, "image": CountingSource(3)}  # a source the saved stage lacks
+    timings = Timings()
+    found = _neighbours_stage(more, 2, timings, checkpoint)  # type: ignore[arg-type]
+    assert [s.searches for s in more.values()] == [2, 2, 1]
+    assert "lack a source" in capsys.readouterr().out
+    assert timings.resumed == {} and timings.loaded_s == 0.0 and "neighbours" in timings.seconds
+    assert found["image"].items[0, 0] == 3

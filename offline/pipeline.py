@@ -31,6 +31,7 @@ from offline.data.interactions import CART, CLICK, Catalogue, Interactions
 from offline.data.sequences import CONVERSION_NAMES
 from offline.data.sessions import fit_sessions
 from offline.data.skips import SkipReport
+from offline.features.image import MODEL_RELATIVE_PATH, resolve_shared_dir
 from offline.pools import Pools, category_fill, merge_pools, newest_fill, order_pools
 from offline.sources import IMAGE, ITEM2VEC, ITEMCF, PSS
 from offline.sources.base import CandidateSource, Neighbours
@@ -495,10 +496,16 @@ def open_checkpoint(
     """The run's checkpoint folder under ``--checkpoint``, keyed by what decides its results."""
     if inputs.checkpoint is None:
         return None
+    keyed = {f.name: getattr(inputs, f.name) for f in fields(inputs) if f.name not in NOT_RESULTS}
+    # Of the shared folder, a run reads only the image model, and only to embed images:
+    # keying the whole folder made a re-provisioned copy of it restart a run from scratch.
+    keyed["shared"] = (
+        resolve_shared_dir(inputs.shared) / MODEL_RELATIVE_PATH
+        if inputs.item_images is not None and inputs.item_vectors is None
+        else None
+    )
     identity = {
-        "inputs": {
-            f.name: getattr(inputs, f.name) for f in fields(inputs) if f.name not in NOT_RESULTS
-        },
+        "inputs": keyed,
         "format": data_format,
         "parameters": config.as_dict(),
         "seed": seed,

@@ -20,6 +20,7 @@ from offline.checkpoint import (
 )
 from offline.config import PipelineConfig
 from offline.data.events import TAOBAO_SPEC
+from offline.features.image import MODEL_RELATIVE_PATH
 from offline.pipeline import PipelineInputs, _neighbours_stage, open_checkpoint
 from offline.sources.base import Neighbours
 from offline.timings import Timings
@@ -146,6 +147,21 @@ def test_the_pipeline_keys_a_run_by_what_changes_its_bundle(tmp_path: Path):
     assert base.is_dir()  # made at once, before any stage
     assert folder(feature_cache=tmp_path / "cache.sqlite", spark_master="spark://h:7077") == base
     assert folder(engine="spark") != base
+    shared = tmp_path / "shared"
+    (shared / "data").mkdir(parents=True)
+    (shared / "data" / "README.md").write_text("a copy of the shared folder\n")
+    assert folder(shared=shared) == base  # read only to embed images
+    model = shared / MODEL_RELATIVE_PATH
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"a model")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    images = folder(shared=shared, item_images=photos)
+    assert images != base
+    (shared / "data" / "README.md").write_text("provisioned again\n")
+    assert folder(shared=shared, item_images=photos) == images
+    model.write_bytes(b"another model")
+    assert folder(shared=shared, item_images=photos) != images
     assert folder(timezone="+08:00") != base
     assert open_checkpoint(inputs, config, 8, "taobao").folder != base  # type: ignore[union-attr]
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -112,7 +113,9 @@ def run_pipeline(
         command += ["--param", param]
     started = time.perf_counter()
     peak = 0
-    with log.open("w") as handle:
+    with log.open("a") as handle:  # a resumed run keeps the log of the one it resumes
+        handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
+        handle.flush()
         child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
         process = psutil.Process(child.pid)
         while child.poll() is None:

@@ -24,7 +24,7 @@ from offline.spark import events as spark_events
 from offline.spark import pools as spark_pools
 from offline.spark import sequences
 from offline.spark.itemcf import SparkItemCF
-from offline.spark.session import spark_session
+from offline.spark.session import DRIVER_JAVA_OPTIONS, spark_session
 from recsvc.exceptions import DataError
 from training.item2vec import skipgram_pairs
 from training.personalized import build_examples
@@ -223,3 +223,9 @@ def test_spark_merges_the_local_pools(spark) -> None:
     assert np.array_equal(local.sources, on_spark.sources)
     counts = local.source_counts()
     assert counts["category"] > 0 and counts["new"] > 0 and counts["itemcf"] > 0
+
+
+def test_the_driver_jvm_runs_with_the_options_that_return_idle_heap(spark) -> None:
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    arguments = list(runtime.getInputArguments())
+    assert set(DRIVER_JAVA_OPTIONS.split()) <= set(arguments), arguments

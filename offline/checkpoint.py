@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,3 +263,29 @@ def save_stage(
         print(f"checkpoint: stage {stage} not saved ({exc}); the run goes on without it")
         return False
     return True
+
+
+def staged(
+    checkpoint: Checkpoint | None,
+    stage: str,
+    timings: Timings,
+    run: Callable[[], tuple[Mapping[str, np.ndarray], Mapping[str, Any]]],
+    unfit: Callable[[Mapping[str, np.ndarray]], str | None] = lambda arrays: None,
+) -> tuple[Mapping[str, np.ndarray], Mapping[str, Any]]:
+    """The arrays and metrics of ``stage``: the checkpoint's when it holds them, else those
+    ``run`` returns, timed as the stage and then saved. Saved arrays for which ``unfit``
+    gives a reason (they lack something this run needs) are reported, deleted and made
+    again."""
+    saved = load_stage(checkpoint, stage, timings)
+    if saved is not None:
+        reason = unfit(saved.arrays)
+        if reason is None:
+            return saved.arrays, saved.metrics
+        assert checkpoint is not None  # (the stage was loaded from it)
+        print(f"checkpoint: the saved {stage} {reason}; the stage runs again")
+        checkpoint.discard(stage)
+        timings.forget(stage)
+    with timings.stage(stage):
+        arrays, metrics = run()
+    save_stage(checkpoint, stage, timings, arrays, metrics)
+    return arrays, metrics

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from offline.checkpoint import Checkpoint, load_stage, run_key, save_stage
+from offline.checkpoint import Checkpoint, load_stage, run_key, save_stage, staged
 from offline.config import PipelineConfig, apply_overrides, describe
 from offline.data.attributes import AttributeSpec, load_item_categories, with_categories
 from offline.data.dataset import Dataset, build_dataset, describe_split, fit_period_log
@@ -271,6 +272,7 @@ def _run_pipeline(
         f"{describe_split(data.split)}; {data.catalogue.n_items} items, {len(data.user_ids)} users"
     )
     ranker_model = None
+    # Not `staged`: the stage adds what its build loaded, and drops the build once saved.
     saved = load_stage(checkpoint, "second_stage", timings) if config.ranker.enabled else None
     if saved is not None:
         metrics["second_stage"] = saved.metrics["second_stage"]
@@ -416,19 +418,17 @@ def build_arrays(
         sessions = fit_sessions(fit, config.session_gap_s)
         arrays.update(sessions.to_arrays())
         metrics["sessions"] = sessions.n_sessions
-    saved = load_stage(checkpoint, "personalized", timings)
-    if saved is not None:
-        arrays.update(saved.arrays)
-        metrics.update(saved.metrics)
-    else:
+
+    def personalized() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         before = set(metrics)
-        with timings.stage("personalized"):
-            models = _train_personalized(
-                data, pools, item2vec.embeddings, config, seed, metrics, examples
-            )
-        arrays.update(models)
-        added = {key: value for key, value in metrics.items() if key not in before}
-        save_stage(checkpoint, "personalized", timings, models, added)
+        models = _train_personalized(
+            data, pools, item2vec.embeddings, config, seed, metrics, examples
+        )
+        return models, {key: value for key, value in metrics.items() if key not in before}
+
+    models, added = staged(checkpoint, "personalized", timings, personalized)
+    arrays.update(models)
+    metrics.update(added)
     if examples is not None:
         examples.close()
 
@@ -468,24 +468,21 @@ def _item2vec_stage(
     """item2vec trained on the fit period's clicks, or loaded from ``checkpoint``."""
     from training.item2vec import Item2VecResult, train_item2vec
 
-    saved = load_stage(checkpoint, "item2vec", timings)
-    if saved is not None:
-        vectors = saved.arrays
-        losses = saved.metrics["item2vec_losses"]
-        result = Item2VecResult(
-            vectors["embeddings"], vectors["context_embeddings"], vectors["known"], losses,
-            config.item2vec,
-        )  # fmt: skip
-    else:
-        with timings.stage("item2vec"):
-            pairs = examples.pairs(config.item2vec.window) if examples is not None else None
-            result = train_item2vec(fit.of_type(CLICK), config.item2vec, seed=seed, pairs=pairs)
-        kept = {
-            "embeddings": result.embeddings,
-            "context_embeddings": result.context_embeddings,
-            "known": result.known,
+    def item2vec() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        pairs = examples.pairs(config.item2vec.window) if examples is not None else None
+        found = train_item2vec(fit.of_type(CLICK), config.item2vec, seed=seed, pairs=pairs)
+        vectors = {
+            "embeddings": found.embeddings,
+            "context_embeddings": found.context_embeddings,
+            "known": found.known,
         }
-        save_stage(checkpoint, "item2vec", timings, kept, {"item2vec_losses": result.losses})
+        return vectors, {"item2vec_losses": found.losses}
+
+    vectors, kept = staged(checkpoint, "item2vec", timings, item2vec)
+    result = Item2VecResult(
+        vectors["embeddings"], vectors["context_embeddings"], vectors["known"],
+        kept["item2vec_losses"], config.item2vec,
+    )  # fmt: skip
     metrics["item2vec_losses"] = result.losses
     return result
 
@@ -726,22 +723,21 @@ def _neighbours_stage(
     checkpoint: Checkpoint | None,
 ) -> dict[str, Neighbours]:
     """The top ``k`` neighbours of every item from each source, or the checkpoint's."""
-    saved = load_stage(checkpoint, "neighbours", timings)
-    if saved is not None:
-        found = saved.arrays
-        if all(f"{n}/items" in found and f"{n}/scores" in found for n in sources):
-            return {n: Neighbours(found[f"{n}/items"], found[f"{n}/scores"]) for n in sources}
-        assert checkpoint is not None  # (the stage was loaded from it)
-        print(f"checkpoint: the saved neighbours lack a source of {list(sources)}; run again")
-        checkpoint.discard("neighbours")
-        timings.forget("neighbours")
-    with timings.stage("neighbours"):
-        neighbours = {name: source.neighbours(k) for name, source in sources.items()}
-    kept = {}
-    for name, found in neighbours.items():
-        kept[f"{name}/items"], kept[f"{name}/scores"] = found.items, found.scores
-    save_stage(checkpoint, "neighbours", timings, kept, {})
-    return neighbours
+
+    def search() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        found = {}
+        for name, source in sources.items():
+            neighbours = source.neighbours(k)
+            found[f"{name}/items"], found[f"{name}/scores"] = neighbours.items, neighbours.scores
+        return found, {}
+
+    def unfit(saved: Mapping[str, np.ndarray]) -> str | None:
+        if all(f"{n}/items" in saved and f"{n}/scores" in saved for n in sources):
+            return None
+        return f"lack a source of {list(sources)}"
+
+    found, _ = staged(checkpoint, "neighbours", timings, search, unfit)
+    return {n: Neighbours(found[f"{n}/items"], found[f"{n}/scores"]) for n in sources}
 
 
 def _annoy_recall(

@@ -9,7 +9,8 @@ name is a subfolder) and a ``stage.json`` record with its seconds, peak memory, 
 the files' SHA-256.
 
 The run key is a hash of what decides the results: the input files (path, size,
-modification time; for a folder, those of every file in it), the format, split and engine,
+modification time; for a folder, those of every file in it; of ``--shared``, only the
+image model, and only when images are embedded), the format, split and engine,
 every setting, the seed and the checkpoint format. The same command started again loads the
 saved stages instead of running them, and the manifest lists them under ``resumed``, with
 the seconds and peak memory they took when they ran. A different command gets a different

@@ -36,7 +36,7 @@ DRIVER_MEMORY = "4g"
 #: hands idle heap back to the system (a G1 collection after 10 s without one, and at most
 #: 30 % of the heap left free). Without them a local run keeps the heap's high-water mark
 #: (3 GiB after a 30M-row job in a 4g driver) through the hours the driver trains while
-#: Spark is idle; with them that fell to 0.5 GiB within 20 s, and the next job took about as long.
+#: Spark is idle; with them that fell to 0.4 GiB within 35 s (``bench.spark_idle_heap``).
 DRIVER_JAVA_OPTIONS = (
     "-XX:G1PeriodicGCInterval=10000 -XX:MinHeapFreeRatio=10 -XX:MaxHeapFreeRatio=30"
 )

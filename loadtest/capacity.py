@@ -55,6 +55,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def random_requests(users: list[str], items: list[str], k: int, n: int, seed: int) -> list[bytes]:
+    """``n`` serialized Recommend requests, each for a random user and item."""
+    rng = np.random.default_rng(seed)
+    return [
+        pb.RecommendRequest(
+            user_id=str(rng.choice(users)), item_id=str(rng.choice(items)), k=k
+        ).SerializeToString()
+        for _ in range(n)
+    ]
+
+
 def personalized(reply: bytes) -> bool:
     """Whether a sampled Recommend reply was personalized (runs in the client processes)."""
     return pb.RecommendResponse.FromString(reply).personalized
@@ -348,13 +359,7 @@ def main() -> None:
     items = popular_items(args.bundle, 1000)
     run = uuid.uuid4().hex[:8]
     users = [f"capacity-{run}-{n}" for n in range(args.users)]
-    rng = np.random.default_rng(args.seed + 1)
-    requests = [
-        pb.RecommendRequest(
-            user_id=str(rng.choice(users)), item_id=str(rng.choice(items)), k=args.k
-        ).SerializeToString()
-        for _ in range(20000)
-    ]
+    requests = random_requests(users, items, args.k, 20000, args.seed + 1)
     recsvc_port, empty_port = free_port(), free_port()
     serve = [
         sys.executable, "-m", "recsvc.cli", "serve", "--bundle", args.bundle,

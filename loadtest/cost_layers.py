@@ -41,7 +41,7 @@ import grpc
 import numpy as np
 import redis
 
-from loadtest.capacity import METHOD, Server, free_port, personalized
+from loadtest.capacity import METHOD, Server, free_port, personalized, random_requests
 from loadtest.latency import seed_sessions
 from loadtest.openloop import LoadGenerator, StepResult
 from recsvc.client import popular_items
@@ -107,13 +107,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, object]]:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         users_file.write_text("\n".join(users))
-        rng = np.random.default_rng(args.seed)
-        requests = [
-            pb.RecommendRequest(
-                user_id=str(rng.choice(users)), item_id=str(rng.choice(items)), k=args.k
-            ).SerializeToString()
-            for _ in range(5000)
-        ]
+        requests = random_requests(users, items, args.k, 5000, args.seed)
         with ExitStack() as stack:
             generators, servers = {}, {}
             for layer in args.layers:

@@ -29,6 +29,7 @@ import numpy as np
 
 from recsvc.client import popular_items
 from recsvc.events import Event
+from recsvc.live import LiveSettings
 from recsvc.sessions import RedisSessionStore
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
@@ -55,9 +56,17 @@ class Run:
         }
 
 
-async def seed_sessions(redis_url: str, users: list[str], items: list[str], seed: int) -> None:
+async def seed_sessions(
+    redis_url: str,
+    users: list[str],
+    items: list[str],
+    seed: int,
+    live: LiveSettings | None = None,
+) -> None:
+    """8 clicks on random ``items`` for each user, appended as ingest appends them (with
+    the co-visits too when ``live`` is given)."""
     rng = np.random.default_rng(seed)
-    store = RedisSessionStore(redis_url, length=20, ttl_s=3600)
+    store = RedisSessionStore(redis_url, length=20, ttl_s=3600, live=live)
     now = time.time()
     try:
         for user in users:

@@ -39,7 +39,7 @@ from offline.data.events import (
 )
 from offline.data.skips import MAX_EXAMPLES, SkipReport
 from offline.data.times import TIME_FORMATS, accepted, check_range, detect_format
-from offline.spark.session import frame
+from offline.spark.session import collect, frame
 from recsvc.contract import EVENT_TYPES, LATEST_TIMESTAMP
 from recsvc.exceptions import DataError
 
@@ -330,7 +330,7 @@ def _encoded(kept: DataFrame, report: SkipReport, has_category: bool) -> EventLo
     for kind in kinds:
         vocabularies[kind], codes = _vocabulary(kept, kind)
         coded = coded.join(codes, F.col(kind) == F.col("value")).drop("value", kind)
-    table = coded.orderBy("index").toArrow()
+    table = collect(coded.orderBy("index"))
 
     def column(name: str, dtype: type) -> np.ndarray:
         return table.column(name).to_numpy().astype(dtype, copy=False)

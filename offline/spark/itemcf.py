@@ -18,7 +18,7 @@ import pyarrow as pa
 from offline.data.interactions import Interactions
 from offline.sources.base import Neighbours
 from offline.sources.itemcf import ItemCF
-from offline.spark.session import frame
+from offline.spark.session import collect, frame
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -48,7 +48,7 @@ class SparkItemCF(ItemCF):
 
     def neighbours(self, k: int) -> Neighbours:
         """Top-``k`` co-clicked items of every item by ``sim``; equal scores: lower index first."""
-        ranked = self._top(k).toArrow()
+        ranked = collect(self._top(k))
         items = np.full((self.n_items, k), -1, dtype=np.int32)
         scores = np.full((self.n_items, k), np.nan, dtype=np.float32)
         rows = ranked.column("i").to_numpy()

@@ -23,7 +23,7 @@ import pyarrow as pa
 from offline.data.interactions import Catalogue
 from offline.pools import TIER, Pools, category_top, newest_items
 from offline.sources.base import Neighbours
-from offline.spark.session import frame
+from offline.spark.session import collect, frame
 from recsvc.contract import SOURCE_BITS
 
 if TYPE_CHECKING:
@@ -104,10 +104,10 @@ def merge_pools(
     )
     flags = F.when(F.col("sources") > 0, F.col("sources")).otherwise(F.col("first_bit"))
     best = Window.partitionBy("row").orderBy("key", "cand")
-    pools = (
-        merged.select("row", "cand", flags.alias("flags"), F.row_number().over(best).alias("slot"))
-        .where(F.col("slot") <= size)
-        .toArrow()
+    pools = collect(
+        merged.select(
+            "row", "cand", flags.alias("flags"), F.row_number().over(best).alias("slot")
+        ).where(F.col("slot") <= size)
     )
     items = np.full((n_items, size), -1, dtype=np.int32)
     bits = np.zeros((n_items, size), dtype=np.uint8)

@@ -123,3 +123,20 @@ def frame(spark: SparkSession, table: pa.Table) -> DataFrame:
     path = folder / f"{uuid.uuid4().hex}.parquet"
     pq.write_table(table, path)
     return spark.read.parquet(str(path))
+
+
+def collect(rows: DataFrame) -> pa.Table:
+    """``rows`` on the driver as one Arrow table, through Parquet files in the session's
+    scratch folder. ``toArrow`` would hold every task's result in the driver JVM at once
+    and stop at ``spark.driver.maxResultSize`` (1 GiB by default; a 64M-event log's codes
+    are more). The files are read in partition order, so a sorted frame stays sorted."""
+    spark = rows.sparkSession
+    folder = Path(spark.conf.get(SCRATCH_SETTING)) / "collected" / uuid.uuid4().hex
+    try:
+        rows.write.parquet(str(folder))
+        files = sorted(folder.glob("*.parquet"))
+        if not files:
+            return rows.limit(0).toArrow()
+        return pa.concat_tables([pq.read_table(path) for path in files])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

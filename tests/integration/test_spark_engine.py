@@ -24,7 +24,7 @@ from offline.spark import events as spark_events
 from offline.spark import pools as spark_pools
 from offline.spark import sequences
 from offline.spark.itemcf import SparkItemCF
-from offline.spark.session import DRIVER_JAVA_OPTIONS, spark_session
+from offline.spark.session import DRIVER_JAVA_OPTIONS, collect, frame, spark_session
 from recsvc.exceptions import DataError
 from training.item2vec import skipgram_pairs
 from training.personalized import build_examples
@@ -229,3 +229,28 @@ def test_the_driver_jvm_runs_with_the_options_that_return_idle_heap(spark) -> No
     runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
     arguments = list(runtime.getInputArguments())
     assert set(DRIVER_JAVA_OPTIONS.split()) <= set(arguments), arguments
+
+
+def test_collect_brings_back_more_than_the_driver_result_limit_in_order(spark) -> None:
+    from pyspark.sql import functions as F
+
+    # 400,000 shuffled rows over 8 partitions, sorted by Spark: about 5 MiB of results.
+    rng = np.random.default_rng(3)
+    n = 400_000
+    table = pa.table({"key": rng.permutation(n).astype(np.int64), "value": rng.random(n)})
+    rows = frame(spark, table).repartition(8).orderBy("key")
+    conf = spark.sparkContext._jsc.sc().conf()  # the live SparkConf tasks are scheduled with
+    limit = conf.get("spark.driver.maxResultSize", "1g")
+    conf.set("spark.driver.maxResultSize", "1m")
+    try:
+        with pytest.raises(Exception, match="maxResultSize"):
+            rows.toArrow()  # what the engine did before
+        got = collect(rows)
+    finally:
+        conf.set("spark.driver.maxResultSize", limit)
+    assert got.num_rows == n
+    assert np.array_equal(got.column("key").to_numpy(), np.arange(n))  # sorted, all there
+    by_key = np.argsort(table.column("key").to_numpy())
+    assert np.array_equal(got.column("value").to_numpy(), table.column("value").to_numpy()[by_key])
+    empty = collect(rows.where(F.col("key") < 0))
+    assert empty.num_rows == 0 and empty.column_names == ["key", "value"]

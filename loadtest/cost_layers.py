@@ -39,15 +39,14 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import redis
 
 from loadtest.capacity import METHOD, Server, free_port, personalized, random_requests
-from loadtest.latency import seed_sessions
+from loadtest.latency import forget_sessions, seed_sessions
 from loadtest.openloop import LoadGenerator, StepResult
 from recsvc.client import popular_items
 from recsvc.events import Event
 from recsvc.server import RecommendServer
-from recsvc.sessions import KEY_PREFIX, InMemorySessionStore, RedisSessionStore
+from recsvc.sessions import InMemorySessionStore, RedisSessionStore
 from recsvc.settings import Settings
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.variants import DEFAULT
@@ -126,7 +125,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, object]]:
                     samples[layer].append((cpu / max(result.requests, 1) * 1e6, result))
     finally:
         users_file.unlink(missing_ok=True)
-        _forget_sessions(args.redis_url, users)
+        forget_sessions(args.redis_url, users)
     rows: list[dict[str, object]] = []
     previous = None
     for layer in args.layers:
@@ -149,17 +148,6 @@ def measure(args: argparse.Namespace) -> list[dict[str, object]]:
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
-
-
-def _forget_sessions(redis_url: str, users: list[str]) -> None:
-    """Delete the run's sessions; if Redis is gone, say so (they expire within the hour)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.delete(*(KEY_PREFIX + user for user in users))
-    except redis.RedisError as exc:
-        print(f"could not delete the run's sessions ({exc}); they expire in 1 h", file=sys.stderr)
-    finally:
-        client.close()
 
 
 @contextmanager

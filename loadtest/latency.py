@@ -26,11 +26,12 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+import redis
 
 from recsvc.client import popular_items
 from recsvc.events import Event
 from recsvc.live import LiveSettings
-from recsvc.sessions import RedisSessionStore
+from recsvc.sessions import KEY_PREFIX, RedisSessionStore
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -79,6 +80,17 @@ async def seed_sessions(
             )
     finally:
         await store.aclose()
+
+
+def forget_sessions(redis_url: str, users: list[str]) -> None:
+    """Delete the run's sessions; if Redis is gone, say so (they expire within the hour)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(*(KEY_PREFIX + user for user in users))
+    except redis.RedisError as exc:
+        print(f"could not delete the run's sessions ({exc}); they expire in 1 h", file=sys.stderr)
+    finally:
+        client.close()
 
 
 async def fixed_rate(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import redis
 
+from recsvc.live import BASE_PREFIX, NEIGHBOURS_PREFIX
 from recsvc.sessions import KEY_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +26,8 @@ def run(*flags: str) -> subprocess.CompletedProcess[str]:
 def test_the_steps_of_a_live_request_are_counted_inside_the_server(
     tiny_bundle: Path, redis_url: str, tmp_path: Path
 ) -> None:
+    client = redis.Redis.from_url(redis_url)
+    live_before = set(client.keys(NEIGHBOURS_PREFIX + "*")) | set(client.keys(BASE_PREFIX + "*"))
     done = run(
         "--bundle", str(tiny_bundle), "--redis-url", redis_url, "--rate", "40",
         "--seconds", "1", "--rounds", "2", "--warmup-s", "0.5", "--users", "20", "--k", "3",
@@ -44,15 +47,19 @@ def test_the_steps_of_a_live_request_are_counted_inside_the_server(
         assert inside <= row["rank"] + 0.5  # nested in rank (each rounded to 0.1 µs)
         assert row["rank"] < row["cpu_us_per_request"]
     assert summary["median"]["requests"] == 40 and summary["rounds"] == 2
-    # The run's sessions and counter files are removed.
-    client = redis.Redis.from_url(redis_url)
+    assert summary["live"] == 1 and summary["second_stage"] == 1  # the defaults
+    # The run's sessions, the co-visit keys it created and its counter files are removed.
     assert not client.keys(KEY_PREFIX + "stages-*")
+    live_after = set(client.keys(NEIGHBOURS_PREFIX + "*")) | set(client.keys(BASE_PREFIX + "*"))
+    assert live_after <= live_before
     client.close()
-    assert not list(tmp_path.glob("request-stages-*.json"))
+    assert not list(tmp_path.glob("request-stages-*"))
 
 
 def test_bad_numbers_and_a_missing_bundle_are_refused(tmp_path: Path) -> None:
     done = run("--rate", "0")
-    assert done.returncode == 2 and "--rate, --seconds" in done.stderr
+    assert done.returncode == 2 and "--rate and --seconds must be positive" in done.stderr
+    done = run("--warmup-s", "-1")
+    assert done.returncode == 2 and "--warmup-s must be >= 0" in done.stderr
     done = run("--bundle", str(tmp_path / "none"))
     assert done.returncode == 2 and "no bundle at" in done.stderr

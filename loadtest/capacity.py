@@ -15,7 +15,8 @@ One run does everything, on this machine's loopback:
    ``--confirm-tries`` runs (the same rule for both servers): a 15 s run meets more of a
    shared machine's stalls than a 5 s step, so the search's best can sit just past the knee;
 3. it prints one JSON line: ``{"rps", "p50_ms", "p99_ms", "ceiling_rps", "ratio",
-   "errors", ...}`` with the server's CPU per request, and removes what it created.
+   "errors", ...}`` with the server's CPU per request, and removes what it created. A
+   ceiling below recsvc's rate is a stalled machine, not a capacity: it exits 1 saying so.
 
     python -m loadtest.capacity --bundle .local/bundles/taobao --workers 2
 """
@@ -400,6 +401,22 @@ def main() -> None:
         "machine": f"{platform.node()} cpus={os.cpu_count()}",
     }
     print(json.dumps(report))
+    doubt = disturbed_ceiling(best.result.rate, ceiling.result.rate)
+    if doubt is not None:
+        raise SystemExit(doubt)
+
+
+def disturbed_ceiling(rps: float, ceiling_rps: float) -> str | None:
+    """Why the ceiling's run cannot be trusted, or None. The empty handler does less than
+    recsvc for every request on the same machine, so a ceiling below recsvc's rate means a
+    stall of the machine fell on its run, not a capacity."""
+    if ceiling_rps >= rps:
+        return None
+    return (
+        f"the empty handler's best rate ({ceiling_rps:.0f}/s) is below recsvc's ({rps:.0f}/s): "
+        "its run met a busy or stalled machine, so the ratio means nothing; run again when "
+        "the machine is quiet"
+    )
 
 
 if __name__ == "__main__":

@@ -62,6 +62,10 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 DEFAULT_K = 30
 #: At most one log line per this many seconds about requests that are not protobuf.
 UNDECODABLE_LOG_INTERVAL_S = 10.0
+#: A stop first goes on answering until no Recommend has started for this long (see
+#: :meth:`RecommendServer.stop`), checking this often.
+DRAIN_QUIET_S = 0.1
+DRAIN_POLL_S = 0.01
 #: Exception -> gRPC status: the one place codes are chosen.
 STATUS = {
     ItemNotFound: grpc.StatusCode.NOT_FOUND,
@@ -169,6 +173,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             for o in outcomes
         }
         self._undecodable_log = LogThrottle(log, UNDECODABLE_LOG_INTERVAL_S)
+        # Recommend calls started, and running now: a stop waits for them to settle.
+        self.calls_started = 0
+        self.calls_running = 0
 
     async def Recommend(
         self,
@@ -176,6 +183,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         context: grpc.aio.ServicerContext[RequestOrError, pb.RecommendResponse],
     ) -> pb.RecommendResponse:
         started = time.perf_counter()
+        self.calls_started += 1
+        self.calls_running += 1
         client_left = context.time_remaining()
         limit = self.budget_s if client_left is None else min(self.budget_s, client_left)
         outcome, variant = "error", self._only or next(iter(self.variants))
@@ -227,6 +236,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             log.exception("Recommend failed", extra={"item_id": clip(item_id)})
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
+            self.calls_running -= 1
             elapsed = time.perf_counter() - started
             self._latency[variant, outcome].observe(elapsed)
 
@@ -468,13 +478,33 @@ class RecommendServer:
         )
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Say NOT_SERVING (to health watchers), refuse new calls, give the calls in flight
-        up to ``grace_s`` to finish (those still running then are cancelled), then close."""
+        """Say NOT_SERVING (to health watchers) and go on answering until the calls stop
+        coming (:meth:`_drain`, at most half of ``grace_s``); then refuse new calls, give
+        those in flight the rest of ``grace_s`` (the ones still running then are cancelled),
+        and close.
+
+        gRPC's stop cancels the calls its transport has taken but the server has not started
+        yet, so a server behind on its work would fail them; the first phase works them off
+        while clients that watch the health move elsewhere."""
+        began = time.monotonic()
         await self.health.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
-        await self._server.stop(grace_s)
+        await self._drain(began + grace_s / 2)
+        await self._server.stop(max(0.0, grace_s - (time.monotonic() - began)))
         await self.store.aclose()
+
+    async def _drain(self, deadline: float) -> None:
+        """Return once no Recommend is running and none has started for
+        :data:`DRAIN_QUIET_S`, or at ``deadline`` (``time.monotonic``)."""
+        service = self.service
+        seen, quiet_since = service.calls_started, time.monotonic()
+        while (now := time.monotonic()) < deadline:
+            if service.calls_started != seen or service.calls_running:
+                seen, quiet_since = service.calls_started, now
+            elif now - quiet_since >= DRAIN_QUIET_S:
+                return
+            await asyncio.sleep(DRAIN_POLL_S)
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

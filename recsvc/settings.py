@@ -240,8 +240,9 @@ class Settings:
     shutdown_grace_s: float = field(
         default=5.0,
         metadata={
-            "help": "serve: on SIGTERM, health turns NOT_SERVING, new calls are refused, and "
-            "the calls in flight get this long to finish before the process exits"
+            "help": "serve: on SIGTERM, health turns NOT_SERVING and calls are answered until "
+            "they stop coming (at most half of this), then new calls are refused and those in "
+            "flight get the rest of it before the process exits"
         },
     )
     watch_interval_s: float = field(

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import redis
-from conftest import PrivateRedis, free_port, wait_for
+from conftest import PrivateRedis, Process, free_port, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsvc.v1 import recommender_pb2 as pb
@@ -30,19 +31,32 @@ async def answered_at(call: asyncio.Future[pb.RecommendResponse]) -> tuple[objec
     return answer, time.monotonic()
 
 
-def test_sigterm_drains_the_calls_in_flight(
-    tiny_bundle: Path, private_redis: PrivateRedis, processes, tmp_path: Path
-) -> None:
-    port = free_port()
+def serving(
+    processes: Callable[..., Process],
+    bundle: Path,
+    store: PrivateRedis,
+    port: int,
+    tmp_path: Path,
+    *flags: str,
+) -> Process:
+    """A ``recsvc serve`` with an 8 s grace, up and serving."""
     server = processes(
         [
-            "serve", "--bundle", str(tiny_bundle), "--redis-url", private_redis.url,
-            "--port", str(port), "--metrics-port", "0", "--watch-interval-s", "0",
-            "--budget-ms", "10000", "--shutdown-grace-s", "8",
+            "serve", "--bundle", str(bundle), "--redis-url", store.url, "--port", str(port),
+            "--metrics-port", "0", "--watch-interval-s", "0", "--shutdown-grace-s", "8",
+            *flags,
         ],
         tmp_path / "serve.log",
     )  # fmt: skip
     wait_for(lambda: "serving" in server.output(), what="the server")
+    return server
+
+
+def test_sigterm_drains_the_calls_in_flight(
+    tiny_bundle: Path, private_redis: PrivateRedis, processes, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = serving(processes, tiny_bundle, private_redis, port, tmp_path, "--budget-ms", "10000")
     admin = redis.Redis.from_url(private_redis.url)
 
     async def scenario() -> tuple[list[object], list[int], grpc.StatusCode, float]:
@@ -98,15 +112,7 @@ def test_sigterm_to_a_server_behind_on_its_calls_fails_none_of_them(
     """Calls the transport has taken but the server has not started yet (a server behind on
     its work) are answered too, not cancelled by the stop."""
     port = free_port()
-    server = processes(
-        [
-            "serve", "--bundle", str(tiny_bundle), "--redis-url", private_redis.url,
-            "--port", str(port), "--metrics-port", "0", "--watch-interval-s", "0",
-            "--shutdown-grace-s", "8",
-        ],
-        tmp_path / "serve.log",
-    )  # fmt: skip
-    wait_for(lambda: "serving" in server.output(), what="the server")
+    server = serving(processes, tiny_bundle, private_redis, port, tmp_path)
 
     async def scenario() -> list[object]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -84,11 +84,17 @@ async def seed_sessions(
 
 def forget_sessions(redis_url: str, users: list[str]) -> None:
     """Delete the run's sessions; if Redis is gone, say so (they expire within the hour)."""
+    delete_keys(redis_url, [KEY_PREFIX + user for user in users], "sessions (they expire in 1 h)")
+
+
+def delete_keys(redis_url: str, keys: list[str], what: str) -> None:
+    """Delete ``keys`` in batches; if Redis is gone, say that the run's ``what`` stay."""
     client = redis.Redis.from_url(redis_url)
     try:
-        client.delete(*(KEY_PREFIX + user for user in users))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
     except redis.RedisError as exc:
-        print(f"could not delete the run's sessions ({exc}); they expire in 1 h", file=sys.stderr)
+        print(f"could not delete the run's {what}: {exc}", file=sys.stderr)
     finally:
         client.close()
 

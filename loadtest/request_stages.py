@@ -53,7 +53,7 @@ import numpy as np
 import redis
 
 from loadtest.capacity import METHOD, Server, answer_kind, free_port, random_requests
-from loadtest.latency import forget_sessions, seed_sessions
+from loadtest.latency import delete_keys, forget_sessions, seed_sessions
 from loadtest.openloop import LoadGenerator
 from recsvc import settings as recsvc_settings
 from recsvc.bundle import load_bundle
@@ -159,17 +159,6 @@ def _absent(redis_url: str, keys: list[str]) -> list[str]:
         client.close()
 
 
-def _delete(redis_url: str, keys: list[str]) -> None:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for start in range(0, len(keys), 1000):
-            client.delete(*keys[start : start + 1000])
-    except redis.RedisError as exc:
-        print(f"could not delete the seeded co-visits ({exc})", file=sys.stderr)
-    finally:
-        client.close()
-
-
 def measure(args: argparse.Namespace) -> list[dict[str, float]]:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +206,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, float]]:
         for path in (report, report.with_suffix(".tmp")):
             path.unlink(missing_ok=True)
         forget_sessions(args.redis_url, users)
-        _delete(args.redis_url, created)
+        delete_keys(args.redis_url, created, "seeded co-visit keys")
     print(
         json.dumps(
             {

@@ -31,6 +31,18 @@ async def answered_at(call: asyncio.Future[pb.RecommendResponse]) -> tuple[objec
     return answer, time.monotonic()
 
 
+def sent(stub: pb_grpc.RecommenderStub, n: int) -> list[asyncio.Future[tuple[object, float]]]:
+    """``n`` Recommend calls sent now, each resolving to its answer and when it came."""
+    return [
+        asyncio.ensure_future(
+            answered_at(
+                stub.Recommend(pb.RecommendRequest(user_id=f"u{i}", item_id="a"), timeout=20)
+            )
+        )
+        for i in range(n)
+    ]
+
+
 def serving(
     processes: Callable[..., Process],
     bundle: Path,
@@ -66,16 +78,7 @@ def test_sigterm_drains_the_calls_in_flight(
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
             statuses = [(await watch.read()).status]
             admin.client_pause(int(PAUSE_S * 1000))
-            calls = [
-                asyncio.ensure_future(
-                    answered_at(
-                        stub.Recommend(
-                            pb.RecommendRequest(user_id=f"u{n}", item_id="a"), timeout=20
-                        )
-                    )
-                )
-                for n in range(IN_FLIGHT)
-            ]
+            calls = sent(stub, IN_FLIGHT)
             await asyncio.sleep(0.5)  # every call is now waiting on Redis
             signalled = time.monotonic()
             server.signal(signal.SIGTERM)
@@ -120,16 +123,7 @@ def test_sigterm_to_a_server_behind_on_its_calls_fails_none_of_them(
             await stub.Recommend(pb.RecommendRequest(user_id="warm", item_id="a"), timeout=5)
             server.signal(signal.SIGSTOP)  # it takes no call from here: they queue up
             try:
-                calls = [
-                    asyncio.ensure_future(
-                        answered_at(
-                            stub.Recommend(
-                                pb.RecommendRequest(user_id=f"u{n}", item_id="a"), timeout=20
-                            )
-                        )
-                    )
-                    for n in range(BACKLOG)
-                ]
+                calls = sent(stub, BACKLOG)
                 await asyncio.sleep(0.5)  # every call sent
                 server.signal(signal.SIGTERM)  # delivered with the backlog, on SIGCONT
             finally:

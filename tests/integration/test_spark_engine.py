@@ -234,14 +234,15 @@ def test_the_driver_jvm_runs_with_the_options_that_return_idle_heap(spark) -> No
 def test_collect_brings_back_more_than_the_driver_result_limit_in_order(spark) -> None:
     from pyspark.sql import functions as F
 
-    # 400,000 shuffled rows over 8 partitions, sorted by Spark: about 5 MiB of results.
+    # 1,000,000 shuffled rows over 8 partitions, sorted by Spark: about 15 MiB of results,
+    # where the sort's sampling job returns about 2 MiB.
     rng = np.random.default_rng(3)
-    n = 400_000
+    n = 1_000_000
     table = pa.table({"key": rng.permutation(n).astype(np.int64), "value": rng.random(n)})
     rows = frame(spark, table).repartition(8).orderBy("key")
     conf = spark.sparkContext._jsc.sc().conf()  # the live SparkConf tasks are scheduled with
     limit = conf.get("spark.driver.maxResultSize", "1g")
-    conf.set("spark.driver.maxResultSize", "1m")
+    conf.set("spark.driver.maxResultSize", "4m")
     try:
         with pytest.raises(Exception, match="maxResultSize"):
             rows.toArrow()  # what the engine did before

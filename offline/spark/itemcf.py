@@ -80,13 +80,20 @@ class SparkItemCF(ItemCF):
                 }
             ),
         )
-        pairs = (
+        # Co-occurrence is symmetric: count each unordered pair once (half the rows of the
+        # self-join and of its shuffle), then emit it in both directions.
+        counted = (
             clicks.alias("a")
             .join(clicks.alias("b"), "user")
-            .where(F.col("a.item") != F.col("b.item"))
-            .groupBy(F.col("a.item").alias("i"), F.col("b.item").alias("j"))
+            .where(F.col("a.item") < F.col("b.item"))
+            .groupBy(F.col("a.item").alias("low"), F.col("b.item").alias("high"))
             .agg(F.count("*").alias("co"))
         )
+        directions = F.array(
+            F.struct(F.col("low").alias("i"), F.col("high").alias("j"), "co"),
+            F.struct(F.col("high").alias("i"), F.col("low").alias("j"), "co"),
+        )
+        pairs = counted.select(F.explode(directions).alias("pair")).select("pair.*")
         left = items.select(*(F.col(c).alias(f"{c}_i") for c in ("item", "users", "category")))
         right = items.select(*(F.col(c).alias(f"{c}_j") for c in ("item", "users", "category")))
         joined = pairs.join(F.broadcast(left), F.col("i") == F.col("item_i")).join(

@@ -558,6 +558,9 @@ class SparkExamples:
         columns = [f"w{j}" for j in range(window)] + ["target", "is_cart"]
         rows = next_item_examples(self._events, window, conversion)
         write_shards(rows, ["user", "visit"], columns, folder)
+        # The last rows made from the events: their cache leaves the JVM's heap, which
+        # the driver's idle-heap options then return to the system while the models train.
+        self._events.unpersist()
         return Examples(*examples_from_shards(folder, window))
 
     def close(self) -> None:

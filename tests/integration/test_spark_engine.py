@@ -195,6 +195,25 @@ def test_spark_writes_item2vecs_pairs_in_their_order(spark, tmp_path: Path) -> N
     assert np.array_equal(mapped["context"], contexts)
 
 
+def test_spark_examples_free_the_cached_events_once_the_last_rows_are_written(
+    spark, tmp_path: Path
+) -> None:
+    from offline.pipeline import SparkExamples
+
+    events = shopping_log(np.random.default_rng(7))
+    examples = SparkExamples(spark, events, tmp_path)
+    try:
+        centres, _ = examples.pairs(3)
+        assert np.array_equal(centres, skipgram_pairs(events, 3)[0])
+        assert examples._events.storageLevel.useMemory  # kept for the examples still to come
+        got = examples.next_items(8, "cart")
+        assert not examples._events.storageLevel.useMemory
+        assert np.array_equal(got.windows, build_examples(events, 8, "cart").windows)
+    finally:
+        examples.close()
+    assert not list(tmp_path.iterdir())  # the shards' scratch folder is gone
+
+
 def test_spark_merges_the_local_pools(spark) -> None:
     rng = np.random.default_rng(8)
     n_items, size = 50, 12

@@ -91,7 +91,7 @@ def spark_session(
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # Shuffles keep Spark's 200 partitions, and adaptive execution merges a small
         # shuffle's into a few. With 8, the 64M-event self-join's aggregation read 3.3 GiB
-        # per task and ran out of a 4 GiB heap; with 200 a task reads about 130 MiB.
+        # per task and ran out of a 4 GiB heap; with 200 a task reads a 25th of that.
         .config("spark.sql.adaptive.enabled", "true")
     )
     if master is not None or "PYSPARK_SUBMIT_ARGS" not in os.environ:

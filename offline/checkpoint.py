@@ -113,15 +113,21 @@ class Checkpoint:
         build), in a subfolder; :meth:`remove` on this one removes it too."""
         return Checkpoint(self.folder, name)
 
-    def saved_stages(self) -> list[str]:
-        """The stages saved so far."""
+    def saved_stages(self, nested: bool = False) -> list[str]:
+        """The stages saved so far; with ``nested``, those of the runs inside this one
+        too, as ``child/stage``."""
         if not self.folder.is_dir():
             return []
-        return sorted(
-            p.name
-            for p in self.folder.iterdir()
-            if not p.name.startswith(".") and (p / RECORD).is_file()
-        )
+        stages, children = [], []
+        for path in self.folder.iterdir():
+            if path.name.startswith("."):
+                continue
+            if (path / RECORD).is_file():
+                stages.append(path.name)
+            elif nested and path.is_dir():
+                child = self.child(path.name).saved_stages(nested=True)
+                children += [f"{path.name}/{stage}" for stage in child]
+        return sorted(stages) + sorted(children)
 
     def load(self, stage: str) -> SavedStage | None:
         """The saved ``stage``, or None when it was not saved.

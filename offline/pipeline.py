@@ -514,7 +514,7 @@ def open_checkpoint(
         raise ConfigError(
             f"--checkpoint {inputs.checkpoint}: cannot make {checkpoint.folder}: {exc.strerror}"
         ) from None
-    done = checkpoint.saved_stages()
+    done = checkpoint.saved_stages(nested=True)
     print(
         f"checkpoint: {checkpoint.folder}"
         + (f" (saved stages: {', '.join(done)})" if done else " (nothing saved yet)")

@@ -59,6 +59,8 @@ def test_a_stopped_run_resumes_from_its_checkpoint(
     # goes).
     run_stopped(command, monkeypatch, "write_bundle", call=2)
     printed = capsys.readouterr().out
+    saved = [f"{build.name}/{stage}" for stage in ("item2vec", "neighbours")]
+    assert f"checkpoint: {run} (saved stages: {', '.join(saved)})" in printed
     assert "stage item2vec: loaded from the checkpoint" in printed
     assert "stage neighbours: loaded from the checkpoint" in printed
     stages = ["item2vec", "neighbours", "personalized", "second_stage"]

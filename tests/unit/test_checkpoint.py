@@ -103,6 +103,7 @@ def test_remove_deletes_the_run_and_its_children_and_leaves_other_runs(tmp_path:
     build = ours.child("build")
     build.save("neighbours", {"a": np.zeros(1)}, 1.0, 1.0, {})
     assert ours.saved_stages() == ["item2vec"] and build.saved_stages() == ["neighbours"]
+    assert ours.saved_stages(nested=True) == ["item2vec", "build/neighbours"]
     build.remove()
     assert ours.saved_stages() == ["item2vec"]  # a child's removal leaves its parent
     ours.remove()

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 EPILOG_PIPELINE = """\
@@ -189,7 +193,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "pipeline",
         help="build an artifact bundle from an event log",
         description="Load events, split off held-out days, build candidate sources and "
-        "200-item pools, train the personalized models, and write a versioned bundle.",
+        "200-item pools, train the personalized models, and write a versioned bundle. "
+        "Ctrl-C or SIGTERM stops it cleanly (exit status 130).",
         epilog=EPILOG_PIPELINE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -345,19 +350,41 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop) interrupts an offline command as Ctrl-C does,
+    so that it cleans up on the way out: Spark's scratch folder, half-written files.
+    Python's default would end it where it stands."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can take signals
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_pipeline(args: argparse.Namespace) -> None:
     from offline.pipeline import run_from_args
 
-    run_from_args(args)
+    with _sigterm_interrupts():
+        run_from_args(args)
 
 
 def _run_eval(args: argparse.Namespace) -> None:
     from offline.evaluation.command import run_eval
 
-    run_eval(args)
+    with _sigterm_interrupts():
+        run_eval(args)
 
 
 def _run_train_pss(args: argparse.Namespace) -> None:
     from offline.pss.command import run_train_pss
 
-    run_train_pss(args)
+    with _sigterm_interrupts():
+        run_train_pss(args)

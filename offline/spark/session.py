@@ -2,15 +2,21 @@
 
 ``local[*]`` (every core of this machine) unless ``--spark-master`` names a cluster; the
 same code runs under ``spark-submit``, which sets the master itself. The session is quiet
-(warnings and errors only, no web UI) and its scratch files go under a temporary folder.
+(warnings and errors only, no web UI) and its scratch files go under a temporary folder,
+which the session removes when it stops. A run killed outright (``SIGKILL``, the kernel's
+out-of-memory killer) cannot; the next session on the same machine removes what it left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +48,10 @@ DRIVER_JAVA_OPTIONS = (
 )
 #: The session setting that holds the folder of :func:`frame`'s files.
 SCRATCH_SETTING = "recsvc.scratch"
+#: The prefix of a session's scratch folder.
+SCRATCH_PREFIX = "recsvc-spark-"
+#: The file in a scratch folder that names the run using it: ``<host> <pid>``.
+OWNER_FILE = "owner"
 
 
 def require_pyspark() -> None:
@@ -74,7 +84,9 @@ def spark_session(
     from pyspark.sql import SparkSession
 
     # $RECSVC_SPARK_SCRATCH: on a cluster, a folder every executor mounts.
-    scratch = tempfile.mkdtemp(prefix="recsvc-spark-", dir=os.environ.get("RECSVC_SPARK_SCRATCH"))
+    parent = Path(os.environ.get("RECSVC_SPARK_SCRATCH") or tempfile.gettempdir())
+    remove_abandoned_scratch(parent)
+    scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent)
     builder = (
         SparkSession.builder.appName(app)
         .config("spark.ui.enabled", "false")
@@ -96,21 +108,63 @@ def spark_session(
     )
     if master is not None or "PYSPARK_SUBMIT_ARGS" not in os.environ:
         builder = builder.master(master or LOCAL_MASTER)
-    try:
-        session = builder.getOrCreate()
-    except Exception as exc:  # the JVM failed to start: py4j raises plain exceptions
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise ConfigError(f"Spark did not start (master {master or LOCAL_MASTER}): {exc}") from exc
-    session.conf.set(SCRATCH_SETTING, scratch)
-    session.sparkContext.setLogLevel("ERROR")
-    # PySpark logs each failed query's plan as JSON on stderr; recsvc reports the error.
-    logging.getLogger("DataFrameQueryContextLogger").setLevel(logging.CRITICAL)
-    logger.info("spark %s, master %s", session.version, session.sparkContext.master)
-    try:
+    session = None
+    try:  # the folder goes however the run ends, Ctrl-C and SIGTERM included
+        # Names the run, for the next session's clean-up if this one is killed outright.
+        (Path(scratch) / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        # py4j logs each connection it opens and closes at INFO.
+        logging.getLogger("py4j").setLevel(logging.WARNING)
+        try:
+            with _interrupts_deferred():
+                session = builder.getOrCreate()
+        except Exception as exc:  # the JVM failed to start: py4j raises plain exceptions
+            raise ConfigError(
+                f"Spark did not start (master {master or LOCAL_MASTER}): {exc}"
+            ) from exc
+        session.conf.set(SCRATCH_SETTING, scratch)
+        session.sparkContext.setLogLevel("ERROR")
+        # PySpark logs each failed query's plan as JSON on stderr; recsvc reports the error.
+        logging.getLogger("DataFrameQueryContextLogger").setLevel(logging.CRITICAL)
+        logger.info("spark %s, master %s", session.version, session.sparkContext.master)
         yield session
     finally:
-        session.stop()
+        if session is not None:
+            _stop(session)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block ends, then arrive. Interrupted half-way,
+    the JVM's start goes on making folders in the scratch folder, with no session yet to
+    stop it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread takes signals
+        return
+    received: list[int] = []
+
+    def defer(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, defer) for number in signals}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            if signal.getsignal(number) is defer:  # PySpark may have set its own since
+                signal.signal(number, handler)
+    for number in dict.fromkeys(received):
+        signal.raise_signal(number)
+
+
+def _stop(session: SparkSession) -> None:
+    """Stop ``session``; a failure to (the JVM gone, its connection broken by an interrupt)
+    is logged, so that it hides neither the run's result nor the error that ended it."""
+    try:
+        session.stop()
+    except Exception as exc:  # py4j raises plain exceptions
+        logger.warning("Spark did not stop cleanly: %s", exc)
 
 
 def frame(spark: SparkSession, table: pa.Table) -> DataFrame:
@@ -122,6 +176,58 @@ def frame(spark: SparkSession, table: pa.Table) -> DataFrame:
     path = folder / f"{uuid.uuid4().hex}.parquet"
     pq.write_table(table, path)
     return spark.read.parquet(str(path))
+
+
+def remove_abandoned_scratch(parent: Path) -> list[Path]:
+    """Remove the scratch folders under ``parent`` that runs killed outright left behind
+    (a 64M-event run's reached 39 GiB); returns them.
+
+    A folder is abandoned when its owner file names this host and a process that no longer
+    runs. Folders of running sessions, of other hosts (a shared ``$RECSVC_SPARK_SCRATCH``)
+    and without an owner file are left alone.
+    """
+    removed = []
+    host = socket.gethostname()
+    for folder in sorted(parent.glob(f"{SCRATCH_PREFIX}*")):
+        try:
+            owner_host, pid = (folder / OWNER_FILE).read_text().split()
+            if owner_host != host or _running(int(pid)):
+                continue
+        except (OSError, ValueError):  # no owner file, or not one of ours
+            continue
+        size = _size(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.warning(
+            "removed %s (%.1f GiB), the scratch folder of process %s, which was killed",
+            folder,
+            size / 2**30,
+            pid,
+        )
+        removed.append(folder)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` (possibly another user's) runs on this host."""
+    if pid <= 0:
+        raise ValueError(f"not a process id: {pid}")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as someone else
+        pass
+    return True
+
+
+def _size(folder: Path) -> int:
+    """The bytes of the files under ``folder``, those that stay long enough to count."""
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
 
 
 def collect(rows: DataFrame) -> pa.Table:

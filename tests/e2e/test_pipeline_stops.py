@@ -1,0 +1,91 @@
+"""``recsvc pipeline --engine spark`` stopped from outside: SIGTERM ends it cleanly, with
+its Spark scratch folder removed, whether the JVM is still starting or a Spark job runs; a
+run killed outright leaves its folder, and the next Spark session on the machine removes
+it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers import SMALL
+
+from offline.spark.session import OWNER_FILE, SCRATCH_PREFIX, spark_session
+
+pytestmark = pytest.mark.slow
+
+
+def start(events: Path, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """The pipeline on Spark in a child process, with its stderr in a file."""
+    command = [sys.executable, "-m", "recsvc.cli", "pipeline", "--format", "taobao",
+               "--events", str(events), "--out", str(tmp_path / name), *SMALL,
+               "--engine", "spark", "--spark-master", "local[1]"]  # fmt: skip
+    env = {**os.environ, "RECSVC_SPARK_SCRATCH": str(tmp_path / "scratch")}
+    err = tmp_path / f"{name}.err"
+    with err.open("wb") as handle:
+        run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=handle)
+    return run, err
+
+
+def wait_until(run: subprocess.Popen[bytes], ready: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 300  # a guard against a hang, not a timing
+    while not ready():
+        if run.poll() is not None:
+            pytest.fail(f"the run ended first, status {run.returncode}")
+        if time.monotonic() > deadline:
+            run.kill()
+            pytest.fail("the run did not get there in 5 minutes")
+        time.sleep(0.1)
+
+
+def scratch_folders(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "scratch").glob(f"{SCRATCH_PREFIX}*"))
+
+
+def jvm_starting(tmp_path: Path) -> Callable[[], bool]:
+    """Spark's block manager has made its folder: the JVM is up, the session not yet."""
+    return lambda: any(any(f.glob("blockmgr-*")) for f in scratch_folders(tmp_path))
+
+
+def loading(err: Path) -> Callable[[], bool]:
+    """The load stage began: a Spark job reads the log."""
+    return lambda: "stage load ..." in err.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("moment", ["jvm_starting", "loading"])
+def test_sigterm_stops_a_spark_run_cleanly(taobao_slice: Path, tmp_path: Path, moment: str):
+    (tmp_path / "scratch").mkdir()
+    run, err = start(taobao_slice, tmp_path, "stopped")
+    wait_until(run, jvm_starting(tmp_path) if moment == "jvm_starting" else loading(err))
+    (folder,) = scratch_folders(tmp_path)
+    assert (folder / OWNER_FILE).read_text().split()[1] == str(run.pid)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=300) == 130
+    printed = err.read_text(errors="replace")
+    assert "recsvc pipeline: interrupted" in printed
+    # py4j logs where an interrupt found it (its own ERROR record); recsvc prints no trace.
+    assert printed.count("Traceback") == printed.count("KeyboardInterrupt while sending")
+    assert list((tmp_path / "scratch").iterdir()) == []
+    assert not (tmp_path / "stopped").exists()
+
+
+def test_the_folder_of_a_killed_run_goes_with_the_next_session(
+    taobao_slice: Path, tmp_path: Path, monkeypatch
+):
+    (tmp_path / "scratch").mkdir()
+    run, _ = start(taobao_slice, tmp_path, "killed")
+    wait_until(run, jvm_starting(tmp_path))
+    run.kill()
+    run.wait(timeout=60)
+    (folder,) = scratch_folders(tmp_path)  # nothing can clean up after SIGKILL
+    monkeypatch.setenv("RECSVC_SPARK_SCRATCH", str(tmp_path / "scratch"))
+    with spark_session("local[1]", app="recsvc-tests") as session:
+        assert not folder.exists()
+        assert scratch_folders(tmp_path) == [Path(session.conf.get("recsvc.scratch"))]
+    assert list((tmp_path / "scratch").iterdir()) == []

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import SMALL
 
@@ -79,11 +80,17 @@ def test_the_folder_of_a_killed_run_goes_with_the_next_session(
     taobao_slice: Path, tmp_path: Path, monkeypatch
 ):
     (tmp_path / "scratch").mkdir()
-    run, _ = start(taobao_slice, tmp_path, "killed")
-    wait_until(run, jvm_starting(tmp_path))
-    run.kill()
-    run.wait(timeout=60)
-    (folder,) = scratch_folders(tmp_path)  # nothing can clean up after SIGKILL
+    run, err = start(taobao_slice, tmp_path, "killed")
+    wait_until(run, loading(err))
+    # The driver and its JVM killed at once, as a container's out-of-memory kill does: no
+    # clean-up runs (the JVM alone, orphaned, would still remove its block manager's files).
+    tree = [psutil.Process(run.pid), *psutil.Process(run.pid).children(recursive=True)]
+    for process in tree:
+        process.kill()
+    _, alive = psutil.wait_procs(tree, timeout=60)
+    assert not alive
+    (folder,) = scratch_folders(tmp_path)
+    assert (folder / OWNER_FILE).is_file() and any(folder.glob("blockmgr-*"))
     monkeypatch.setenv("RECSVC_SPARK_SCRATCH", str(tmp_path / "scratch"))
     with spark_session("local[1]", app="recsvc-tests") as session:
         assert not folder.exists()

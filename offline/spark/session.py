@@ -86,7 +86,13 @@ def spark_session(
     # $RECSVC_SPARK_SCRATCH: on a cluster, a folder every executor mounts.
     parent = Path(os.environ.get("RECSVC_SPARK_SCRATCH") or tempfile.gettempdir())
     remove_abandoned_scratch(parent)
-    scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent)
+    try:
+        scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot make Spark's scratch folder in {parent} ($RECSVC_SPARK_SCRATCH): "
+            f"{exc.strerror}"
+        ) from None
     builder = (
         SparkSession.builder.appName(app)
         .config("spark.ui.enabled", "false")

@@ -9,7 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from offline.spark.session import OWNER_FILE, SCRATCH_PREFIX, remove_abandoned_scratch
+import pytest
+
+from offline.spark.session import (
+    OWNER_FILE,
+    SCRATCH_PREFIX,
+    remove_abandoned_scratch,
+    spark_session,
+)
+from recsvc.exceptions import ConfigError
 
 
 def finished_pid() -> int:
@@ -43,3 +51,10 @@ def test_only_the_folders_of_ended_runs_on_this_host_are_removed(tmp_path: Path,
     assert not abandoned.exists() and all(folder.exists() for folder in kept)
     assert f"removed {abandoned} (0.0 GiB)" in caplog.text and f"process {dead}" in caplog.text
     assert remove_abandoned_scratch(tmp_path) == []
+
+
+def test_a_scratch_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("RECSVC_SPARK_SCRATCH", str(tmp_path / "missing"))
+    error = r"scratch folder in .*missing \(\$RECSVC_SPARK_SCRATCH\): No such file"
+    with pytest.raises(ConfigError, match=error), spark_session("local[1]"):
+        pass

@@ -8,6 +8,8 @@ For every size N (events) it writes a synthetic Taobao-format log with
 categories: 200M clicks, 2M users and 700k items scaled down), runs ``recsvc pipeline`` on it
 in a child process, and records the manifest's per-stage seconds (``timings``) and peak
 resident MiB (``peak_mib``), plus the child's wall time and peak RSS sampled from outside.
+A Spark run's scratch folder is ``<workdir>/scratch``, and the peak size of its files,
+sampled every 10 s, is ``scratch_peak_mib``: the local disk a run of that size needs.
 
 Training runs a bounded budget so that its cost grows with the data only through one pass:
 ``--param`` defaults to one epoch of item2vec and of each personalized model, larger
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -48,6 +51,7 @@ from tqdm import tqdm
 
 from offline.data.synthetic import SyntheticSpec, default_sizes, write_log
 from offline.peak_memory import MIB, rss_bytes
+from offline.spark.session import folder_bytes
 from recsvc.bundle import load_bundle
 from recsvc.exceptions import RecsvcError
 
@@ -61,6 +65,8 @@ BUDGET = (
     "personalized.negatives=256",
 )
 SUFFIXES = {"K": 1_000, "M": 1_000_000, "G": 1_000_000_000}
+#: RSS samples between two samples of the scratch folder's size (every 10 s at 0.2 s).
+SCRATCH_EVERY = 50
 
 
 def parse_size(text: str) -> int:
@@ -96,9 +102,12 @@ def run_pipeline(
     interval: float = 0.2,
     engine: str = "local",
     checkpoint: Path | None = None,
+    scratch: Path | None = None,
 ) -> dict[str, Any]:
     """``recsvc pipeline`` on ``csv`` in a child process; wall seconds and peak RSS MiB.
     With ``checkpoint`` its costly stages are kept there, and a rerun resumes from them.
+    With ``scratch`` (for ``--engine spark``), Spark's scratch folder goes there, and the
+    peak MiB of its files is sampled every ``SCRATCH_EVERY`` RSS samples.
 
     Raises
     ------
@@ -111,21 +120,31 @@ def run_pipeline(
         command += ["--checkpoint", str(checkpoint)]
     for param in params:
         command += ["--param", param]
+    env = dict(os.environ)
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        env["RECSVC_SPARK_SCRATCH"] = str(scratch)
     started = time.perf_counter()
-    peak = 0
+    peak = scratch_peak = samples = 0
     with log.open("a") as handle:  # a resumed run keeps the log of the one it resumes
         handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
         handle.flush()
-        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
         process = psutil.Process(child.pid)
         while child.poll() is None:
             with contextlib.suppress(psutil.Error):
                 peak = max(peak, rss_bytes(process))
+            if scratch is not None and samples % SCRATCH_EVERY == 0:
+                scratch_peak = max(scratch_peak, folder_bytes(scratch))
+            samples += 1
             time.sleep(interval)
     wall = time.perf_counter() - started
     if child.returncode != 0:
         raise RecsvcError(f"pipeline exited with {child.returncode}; see {log}")
-    return {"wall_s": round(wall, 1), "peak_mib": round(peak / MIB, 1), "command": command}
+    run = {"wall_s": round(wall, 1), "peak_mib": round(peak / MIB, 1), "command": command}
+    if scratch is not None:
+        run["scratch_peak_mib"] = round(scratch_peak / MIB, 1)
+    return run
 
 
 def recorded(path: Path, params: Sequence[str]) -> dict[tuple[int, str], dict[str, Any]]:
@@ -170,7 +189,10 @@ def bench_size(
         bundles = workdir / "bundles" / tag
         log = workdir / f"pipeline_{tag}.log"
         checkpoint = workdir / "checkpoints"
-        run = run_pipeline(csv, bundles, params, log, engine=engine, checkpoint=checkpoint)
+        scratch = workdir / "scratch" if engine == "spark" else None
+        run = run_pipeline(
+            csv, bundles, params, log, engine=engine, checkpoint=checkpoint, scratch=scratch
+        )
         bundle = load_bundle(bundles, verify=False)
         on_disk = sum(f.stat().st_size for f in bundle.path.rglob("*") if f.is_file())
         yield {
@@ -187,6 +209,8 @@ def bench_size(
             "resumed": bundle.manifest.get("resumed", {}),
             "pipeline_wall_s": run["wall_s"],
             "pipeline_peak_mib": run["peak_mib"],
+            # Spark's scratch files at their largest (shuffles, the driver's Parquet).
+            **({"scratch_peak_mib": run["scratch_peak_mib"]} if scratch is not None else {}),
             "bundle_mib": round(on_disk / MIB, 1),
             "params": list(params),
         }

@@ -201,7 +201,7 @@ def remove_abandoned_scratch(parent: Path) -> list[Path]:
                 continue
         except (OSError, ValueError):  # no owner file, or not one of ours
             continue
-        size = _size(folder)
+        size = folder_bytes(folder)
         shutil.rmtree(folder, ignore_errors=True)
         logger.warning(
             "removed %s (%.1f GiB), the scratch folder of process %s, which was killed",
@@ -226,8 +226,9 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _size(folder: Path) -> int:
-    """The bytes of the files under ``folder``, those that stay long enough to count."""
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under ``folder`` (0 if it is gone), counting those that stay
+    long enough to be counted: Spark adds and removes shuffle files as it goes."""
     total = 0
     for path in folder.rglob("*"):
         with contextlib.suppress(OSError):

@@ -14,6 +14,7 @@ import pytest
 from offline.spark.session import (
     OWNER_FILE,
     SCRATCH_PREFIX,
+    folder_bytes,
     remove_abandoned_scratch,
     spark_session,
 )
@@ -58,3 +59,9 @@ def test_a_scratch_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, m
     error = r"scratch folder in .*missing \(\$RECSVC_SPARK_SCRATCH\): No such file"
     with pytest.raises(ConfigError, match=error), spark_session("local[1]"):
         pass
+
+
+def test_folder_bytes_counts_the_files_below_and_nothing_for_a_missing_folder(tmp_path: Path):
+    folder = scratch(tmp_path, f"{SCRATCH_PREFIX}a", "host 1\n")
+    assert folder_bytes(folder) == 4096 + len("host 1\n")
+    assert folder_bytes(tmp_path / "gone") == 0

@@ -183,7 +183,11 @@ class Record:
 async def serving(
     bundle: Path, store: SessionStore, **settings: Any
 ) -> AsyncIterator[tuple[pb_grpc.RecommenderStub, RecommendServer]]:
-    """A :class:`RecommendServer` on a free loopback port, and a stub connected to it."""
+    """A :class:`RecommendServer` on a free loopback port, and a stub connected to it.
+
+    The budget is 10 s unless a test sets ``budget_ms``: answers are compared with what the
+    ranker gives, and on a busy machine a read past the production budget (100 ms) would
+    turn them into pool fallbacks. Tests of the budget itself set it."""
     # Imported here: every test loads this module (conftest), most never serve.
     import grpc
 
@@ -191,6 +195,7 @@ async def serving(
     from recsvc.settings import Settings
     from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
+    settings.setdefault("budget_ms", 10_000.0)
     config = Settings(bundle=bundle, port=0, metrics_port=0, watch_interval_s=0, **settings)
     server = RecommendServer(config, store)
     port = await server.start()

@@ -167,8 +167,17 @@ def main(argv: Sequence[str] | None = None, plugins: Sequence[Register] | None =
         return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         print(f"recsvc {args.command}: interrupted", file=sys.stderr)
+        _forget_the_interrupted_string_exec()
         return 130
     return 0
+
+
+def _forget_the_interrupted_string_exec() -> None:
+    """Keep the exit status 130 under ``python -m recsvc.cli``. CPython marks a
+    KeyboardInterrupt that ends a string ``exec``/``eval`` (dataclasses and namedtuples make
+    their methods so) as unhandled even once caught, and ``-m`` then exits by SIGINT instead
+    of the status returned. Each string ``exec`` clears the mark as it starts."""
+    exec("pass", {})
 
 
 if __name__ == "__main__":

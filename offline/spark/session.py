@@ -120,6 +120,7 @@ def spark_session(
         (Path(scratch) / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         # py4j logs each connection it opens and closes at INFO.
         logging.getLogger("py4j").setLevel(logging.WARNING)
+        logging.getLogger().addFilter(_no_py4j_interrupt_trace)
         try:
             with _interrupts_deferred():
                 session = builder.getOrCreate()
@@ -136,7 +137,14 @@ def spark_session(
     finally:
         if session is not None:
             _stop(session)
+        logging.getLogger().removeFilter(_no_py4j_interrupt_trace)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _no_py4j_interrupt_trace(record: logging.LogRecord) -> bool:
+    """Drop py4j's ERROR record, trace and all, for a Ctrl-C or SIGTERM that finds it inside
+    a call to the JVM (it logs on the root logger); the command reports the interrupt."""
+    return not record.getMessage().startswith("KeyboardInterrupt while sending command")
 
 
 @contextmanager

@@ -53,6 +53,11 @@ SCRATCH_PREFIX = "recsvc-spark-"
 #: The file in a scratch folder that names the run using it: ``<host> <pid>``.
 OWNER_FILE = "owner"
 
+#: The scratch folders of this process's ended sessions. The JVM outlives a session and
+#: keeps the first one's folder as its root: each later session makes a folder there
+#: again, which the JVM's exit empties but leaves. Every session's end removes them.
+_ended_scratch: list[str] = []
+
 
 def require_pyspark() -> None:
     """Raise a :class:`ConfigError` that says how to install Spark when it is missing."""
@@ -138,7 +143,9 @@ def spark_session(
         if session is not None:
             _stop(session)
         logging.getLogger().removeFilter(_no_py4j_interrupt_trace)
-        shutil.rmtree(scratch, ignore_errors=True)
+        _ended_scratch.append(scratch)
+        for folder in _ended_scratch:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _no_py4j_interrupt_trace(record: logging.LogRecord) -> bool:

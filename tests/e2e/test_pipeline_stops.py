@@ -1,7 +1,7 @@
 """``recsvc pipeline --engine spark`` stopped from outside: SIGTERM ends it cleanly, with
 its Spark scratch folder removed, whether the JVM is still starting or a Spark job runs; a
 run killed outright leaves its folder, and the next Spark session on the machine removes
-it."""
+it. A process that opens several sessions leaves no folder either."""
 
 from __future__ import annotations
 
@@ -108,3 +108,19 @@ def test_py4js_trace_of_an_interrupt_is_dropped_while_a_session_is_open(caplog) 
     logging.error(py4j_trace)
     messages = [r.getMessage() for r in caplog.records if r.name == "root"]
     assert messages == ["another error", py4j_trace]
+
+
+def test_a_process_that_opens_two_sessions_leaves_no_folder(tmp_path: Path) -> None:
+    """The JVM outlives the first session and makes a folder under its path again while
+    the second runs (the test processes open several sessions)."""
+    opens_two = (
+        "from offline.spark.session import spark_session\n"
+        "for _ in range(2):\n"
+        "    with spark_session('local[1]', app='recsvc-tests') as session:\n"
+        "        session.range(10).count()\n"
+    )
+    env = {**os.environ, "RECSVC_SPARK_SCRATCH": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", opens_two], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -226,7 +226,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         choices=["local", "spark"],
         default="local",
         help="local (default): every stage in this process; spark: loading the event files, "
-        "item-CF's neighbours (the co-occurrence self-join and top-k), the pool merge and "
+        "item-CF's neighbours (co-occurrence and top-k), the pool merge and "
         "the training rows of item2vec and the personalized models run on Apache Spark, "
         "with the same results (pip install 'recsvc[spark]'; Java 17+). Training, annoy, "
         "the pool scores and the second stage run in this process either way",

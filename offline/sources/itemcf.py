@@ -201,6 +201,37 @@ class ItemCF(CandidateSource):
         )
         user_item.sum_duplicates()
         user_item.data[:] = 1
+        self._index(user_item, item_category, extra_attributes)
+        self.alpha = float(alpha)
+        self.chunk_pairs = int(chunk_pairs)
+        self.progress = progress
+
+    @classmethod
+    def from_click_matrix(
+        cls,
+        user_item: sp.csr_array,
+        item_category: np.ndarray,
+        *,
+        alpha: float,
+        chunk_pairs: int = DEFAULT_CHUNK_PAIRS,
+    ) -> ItemCF:
+        """The item-CF of a binary (user x item) click matrix with sorted indices, such as
+        another instance's :attr:`user_item`: how a Spark task rebuilds the driver's."""
+        itemcf = cls.__new__(cls)
+        itemcf._index(user_item, item_category, ())
+        itemcf.alpha = float(alpha)
+        itemcf.chunk_pairs = int(chunk_pairs)
+        itemcf.progress = False
+        return itemcf
+
+    def _index(
+        self,
+        user_item: sp.csr_array,
+        item_category: np.ndarray,
+        extra_attributes: Sequence[np.ndarray],
+    ) -> None:
+        """Keep the click matrix and what the scores need of it and of the attributes."""
+        n_items = user_item.shape[1]
         #: binary click matrix, shape (n_users, n_items)
         self.user_item = user_item
         #: its transpose, shape (n_items, n_users), sorted indices
@@ -218,9 +249,6 @@ class ItemCF(CandidateSource):
         user_items = np.diff(user_item.indptr).astype(np.int64)
         #: co-occurrence paths per item (sum of its users' item counts), int64 (n_items,)
         self.item_paths = self.item_user @ user_items
-        self.alpha = float(alpha)
-        self.chunk_pairs = int(chunk_pairs)
-        self.progress = progress
         self.n_items = n_items
 
     def _similarity(self, rows: np.ndarray, cols: np.ndarray, co: np.ndarray) -> np.ndarray:
@@ -270,6 +298,43 @@ class ItemCF(CandidateSource):
         block.sort_indices()
         return block
 
+    def chunks(self) -> list[tuple[int, int]]:
+        """The ``[start, stop)`` item ranges that :meth:`neighbours` ranks one at a time, each
+        expanding about ``chunk_pairs`` co-occurrence paths."""
+        return [
+            (int(a), int(b)) for a, b in pairwise(_chunk_bounds(self.item_paths, self.chunk_pairs))
+        ]
+
+    def top_of_chunk(
+        self, start: int, stop: int, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The top-``k`` neighbours of items ``start`` to ``stop - 1``, as flat arrays.
+
+        Returns
+        -------
+        rows, ranks, cols : int64 arrays, shape (m,)
+            Item, its neighbour's rank from 0, and the neighbour.
+        scores : float32 array, shape (m,)
+        """
+        block = self._co_occurrence(slice(start, stop))
+        local = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(block.indptr))
+        rows = local + start
+        cols = block.indices.astype(np.int64)
+        co = block.data
+        other = cols != rows
+        local, rows, cols, co = local[other], rows[other], cols[other], co[other]
+        score = self._similarity(rows, cols, co).astype(np.float32)
+        # Sort by (row, score descending) on one int64 key: the bits of a non-negative
+        # float32 order like its value. The stable sort keeps CSR's ascending column
+        # order for equal scores, so ties go to the lower item index.
+        descending = np.uint32(0xFFFFFFFF) - score.view(np.uint32)
+        order = np.argsort((local << 32) | descending, kind="stable")
+        local, cols, score = local[order], cols[order], score[order]
+        per_row = np.bincount(local, minlength=stop - start)
+        rank = np.arange(len(local)) - (np.cumsum(per_row) - per_row)[local]
+        keep = rank < k
+        return local[keep] + start, rank[keep], cols[keep], score[keep]
+
     def neighbours(self, k: int) -> Neighbours:
         """Top-``k`` co-clicked items of every item by ``sim``; equal scores: lower index first.
 
@@ -280,31 +345,12 @@ class ItemCF(CandidateSource):
         """
         out_items = np.full((self.n_items, k), -1, dtype=np.int32)
         out_scores = np.full((self.n_items, k), np.nan, dtype=np.float32)
-        bounds = _chunk_bounds(self.item_paths, self.chunk_pairs)
         disable = None if self.progress is None else not self.progress
-        chunks = tqdm(
-            pairwise(bounds), total=len(bounds) - 1, desc="item-CF", unit="chunk", disable=disable
-        )
+        chunks = tqdm(self.chunks(), desc="item-CF", unit="chunk", disable=disable)
         for start, stop in chunks:
-            block = self._co_occurrence(slice(int(start), int(stop)))
-            local = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(block.indptr))
-            rows = local + start
-            cols = block.indices.astype(np.int64)
-            co = block.data
-            other = cols != rows
-            local, rows, cols, co = local[other], rows[other], cols[other], co[other]
-            score = self._similarity(rows, cols, co).astype(np.float32)
-            # Sort by (row, score descending) on one int64 key: the bits of a non-negative
-            # float32 order like its value. The stable sort keeps CSR's ascending column
-            # order for equal scores, so ties go to the lower item index.
-            descending = np.uint32(0xFFFFFFFF) - score.view(np.uint32)
-            order = np.argsort((local << 32) | descending, kind="stable")
-            local, cols, score = local[order], cols[order], score[order]
-            per_row = np.bincount(local, minlength=stop - start)
-            rank = np.arange(len(local)) - (np.cumsum(per_row) - per_row)[local]
-            keep = rank < k
-            out_items[local[keep] + start, rank[keep]] = cols[keep]
-            out_scores[local[keep] + start, rank[keep]] = score[keep]
+            rows, ranks, cols, scores = self.top_of_chunk(start, stop, k)
+            out_items[rows, ranks] = cols
+            out_scores[rows, ranks] = scores
         return Neighbours(out_items, out_scores)
 
     def pair_scores(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:

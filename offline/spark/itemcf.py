@@ -1,27 +1,46 @@
-"""Item-CF neighbours on Spark: the co-occurrence self-join per user and the top-k per item.
+"""Item-CF neighbours on Spark: tasks that each rank a block of the co-occurrence matrix.
 
-:class:`SparkItemCF` is :class:`~offline.sources.itemcf.ItemCF` with :meth:`neighbours`
-computed by Spark: every pair of distinct items that some user clicked both, counted once
-per user, scored with the same Jaccard and ``alpha`` in the same double arithmetic (so the
-float32 scores are the same bits), ranked by the float32 score, then the lower item index,
-as the local sort does. The pair scores of the pools (:meth:`ItemCF.pair_scores`) stay
-local: they look up only ``n_items x pool_size`` pairs.
+The co-occurrence counts are ``C = X.T @ X`` with ``X`` the binary (user x item) click
+matrix: the self-join of the clicks on the user, summed per pair. :class:`SparkItemCF` cuts
+the items into the local engine's chunks (each expands about ``chunk_pairs`` paths), and
+Spark tasks, with the click matrix broadcast to the executors, compute each chunk's rows of
+``C``, score them and keep their top ``k``. Only those ``n_items x k`` rows leave the
+executors. A self-join with a row per (user, item, item) instead shuffles every co-clicked
+pair: at 64M events it took two hours on this 2-core machine and 41 GiB of scratch disk
+(docs/BENCHMARKS.md). Each task runs the local engine's own
+:meth:`~offline.sources.itemcf.ItemCF.top_of_chunk`, so the neighbours and their float32
+scores are the local engine's bits.
+
+What bounds it: every executor's Python worker holds the click matrix and its transpose,
+16 bytes per distinct (user, item) click, and the executors need recsvc installed. The pair
+scores of the pools (:meth:`ItemCF.pair_scores`) stay local: they look up only
+``n_items x pool_size`` pairs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
+import scipy.sparse as sp
 
 from offline.data.interactions import Interactions
 from offline.sources.base import Neighbours
 from offline.sources.itemcf import ItemCF
-from offline.spark.session import collect, frame
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark import Broadcast
+    from pyspark.sql import SparkSession
+
+#: Tasks per core of the session's default parallelism: a few, so a slow task is not the
+#: stage's tail, and so a cluster's executors share the chunks evenly.
+TASKS_PER_CORE = 4
+
+#: The item-CF that a Python worker rebuilt from a broadcast, by the broadcast's token: a
+#: worker runs many tasks, and rebuilding costs a transpose of the click matrix.
+_rebuilt: dict[str, ItemCF] = {}
 
 
 class SparkItemCF(ItemCF):
@@ -48,70 +67,58 @@ class SparkItemCF(ItemCF):
 
     def neighbours(self, k: int) -> Neighbours:
         """Top-``k`` co-clicked items of every item by ``sim``; equal scores: lower index first."""
-        ranked = collect(self._top(k))
+        from pyspark import StorageLevel
+
+        context = self._spark.sparkContext
+        chunks = self.chunks()
+        tasks = max(1, min(len(chunks), context.defaultParallelism * TASKS_PER_CORE))
+        shared = context.broadcast(self._for_tasks())
+
+        def rank(part: Iterator[tuple[int, int]]) -> Iterator[tuple[np.ndarray, ...]]:
+            itemcf = _rebuild(shared)
+            for start, stop in part:
+                rows, ranks, cols, scores = itemcf.top_of_chunk(start, stop, k)
+                yield rows.astype(np.int32), ranks.astype(np.int32), cols.astype(np.int32), scores
+
+        # Kept on the executors' disks, so that every task runs at once, and then read back
+        # a task's output at a time: no limit on the results' size bounds the driver.
+        ranked = context.parallelize(chunks, tasks).mapPartitions(rank)
+        ranked.persist(StorageLevel.DISK_ONLY)
         items = np.full((self.n_items, k), -1, dtype=np.int32)
         scores = np.full((self.n_items, k), np.nan, dtype=np.float32)
-        rows = ranked.column("i").to_numpy()
-        slots = ranked.column("rank").to_numpy() - 1
-        items[rows, slots] = ranked.column("j").to_numpy()
-        scores[rows, slots] = ranked.column("score").to_numpy()
+        try:
+            ranked.count()
+            for rows, ranks, cols, chunk_scores in ranked.toLocalIterator():
+                items[rows, ranks] = cols
+                scores[rows, ranks] = chunk_scores
+        finally:
+            ranked.unpersist()
+            shared.destroy()
         return Neighbours(items, scores)
 
-    def _clicks(self) -> DataFrame:
-        """The distinct (user, item) clicks, from the binary click matrix."""
-        matrix = self.user_item
-        users = np.repeat(np.arange(matrix.shape[0], dtype=np.int32), np.diff(matrix.indptr))
-        table = pa.table({"user": users, "item": matrix.indices.astype(np.int32)})
-        return frame(self._spark, table)
+    def _for_tasks(self) -> dict[str, Any]:
+        """What a task needs to rebuild this item-CF: the click matrix's structure (its
+        values are all 1), the categories and the scores' parameters."""
+        return {
+            "token": uuid.uuid4().hex,
+            "shape": self.user_item.shape,
+            "indptr": self.user_item.indptr,
+            "indices": self.user_item.indices,
+            "category": self._category,
+            "alpha": self.alpha,
+            "chunk_pairs": self.chunk_pairs,
+        }
 
-    def _top(self, k: int) -> DataFrame:
-        """(i, rank from 1, j, float score) of every item's ``k`` best neighbours."""
-        from pyspark.sql import Window
-        from pyspark.sql import functions as F
 
-        clicks = self._clicks()
-        items = frame(
-            self._spark,
-            pa.table(
-                {
-                    "item": np.arange(self.n_items, dtype=np.int32),
-                    "users": self.item_users,
-                    "category": self._category,
-                }
-            ),
+def _rebuild(shared: Broadcast) -> ItemCF:
+    """The item-CF of a broadcast :meth:`SparkItemCF._for_tasks`, once per worker process."""
+    parts = shared.value  # unpickled once per worker process
+    key = parts["token"]
+    if key not in _rebuilt:
+        _rebuilt.clear()  # an earlier call's item-CF: free it first
+        ones = np.ones(len(parts["indices"]), dtype=np.int32)
+        user_item = sp.csr_array((ones, parts["indices"], parts["indptr"]), shape=parts["shape"])
+        _rebuilt[key] = ItemCF.from_click_matrix(
+            user_item, parts["category"], alpha=parts["alpha"], chunk_pairs=parts["chunk_pairs"]
         )
-        # Co-occurrence is symmetric: count each unordered pair once (half the rows of the
-        # self-join and of its shuffle), then emit it in both directions.
-        counted = (
-            clicks.alias("a")
-            .join(clicks.alias("b"), "user")
-            .where(F.col("a.item") < F.col("b.item"))
-            .groupBy(F.col("a.item").alias("low"), F.col("b.item").alias("high"))
-            .agg(F.count("*").alias("co"))
-        )
-        directions = F.array(
-            F.struct(F.col("low").alias("i"), F.col("high").alias("j"), "co"),
-            F.struct(F.col("high").alias("i"), F.col("low").alias("j"), "co"),
-        )
-        pairs = counted.select(F.explode(directions).alias("pair")).select("pair.*")
-        left = items.select(*(F.col(c).alias(f"{c}_i") for c in ("item", "users", "category")))
-        right = items.select(*(F.col(c).alias(f"{c}_j") for c in ("item", "users", "category")))
-        joined = pairs.join(F.broadcast(left), F.col("i") == F.col("item_i")).join(
-            F.broadcast(right), F.col("j") == F.col("item_j")
-        )
-        # The arithmetic of ItemCF._similarity, operation for operation, in doubles.
-        union = F.col("users_i") + F.col("users_j") - F.col("co")
-        csim = F.col("co").cast("double") / F.greatest(union, F.lit(1)).cast("double")
-        known_i, known_j = F.col("category_i") >= 0, F.col("category_j") >= 0
-        shared = F.when(known_i & (F.col("category_i") == F.col("category_j")), 1).otherwise(0)
-        attr_union = known_i.cast("long") + known_j.cast("long") - shared
-        fsim = F.when(
-            attr_union > 0, shared.cast("double") / F.greatest(attr_union, F.lit(1)).cast("double")
-        ).otherwise(F.lit(0.0))
-        score = (F.lit(self.alpha) * csim + F.lit(1.0 - self.alpha) * fsim).cast("float")
-        order = Window.partitionBy("i").orderBy(F.col("score").desc(), F.col("j").asc())
-        return (
-            joined.select("i", "j", score.alias("score"))
-            .withColumn("rank", F.row_number().over(order))
-            .where(F.col("rank") <= k)
-        )
+    return _rebuilt[key]

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import uuid
@@ -113,12 +114,16 @@ def spark_session(
         # Results come back to the driver as Arrow batches, not pickled rows.
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # Shuffles keep Spark's 200 partitions, and adaptive execution merges a small
-        # shuffle's into a few. With 8, the 64M-event self-join's aggregation read 3.3 GiB
+        # shuffle's into a few. With 8, item-CF's former self-join at 64M events read 3.3 GiB
         # per task and ran out of a 4 GiB heap; with 200 a task reads a 25th of that.
         .config("spark.sql.adaptive.enabled", "true")
     )
     if master is not None or "PYSPARK_SUBMIT_ARGS" not in os.environ:
         builder = builder.master(master or LOCAL_MASTER)
+        if (master or LOCAL_MASTER).startswith("local"):
+            # Python tasks run in this interpreter, not the first python3 on the PATH. A
+            # cluster's executors have their own: PYSPARK_PYTHON, as spark-submit documents.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = None
     try:  # the folder goes however the run ends, Ctrl-C and SIGTERM included
         # Names the run, for the next session's clean-up if this one is killed outright.

@@ -135,9 +135,9 @@ def test_a_missing_file_a_missing_column_and_no_usable_row_are_errors(
     assert "unparsable timestamp: 2" in str(error.value)
 
 
-def test_spark_item_cf_gives_the_local_neighbours_and_scores(spark) -> None:
-    rng = np.random.default_rng(3)
-    n_users, n_items = 60, 40
+def clicks_with_ties(seed: int, n_users: int, n_items: int) -> Interactions:
+    """Zipf-popular clicks, a block of equal scores and a cart."""
+    rng = np.random.default_rng(seed)
     users, items = rng.integers(0, n_users, 900), rng.zipf(1.5, 900) % n_items
     rows = [
         (int(u), int(i), 0, float(t)) for t, (u, i) in enumerate(zip(users, items, strict=True))
@@ -145,13 +145,25 @@ def test_spark_item_cf_gives_the_local_neighbours_and_scores(spark) -> None:
     # A clicks-only block of equal scores: ties go to the lower item index.
     rows += [(n_users + u, i, 0, 1e6 + u) for u in range(3) for i in (30, 31, 32, 33)]
     rows += [(n_users + 3, 1, 1, 2e6)]  # a cart, which item-CF does not count
-    fit = Interactions.from_rows(rows, n_items)
-    category = rng.integers(-1, 4, n_items).astype(np.int32)
-    local = ItemCF(fit, category, alpha=0.7).neighbours(12)
-    on_spark = SparkItemCF(spark, fit, category, alpha=0.7).neighbours(12)
-    assert (local.items == on_spark.items).all()
-    assert np.array_equal(local.scores, on_spark.scores, equal_nan=True)
-    assert (local.items >= 0).sum() > n_items * 5  # most rows have neighbours
+    return Interactions.from_rows(rows, n_items)
+
+
+@pytest.mark.parametrize("chunk_pairs", [None, 50])
+def test_spark_item_cf_gives_the_local_neighbours_and_scores(spark, chunk_pairs) -> None:
+    # Two logs in one session: the Python workers that ranked the first must not rank the
+    # second with the first's click matrix.
+    for seed, n_users, n_items in [(3, 60, 40), (4, 90, 55)]:
+        fit = clicks_with_ties(seed, n_users, n_items)
+        category = np.random.default_rng(seed).integers(-1, 4, n_items).astype(np.int32)
+        local = ItemCF(fit, category, alpha=0.7).neighbours(12)
+        on_spark = SparkItemCF(spark, fit, category, alpha=0.7)
+        if chunk_pairs is not None:  # many chunks, so every task ranks several
+            on_spark.chunk_pairs = chunk_pairs
+            assert len(on_spark.chunks()) > 20
+        found = on_spark.neighbours(12)
+        assert (local.items == found.items).all()
+        assert np.array_equal(local.scores, found.scores, equal_nan=True)
+        assert (local.items >= 0).sum() > n_items * 5  # most rows have neighbours
 
 
 def shopping_log(rng: np.random.Generator, n_events: int = 3000) -> Interactions:

@@ -188,6 +188,15 @@ def test_random_log_matches_brute_force_and_chunking_does_not_matter(seed: int) 
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
+def test_an_item_cf_rebuilt_from_its_click_matrix_ranks_the_same(log: Interactions) -> None:
+    built = ItemCF(log, CATEGORY, alpha=0.6, chunk_pairs=3)
+    rebuilt = ItemCF.from_click_matrix(built.user_item, CATEGORY, alpha=0.6, chunk_pairs=3)
+    assert rebuilt.chunks() == built.chunks() and len(built.chunks()) > 1
+    first, second = built.neighbours(4), rebuilt.neighbours(4)
+    np.testing.assert_array_equal(first.items, second.items)
+    np.testing.assert_array_equal(first.scores, second.scores)
+
+
 def test_bad_settings_and_data_are_clear_errors(log: Interactions) -> None:
     with pytest.raises(ConfigError):
         ItemCF(log, CATEGORY, alpha=1.5)

@@ -130,7 +130,8 @@ def spark_session(
         (Path(scratch) / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         # py4j logs each connection it opens and closes at INFO.
         logging.getLogger("py4j").setLevel(logging.WARNING)
-        logging.getLogger().addFilter(_no_py4j_interrupt_trace)
+        for name in PY4J_LOGGERS:
+            logging.getLogger(name).addFilter(_no_py4j_interrupt_trace)
         try:
             with _interrupts_deferred():
                 session = builder.getOrCreate()
@@ -147,16 +148,37 @@ def spark_session(
     finally:
         if session is not None:
             _stop(session)
-        logging.getLogger().removeFilter(_no_py4j_interrupt_trace)
+        for name in PY4J_LOGGERS:
+            logging.getLogger(name).removeFilter(_no_py4j_interrupt_trace)
         _ended_scratch.append(scratch)
         for folder in _ended_scratch:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+#: The loggers py4j writes on: its own, and the root logger for its send errors.
+PY4J_LOGGERS = ("", "py4j.clientserver", "py4j.java_gateway")
+
+
 def _no_py4j_interrupt_trace(record: logging.LogRecord) -> bool:
-    """Drop py4j's ERROR record, trace and all, for a Ctrl-C or SIGTERM that finds it inside
-    a call to the JVM (it logs on the root logger); the command reports the interrupt."""
-    return not record.getMessage().startswith("KeyboardInterrupt while sending command")
+    """Drop py4j's records, traces and all, of a Ctrl-C or SIGTERM that found it inside a
+    call to the JVM: of the interrupt itself, and of the connection that it broke, which py4j
+    then fails to close or to send on. The command reports the interrupt."""
+    if record.getMessage().startswith("KeyboardInterrupt while sending command"):
+        return False
+    from_py4j = record.name.startswith("py4j") or f"{os.sep}py4j{os.sep}" in record.pathname
+    return not (from_py4j and _follows_an_interrupt(record.exc_info))
+
+
+def _follows_an_interrupt(exc_info: object) -> bool:
+    """Whether the logged exception is a KeyboardInterrupt or was raised while handling one."""
+    error = exc_info[1] if isinstance(exc_info, tuple) else None
+    seen: set[int] = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import py4j
 import pytest
 from helpers import SMALL
 
@@ -98,16 +99,54 @@ def test_the_folder_of_a_killed_run_goes_with_the_next_session(
     assert list((tmp_path / "scratch").iterdir()) == []
 
 
-def test_py4js_trace_of_an_interrupt_is_dropped_while_a_session_is_open(caplog) -> None:
+def broken_pipe(after_interrupt: bool) -> BrokenPipeError:
+    """The error py4j meets on a connection, raised while handling an interrupt or not."""
+    try:
+        if not after_interrupt:
+            raise BrokenPipeError(32, "Broken pipe")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise BrokenPipeError(32, "Broken pipe") from None
+    except BrokenPipeError as error:
+        return error
+
+
+def py4j_root_record(message: str, error: BaseException) -> logging.LogRecord:
+    """A record that py4j's gateway logs on the root logger (``logging.info``)."""
+    gateway = str(Path(py4j.__file__).with_name("java_gateway.py"))
+    exc_info = (type(error), error, error.__traceback__)
+    return logging.LogRecord("root", logging.INFO, gateway, 1, message, None, exc_info)
+
+
+def test_py4js_traces_of_an_interrupt_are_dropped_while_a_session_is_open(caplog) -> None:
     """py4j logs a Ctrl-C that finds it inside a JVM call as an ERROR with a trace, on the
-    root logger; a session drops that record, and only that one, until it stops."""
+    root logger, and then the connection the interrupt broke, on its own logger and the
+    root logger. A session drops those records, and only those, until it stops."""
     py4j_trace = "KeyboardInterrupt while sending command."
-    with caplog.at_level(logging.INFO), spark_session("local[1]", app="recsvc-tests"):
+    shutdown = "Exception occurred while shutting down connection"
+    sending = "Exception while sending command."
+
+    def log_all() -> None:
         logging.error(py4j_trace)
         logging.error("another error")
-    logging.error(py4j_trace)
-    messages = [r.getMessage() for r in caplog.records if r.name == "root"]
-    assert messages == ["another error", py4j_trace]
+        for after_interrupt in (True, False):
+            error = broken_pipe(after_interrupt)
+            logging.getLogger("py4j.clientserver").error(shutdown, exc_info=error)
+            logging.getLogger().handle(py4j_root_record(sending, error))
+        logging.getLogger("recsvc").error("ours", exc_info=broken_pipe(True))
+
+    with caplog.at_level(logging.INFO), spark_session("local[1]", app="recsvc-tests"):
+        log_all()
+    during = [(r.name, r.getMessage()) for r in caplog.records if r.name != "offline.spark.session"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        log_all()
+    after = [(r.name, r.getMessage()) for r in caplog.records]
+    kept = [("root", "another error"), ("py4j.clientserver", shutdown), ("root", sending)]
+    assert during == [*kept, ("recsvc", "ours")]
+    dropped = [("root", py4j_trace), ("py4j.clientserver", shutdown), ("root", sending)]
+    assert after == [dropped[0], kept[0], *dropped[1:], *kept[1:], ("recsvc", "ours")]
 
 
 def test_a_process_that_opens_two_sessions_leaves_no_folder(tmp_path: Path) -> None:

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 TASKS_PER_CORE = 4
 
 #: The item-CF that a Python worker rebuilt from a broadcast, by the broadcast's token: a
-#: worker runs many tasks, and rebuilding costs a transpose of the click matrix.
+#: worker runs many tasks, and rebuilding costs a transpose of the click matrix. Spark
+#: stops a worker that has been idle for a minute, and the memory goes with it.
 _rebuilt: dict[str, ItemCF] = {}
 
 

@@ -201,10 +201,7 @@ class ItemCF(CandidateSource):
         )
         user_item.sum_duplicates()
         user_item.data[:] = 1
-        self._index(user_item, item_category, extra_attributes)
-        self.alpha = float(alpha)
-        self.chunk_pairs = int(chunk_pairs)
-        self.progress = progress
+        self._index(user_item, item_category, extra_attributes, alpha, chunk_pairs, progress)
 
     @classmethod
     def from_click_matrix(
@@ -218,10 +215,7 @@ class ItemCF(CandidateSource):
         """The item-CF of a binary (user x item) click matrix with sorted indices, such as
         another instance's :attr:`user_item`: how a Spark task rebuilds the driver's."""
         itemcf = cls.__new__(cls)
-        itemcf._index(user_item, item_category, ())
-        itemcf.alpha = float(alpha)
-        itemcf.chunk_pairs = int(chunk_pairs)
-        itemcf.progress = False
+        itemcf._index(user_item, item_category, (), alpha, chunk_pairs, progress=False)
         return itemcf
 
     def _index(
@@ -229,8 +223,15 @@ class ItemCF(CandidateSource):
         user_item: sp.csr_array,
         item_category: np.ndarray,
         extra_attributes: Sequence[np.ndarray],
+        alpha: float,
+        chunk_pairs: int,
+        progress: bool | None,
     ) -> None:
-        """Keep the click matrix and what the scores need of it and of the attributes."""
+        """Keep the settings, the click matrix and what the scores need of it and of the
+        attributes."""
+        self.alpha = float(alpha)
+        self.chunk_pairs = int(chunk_pairs)
+        self.progress = progress
         n_items = user_item.shape[1]
         #: binary click matrix, shape (n_users, n_items)
         self.user_item = user_item
